@@ -1,0 +1,5 @@
+"""fastrec.eval: vectorised ranking metrics (HR, NDCG, Recall, MRR) and AUC / UAUC in torch."""
+
+from .metrics import Targets, auc, evaluate_topk, hit_rate, mrr, ndcg, recall, uauc
+
+__all__ = ["Targets", "auc", "evaluate_topk", "hit_rate", "mrr", "ndcg", "recall", "uauc"]
