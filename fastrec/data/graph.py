@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .interactions import Interactions, LeaveOneOutSplit, seen_csr
@@ -126,7 +128,11 @@ class InteractionGraph:
         """The normalised adjacency as a ``torch.sparse_csr_tensor`` of shape ``[n, n]`` (cached)."""
         if self._sparse is None:
             n = self.num_nodes
-            self._sparse = torch.sparse_csr_tensor(self._indptr, self._indices, self._values, size=(n, n))
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+                self._sparse = torch.sparse_csr_tensor(
+                    self._indptr, self._indices, self._values, size=(n, n), check_invariants=False
+                )
         return self._sparse
 
     def to_dense(self) -> torch.Tensor:
