@@ -186,6 +186,8 @@ def test_remap_ids() -> None:
     assert vocab == ["1", "3", "10"] and codes.tolist() == [1, 0, 1, 2]
     codes, vocab = remap_ids(["b", "a"], vocab=["c"])
     assert vocab == ["a", "b", "c"] and codes.tolist() == [1, 0]
+    codes, vocab = remap_ids(torch.tensor([3, 1, 3]), vocab=np.array([7]))
+    assert vocab == ["1", "3", "7"] and codes.tolist() == [1, 0, 1]
     codes, vocab = remap_ids([str(i) for i in range(12)])
     assert codes.tolist() == list(range(12))  # contiguous ids keep their value
 

@@ -40,13 +40,17 @@ def remap_ids(raw_ids: Iterable[object], vocab: Iterable[object] = ()) -> tuple[
     ids such as LC-Rec's ``"0".."n-1"`` map to themselves) and lexicographic otherwise.
 
     Args:
-        raw_ids: the id of every interaction.
+        raw_ids: the id of every interaction (a sequence, or a torch / numpy array).
         vocab: extra ids that belong to the universe even if they never occur in ``raw_ids``.
 
     Returns:
         ``(codes, vocab)``: int64 tensor with the contiguous id of each raw id, and the list
         ``vocab[code] == str(raw id)`` (the inverse map).
     """
+    if hasattr(raw_ids, "tolist"):  # torch / numpy arrays: convert elements to python scalars first
+        raw_ids = raw_ids.tolist()
+    if hasattr(vocab, "tolist"):
+        vocab = vocab.tolist()
     raw = [str(r) for r in raw_ids]
     universe = _sort_key(list(set(raw).union(str(v) for v in vocab)))
     lookup = {r: i for i, r in enumerate(universe)}
@@ -54,7 +58,7 @@ def remap_ids(raw_ids: Iterable[object], vocab: Iterable[object] = ()) -> tuple[
     return codes, universe
 
 
-@dataclass
+@dataclass(eq=False)
 class Interactions:
     """Per-user chronological item sequences in CSR form, with the id maps and item text.
 
