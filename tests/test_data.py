@@ -65,9 +65,7 @@ def test_synthetic_default_shape_and_text(tmp_path: Path) -> None:
     assert text["brand"] in text["title"] and text["categories"].count(",") == 3
     folder = synthetic(tmp_path, name="Toy")
     back = load_lcrec(folder)
-    assert (
-        back.name == "Toy" and torch.equal(back.items, data.items) and torch.equal(back.indptr, data.indptr)
-    )
+    assert back.name == "Toy" and torch.equal(back.items, data.items) and torch.equal(back.indptr, data.indptr)
     assert back.item_text == data.item_text
 
 
@@ -95,9 +93,7 @@ def test_synthetic_bad_args() -> None:
 
 def test_lcrec_round_trip(tmp_path: Path) -> None:
     inter = {"10": [5, 7, 9], "2": [7, 5], "3": []}
-    items = {
-        str(i): {"title": f"t{i}", "description": "d", "brand": "b", "categories": "c"} for i in (5, 7, 9, 11)
-    }
+    items = {str(i): {"title": f"t{i}", "description": "d", "brand": "b", "categories": "c"} for i in (5, 7, 9, 11)}
     index = {str(i): [f"<a_{i}>", f"<b_{i}>"] for i in (5, 7, 9, 11)}
     for suffix, obj in (("inter", inter), ("item", items), ("index", index)):
         (tmp_path / f"X.{suffix}.json").write_text(json.dumps(obj))
@@ -143,9 +139,7 @@ def test_movielens(tmp_path: Path) -> None:
     assert data.num_users == 2 and data.item_ids == ["10", "20", "30"]
     assert data.sequences() == [[0, 2, 1], [0]]  # by timestamp
     assert data.timestamps.tolist() == [100, 200, 300, 50] and data.ratings.tolist() == [3, 1, 5, 4]
-    assert (
-        data.item_text[0]["title"] == "Amélie (2001)" and data.item_text[0]["categories"] == "Comedy,Romance"
-    )
+    assert data.item_text[0]["title"] == "Amélie (2001)" and data.item_text[0]["categories"] == "Comedy,Romance"
     assert 2 not in data.item_text
     implicit = load_movielens(tmp_path, min_rating=4)
     assert implicit.num_interactions == 2
@@ -347,9 +341,7 @@ def test_negatives_never_seen() -> None:
     seen = [set(data.sequence(u)) for u in range(data.num_users)]
     for u, row in zip(users.tolist(), neg.tolist(), strict=True):
         assert not seen[u] & set(row)
-    again = sample_negatives(
-        users, g.seen_indptr, g.seen_indices, g.num_items, 7, torch.Generator().manual_seed(0)
-    )
+    again = sample_negatives(users, g.seen_indptr, g.seen_indices, g.num_items, 7, torch.Generator().manual_seed(0))
     assert torch.equal(neg, again)
 
 

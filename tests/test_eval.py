@@ -125,9 +125,7 @@ def test_auc_matches_sklearn(seed: int) -> None:
     n = 500
     scores = torch.randint(0, 20, (n,), generator=g).float() / 7  # many ties
     labels = torch.randint(0, 2, (n,), generator=g)
-    assert auc(scores, labels).item() == pytest.approx(
-        roc_auc_score(labels.numpy(), scores.numpy()), abs=1e-12
-    )
+    assert auc(scores, labels).item() == pytest.approx(roc_auc_score(labels.numpy(), scores.numpy()), abs=1e-12)
     users = torch.randint(0, 40, (n,), generator=g)
     expect = ref_uauc(scores.numpy(), labels.numpy(), users.numpy())
     assert uauc(scores, labels, users).item() == pytest.approx(expect, abs=1e-12)

@@ -219,9 +219,7 @@ def from_sequences(
     return from_pairs(users, items, item_vocab=item_vocab, user_vocab=sequences.keys(), name=name)
 
 
-def k_core(
-    data: Interactions, k: int = 5, user_k: int | None = None, item_k: int | None = None
-) -> Interactions:
+def k_core(data: Interactions, k: int = 5, user_k: int | None = None, item_k: int | None = None) -> Interactions:
     """Iterative k-core filtering: drop users and items with fewer than ``k`` interactions until stable.
 
     Repeated (user, item) interactions each count. Removed users and items disappear and the

@@ -16,9 +16,7 @@ TEXT_FIELDS = ("title", "description", "brand", "categories")
 def _infer_name(folder: Path) -> str:
     found = sorted(p.name[: -len(".inter.json")] for p in folder.glob("*.inter.json"))
     if len(found) != 1:
-        raise ValueError(
-            f"name: cannot infer the data set name in {folder}, found {found or 'no *.inter.json'}"
-        )
+        raise ValueError(f"name: cannot infer the data set name in {folder}, found {found or 'no *.inter.json'}")
     return found[0]
 
 
@@ -44,9 +42,7 @@ def _check_index(index: dict[str, list[str]], path: Path) -> None:
             raise ValueError(f"{path}: item {item!r} must map to a list of token strings")
 
 
-def load_lcrec(
-    folder: str | Path, name: str | None = None, index_file: str | Path | None = None
-) -> Interactions:
+def load_lcrec(folder: str | Path, name: str | None = None, index_file: str | Path | None = None) -> Interactions:
     """Load an LC-Rec data set: ``<name>.inter.json``, optional ``<name>.item.json`` and index file.
 
     ``<name>.inter.json`` is ``{user_id: [item_id, ...chronological]}``; ``<name>.item.json`` is

@@ -18,9 +18,7 @@ def _check_csr(indptr: torch.Tensor, indices: torch.Tensor, num_items: int) -> N
         raise ValueError(f"seen_indices must lie in [0, num_items={num_items})")
 
 
-def _seen_keys(
-    indptr: torch.Tensor, indices: torch.Tensor, num_items: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _seen_keys(indptr: torch.Tensor, indices: torch.Tensor, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted unique keys ``user * num_items + item`` and the per-user count of distinct seen items."""
     rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1), indptr[1:] - indptr[:-1])
     keys = rows * num_items + indices
@@ -95,9 +93,7 @@ def sample_negatives(
     """
     user_ids = torch.as_tensor(user_ids)
     if user_ids.dtype.is_floating_point or user_ids.dtype == torch.bool or user_ids.dim() != 1:
-        raise ValueError(
-            f"user_ids must be a 1-D integer tensor, got {user_ids.dtype} {tuple(user_ids.shape)}"
-        )
+        raise ValueError(f"user_ids must be a 1-D integer tensor, got {user_ids.dtype} {tuple(user_ids.shape)}")
     if num_items <= 0:
         raise ValueError(f"num_items must be > 0, got {num_items}")
     if num_neg < 0:

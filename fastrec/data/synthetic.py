@@ -120,9 +120,7 @@ def _items(rng: np.random.Generator, num_items: int) -> tuple[np.ndarray, np.nda
     leaf = rng.integers(0, n_leaf, num_items)
     factors = centroids[leaf] + rng.normal(0.0, 0.35, (num_items, DIM))
     own = rng.random(num_items) < 0.85
-    brand = np.where(
-        own, leaf_brands[leaf, rng.integers(0, 3, num_items)], rng.integers(0, len(BRANDS), num_items)
-    )
+    brand = np.where(own, leaf_brands[leaf, rng.integers(0, 3, num_items)], rng.integers(0, len(BRANDS), num_items))
     ranks = rng.permutation(num_items) + 1
     log_pop = -1.1 * np.log(ranks)
     text = [_item_text(rng, int(leaf[i]), factors[i], BRANDS[brand[i]], i) for i in range(num_items)]

@@ -100,9 +100,7 @@ def _relevance(topk: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torc
     return keys[pos] == query, count
 
 
-def _prepare(
-    topk_ids: torch.Tensor, targets: Targets, k: int | None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _prepare(topk_ids: torch.Tensor, targets: Targets, k: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     topk = _int_tensor(topk_ids, "topk_ids", 2)
     k = _check_k(k, topk.shape[1])
     targets = _check_targets(targets, topk.shape[0])
@@ -146,36 +144,28 @@ def _mrr(rel: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 _CORE = {"hit_rate": _hr, "recall": _recall, "ndcg": _ndcg, "mrr": _mrr}
 
 
-def hit_rate(
-    topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean"
-) -> torch.Tensor:
+def hit_rate(topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean") -> torch.Tensor:
     """HR@k: fraction of users with a target among their top ``k`` ids (see the module docstring)."""
     _check_reduction(reduction)
     rel, count, _ = _prepare(topk_ids, targets, k)
     return _reduce(_hr(rel, count), count, reduction)
 
 
-def recall(
-    topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean"
-) -> torch.Tensor:
+def recall(topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean") -> torch.Tensor:
     """Recall@k: found targets in the top ``k`` over the number of distinct targets, averaged over users."""
     _check_reduction(reduction)
     rel, count, _ = _prepare(topk_ids, targets, k)
     return _reduce(_recall(rel, count), count, reduction)
 
 
-def ndcg(
-    topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean"
-) -> torch.Tensor:
+def ndcg(topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean") -> torch.Tensor:
     """NDCG@k with binary relevance and ``log2(rank + 1)`` discount, ideal DCG over ``min(T, k)`` targets."""
     _check_reduction(reduction)
     rel, count, _ = _prepare(topk_ids, targets, k)
     return _reduce(_ndcg(rel, count), count, reduction)
 
 
-def mrr(
-    topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean"
-) -> torch.Tensor:
+def mrr(topk_ids: torch.Tensor, targets: Targets, k: int | None = None, reduction: str = "mean") -> torch.Tensor:
     """MRR@k: reciprocal 1-based rank of the first target in the top ``k`` (0 when none), averaged."""
     _check_reduction(reduction)
     rel, count, _ = _prepare(topk_ids, targets, k)
@@ -229,9 +219,7 @@ def _check_scores_labels(scores: torch.Tensor, labels: torch.Tensor) -> tuple[to
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
     if labels.shape != scores.shape:
-        raise ValueError(
-            f"labels must have the shape of scores {tuple(scores.shape)}, got {tuple(labels.shape)}"
-        )
+        raise ValueError(f"labels must have the shape of scores {tuple(scores.shape)}, got {tuple(labels.shape)}")
     if scores.dtype.is_complex or scores.dtype == torch.bool:
         raise ValueError(f"scores must be real numbers, got {scores.dtype}")
     s = scores.detach().to(torch.float64)
@@ -281,9 +269,7 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return auc_g[0]
 
 
-def uauc(
-    scores: torch.Tensor, labels: torch.Tensor, user_ids: torch.Tensor, weighted: bool = False
-) -> torch.Tensor:
+def uauc(scores: torch.Tensor, labels: torch.Tensor, user_ids: torch.Tensor, weighted: bool = False) -> torch.Tensor:
     """User AUC: the AUC of each user's samples, averaged over users having both classes.
 
     Computed for all users at once (one sort by (user, score)). Users with only positives or only
