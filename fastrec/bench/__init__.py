@@ -1,0 +1,23 @@
+"""Benchmarks of every op family, shared by `fastrec bench` and benchmarks/ (pytest-benchmark)."""
+
+from __future__ import annotations
+
+import importlib
+
+from fastrec.bench.core import Case, Row, format_table, plot, run_case, write_csv
+
+# One module per op family, each exposing `cases(quick: bool) -> list[Case]`.
+FAMILIES = ["quantize"]
+
+
+def all_cases(quick: bool = False, families: list[str] | None = None) -> list[Case]:
+    out = []
+    for family in families or FAMILIES:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown benchmark family {family!r}; choose from {FAMILIES}")
+        module = importlib.import_module(f"fastrec.bench.{family}")
+        out += [c for c in module.cases(quick) if c.quick or not quick]
+    return out
+
+
+__all__ = ["Case", "Row", "FAMILIES", "all_cases", "format_table", "plot", "run_case", "write_csv"]

@@ -1,0 +1,36 @@
+# Quick start: `make demo` (the main job) and `make test` (the whole suite). Each creates .venv when it
+# is missing, installs the requirements, builds fastrec._C against the installed torch, then runs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export CUDA_HOME ?= /usr/local/cuda
+SOURCES := $(wildcard setup.py pyproject.toml csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
+
+.PHONY: install demo test bench lint clean
+
+$(VENV)/.requirements: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.requirements $(SOURCES)
+	$(PY) -m pip install -q -e . --no-build-isolation --no-deps
+	touch $@
+
+install: $(VENV)/.built
+
+demo: install
+	$(VENV)/bin/fastrec demo
+
+test: install
+	$(PY) -m pytest tests -q
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-only -q
+
+lint: install
+	$(VENV)/bin/ruff check fastrec kernels tests benchmarks setup.py
+
+clean:
+	rm -rf build fastrec/_C*.so $(VENV)/.built

@@ -1,0 +1,159 @@
+"""The benchmark harness shared by `fastrec bench` and the pytest-benchmark suites in benchmarks/.
+
+A `Case` is one op at one shape with its implementations: fastrec's first, then the peers it is judged
+against, all run in the same process, one after the other. Time is the median of repeated calls after a
+warm-up; memory is the peak resident-set growth during one call beyond the bytes of its outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+
+@dataclass
+class Case:
+    """One benchmark: `make()` builds the inputs once; each impl is called as impl(inputs)."""
+
+    op: str
+    shape: str
+    make: Callable[[], Any]
+    impls: dict[str, Callable[[Any], Any]]
+    targets: dict[str, float] = field(default_factory=dict)  # peer -> required speedup of fastrec
+    quick: bool = True  # part of `fastrec bench --quick`
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}[{self.shape}]"
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    impl: str
+    ms: float
+    peak_extra_mb: float
+    speedup: float = float("nan")  # this impl's time / fastrec's time (peers) ; 1.0 for fastrec
+    target: float | None = None
+
+
+def _output_bytes(out: Any) -> int:
+    if isinstance(out, torch.Tensor):
+        return out.numel() * out.element_size()
+    if isinstance(out, (tuple, list)):
+        return sum(_output_bytes(o) for o in out)
+    if hasattr(out, "nbytes"):
+        return int(out.nbytes)
+    return 0
+
+
+def peak_extra_memory_mb(fn: Callable[[], Any], interval: float = 0.0005) -> float:
+    """Peak RSS growth while `fn` runs, minus the size of what it returns (the scratch it needed)."""
+    gc.collect()
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = base
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = fn()
+    peak = max(peak, proc.memory_info().rss)
+    done.set()
+    sampler.join()
+    return max(0.0, (peak - base - _output_bytes(out)) / 2**20)
+
+
+def time_ms(fn: Callable[[], Any], min_time: float = 0.3, max_reps: int = 20, warmup: int = 1) -> float:
+    """Median wall time of `fn` in ms over at least 3 calls (more while under `min_time` seconds)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] | None = None) -> list[Row]:
+    """Time every implementation of one case in this process; speedups relative to 'fastrec'."""
+    inputs = case.make()
+    rows = []
+    for impl, fn in case.impls.items():
+        if progress:
+            progress(f"{case.name} {impl}")
+        call = lambda fn=fn: fn(inputs)
+        mem = peak_extra_memory_mb(call)
+        rows.append(Row(case.op, case.shape, impl, time_ms(call, min_time), mem, target=case.targets.get(impl)))
+    base = next(r.ms for r in rows if r.impl == "fastrec")
+    for r in rows:
+        r.speedup = r.ms / base
+    del inputs
+    gc.collect()
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'op':<22} {'shape':<30} {'impl':<28} {'ms':>10} {'vs fastrec':>11} {'target':>8} {'extra MB':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        target = "" if r.target is None else (f"{r.target:g}x " + ("ok" if r.speedup >= r.target else "MISS"))
+        speed = "1.00x" if r.impl == "fastrec" else f"{r.speedup:.2f}x"
+        lines.append(f"{r.op:<22} {r.shape:<30} {r.impl:<28} {r.ms:>10.2f} {speed:>11} {target:>8} "
+                     f"{r.peak_extra_mb:>9.1f}")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["op", "shape", "impl", "ms", "peer_ms_over_fastrec_ms", "target", "peak_extra_mb"])
+        for r in rows:
+            w.writerow([r.op, r.shape, r.impl, f"{r.ms:.4f}", f"{r.speedup:.4f}", r.target or "",
+                        f"{r.peak_extra_mb:.2f}"])
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    """One horizontal bar group per case: time of each implementation, fastrec highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys((r.op, r.shape) for r in rows))
+    fig, axes = plt.subplots(len(cases), 1, figsize=(9, 1.2 + 0.45 * len(rows)), squeeze=False)
+    for ax, (op, shape) in zip(axes[:, 0], cases, strict=True):
+        group = [r for r in rows if (r.op, r.shape) == (op, shape)]
+        colors = ["#d62728" if r.impl == "fastrec" else "#7f7f7f" for r in group]
+        ax.barh([r.impl for r in group], [r.ms for r in group], color=colors)
+        for i, r in enumerate(group):
+            ax.text(r.ms, i, f" {r.ms:.1f} ms ({r.speedup:.2f}x)", va="center", fontsize=8)
+        ax.set_title(f"{op} {shape}", fontsize=9)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.tick_params(labelsize=8)
+    axes[-1, 0].set_xlabel("milliseconds (log scale; lower is better)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,56 @@
+"""The `fastrec` command (also `python -m fastrec`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fastrec import backends
+    from fastrec.bench import all_cases, format_table, plot, run_case, write_csv
+
+    families = args.ops.split(",") if args.ops else None
+    cases = all_cases(quick=args.quick, families=families)
+    print(f"fastrec bench: {len(cases)} cases; backends: {backends()['cpu']}", flush=True)
+    rows = []
+    with tqdm(cases, desc="bench", unit="case") as bar:
+        for case in bar:
+            rows += run_case(case, min_time=0.2 if args.quick else 0.5, progress=bar.set_postfix_str)
+    print(format_table(rows))
+    out = Path(args.out)
+    write_csv(rows, out / "bench.csv")
+    plot(rows, out / "bench.png")
+    print(f"wrote {out / 'bench.csv'} and {out / 'bench.png'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The main job of `make demo`: every end-to-end pipeline that exists, then the quick benchmarks."""
+    return _bench(argparse.Namespace(quick=True, ops="", out=args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastrec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="benchmark the ops against their peers (table, CSV, PNG)")
+    bench.add_argument("--quick", action="store_true", help="the small shapes only (about a minute)")
+    bench.add_argument("--ops", default="", help="comma-separated op families (default: all)")
+    bench.add_argument("--out", default="results/bench", help="folder for bench.csv and bench.png")
+    bench.set_defaults(func=_bench)
+    demo = sub.add_parser("demo", help="end-to-end demo on the embedded data set, then quick benchmarks")
+    demo.add_argument("--out", default="results/demo", help="folder for everything the demo writes")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
