@@ -10,7 +10,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -253,6 +252,16 @@ at::Tensor lightgcn_propagate_cpu(const at::Tensor& indptr, const at::Tensor& in
 }
 
 // ------------------------------------------------------------------------------------- topk_scores
+//
+// A register-tiled micro-kernel (8 users x 32 items, 16 accumulators) computes scores that never leave
+// the registers unless one beats the user's current k-th score: the threshold test is one compare per
+// vector, and only the rare winners are checked against the user's (sorted) seen list and pushed into a
+// running top-k heap. Items are packed once per call into 32-wide transposed panels; a block of 128
+// items (32 KB) stays in L1 while every 8-user row group of the block passes over it.
+
+constexpr int kTileRows = 8;
+constexpr int kTileItems = 2 * kLanes;
+constexpr int64_t kPanelsPerBlock = 4;
 
 struct Entry {
   float score;
@@ -261,37 +270,62 @@ struct Entry {
 // std heap with this comparator keeps the entry that ranks last on top (the one to evict).
 inline bool entry_before(const Entry& a, const Entry& b) { return graph::ranks_before(a.score, a.id, b.score, b.id); }
 
-// Fold one row of the score tile (items [i0, i0 + w)) into the user's running top-k heap.
-inline void fold_row(const float* s, int64_t w, int64_t i0, Entry* heap, int64_t& size, int64_t k) {
-  int64_t c = 0;
-  while (size < k && c < w) {  // fill
-    heap[size++] = Entry{s[c], i0 + c};
-    std::push_heap(heap, heap + size, entry_before);
-    ++c;
-  }
-  if (k == 0) return;
-  // ids only increase along the scan, so a candidate enters iff its score beats the current worst
-  float thr = heap[0].score;
-  for (; c + kLanes <= w; c += kLanes) {
-    const vf v = load(s + c);
-    bool any = false;
-    for (int j = 0; j < kLanes; ++j) any |= v[j] > thr;
-    if (!any) continue;
-    for (int j = 0; j < kLanes; ++j) {
-      if (s[c + j] > thr) {
-        std::pop_heap(heap, heap + k, entry_before);
-        heap[k - 1] = Entry{s[c + j], i0 + c + j};
-        std::push_heap(heap, heap + k, entry_before);
-        thr = heap[0].score;
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// items [I, D] -> panels [P][D][32] (P = ceil(I / 32)), padding columns zero.
+std::vector<float> pack_items(const float* it, int64_t I, int64_t D) {
+  const int64_t P = (I + kTileItems - 1) / kTileItems;
+  std::vector<float> packed(P * D * kTileItems);
+  at::parallel_for(0, P, 64, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* dst = packed.data() + p * D * kTileItems;
+      for (int64_t j = 0; j < kTileItems; ++j) {
+        const int64_t i = p * kTileItems + j;
+        for (int64_t d = 0; d < D; ++d) dst[d * kTileItems + j] = i < I ? it[i * D + d] : 0.f;
       }
     }
+  });
+  return packed;
+}
+
+inline void micro_kernel(const float* qr, int64_t D, const float* panel, vf* acc0, vf* acc1) {
+  for (int r = 0; r < kTileRows; ++r) acc0[r] = acc1[r] = vf{};
+  for (int64_t d = 0; d < D; ++d) {
+    const vf c0 = load(panel + d * kTileItems);
+    const vf c1 = load(panel + d * kTileItems + kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kTileRows; ++r) {
+      const float qv = qr[r * D + d];
+      acc0[r] += qv * c0;
+      acc1[r] += qv * c1;
+    }
   }
-  for (; c < w; ++c) {
-    if (s[c] > thr) {
-      std::pop_heap(heap, heap + k, entry_before);
-      heap[k - 1] = Entry{s[c], i0 + c};
-      std::push_heap(heap, heap + k, entry_before);
-      thr = heap[0].score;
+}
+
+struct UserTopK {
+  Entry* heap;
+  int64_t size;
+  float thr;  // the k-th score once full; -inf while filling (so every item is offered)
+  const int64_t* seen;  // sorted
+  int64_t num_seen;
+};
+
+inline bool is_seen(const UserTopK& u, int64_t id) { return std::binary_search(u.seen, u.seen + u.num_seen, id); }
+
+// Offer the 32 scores of one tile row (items id0..id0+31, increasing) to a user's running top-k.
+inline void offer(UserTopK& u, const float* s, int64_t id0, int64_t I, int64_t k) {
+  for (int j = 0; j < kTileItems; ++j) {
+    const int64_t id = id0 + j;
+    if (id >= I) break;
+    if (u.size < k) {
+      u.heap[u.size++] = Entry{is_seen(u, id) ? -std::numeric_limits<float>::infinity() : s[j], id};
+      std::push_heap(u.heap, u.heap + u.size, entry_before);
+      if (u.size == k) u.thr = u.heap[0].score;
+    } else if (s[j] > u.thr && !is_seen(u, id)) {  // ids only grow: a tie never displaces the holder
+      std::pop_heap(u.heap, u.heap + k, entry_before);
+      u.heap[k - 1] = Entry{s[j], id};
+      std::push_heap(u.heap, u.heap + k, entry_before);
+      u.thr = u.heap[0].score;
     }
   }
 }
@@ -299,49 +333,68 @@ inline void fold_row(const float* s, int64_t w, int64_t i0, Entry* heap, int64_t
 template <typename index_t>
 void topk_impl(const at::Tensor& q, const at::Tensor& items, int64_t k, const index_t* ex_ptr, const index_t* ex_idx,
                float* out_s, int64_t* out_i) {
-  const int64_t U = q.size(0), I = items.size(0);
+  const int64_t U = q.size(0), I = items.size(0), D = q.size(1);
   const int64_t threads = at::get_num_threads();
-  // tile = ub x ic fp32 (~1 MB: one L2); fewer users per block when there are few users, so every
-  // thread gets work
-  const int64_t ic = std::min<int64_t>(I, 2048);
-  int64_t ub = 128;
-  while (ub > 8 && (U + ub - 1) / ub < 2 * threads) ub /= 2;
+  const std::vector<float> packed = pack_items(items.data_ptr<float>(), I, D);
+  const int64_t P = (I + kTileItems - 1) / kTileItems;
+  int64_t ub = 256;  // users per block: the block's queries (64 KB at d=64) stay in L2
+  while (ub > kTileRows && (U + ub - 1) / ub < 2 * threads) ub /= 2;
   const int64_t blocks = (U + ub - 1) / ub;
+  const float* qp = q.data_ptr<float>();
+  const float inf = std::numeric_limits<float>::infinity();
   std::atomic<bool> ok{true};
 #pragma omp parallel num_threads(threads)
   {
-    auto tile = at::empty({ub, ic}, q.options());
+    std::vector<float> qbuf(round_up(ub, kTileRows) * D);
     std::vector<Entry> heaps(ub * k);
-    std::vector<int64_t> sizes(ub);
+    std::vector<UserTopK> users(ub);
+    std::vector<int64_t> seen;
+    std::vector<int64_t> seen_off(ub + 1);
+    alignas(64) float row[kTileItems];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t u0 = b * ub, nu = std::min(ub, U - u0);
-      std::fill(sizes.begin(), sizes.end(), 0);
-      auto qb = q.narrow(0, u0, nu);
-      for (int64_t i0 = 0; i0 < I; i0 += ic) {
-        const int64_t w = std::min(ic, I - i0);
-        auto t = tile.narrow(0, 0, nu).narrow(1, 0, w);
-        at::mm_out(t, qb, items.narrow(0, i0, w).t());  // single-threaded inside the parallel region
-        float* tp = tile.data_ptr<float>();
-        const int64_t ld = t.stride(0);
-        for (int64_t r = 0; r < nu; ++r) {
-          float* s = tp + r * ld;
-          if (ex_ptr) {
-            const int64_t u = u0 + r;
-            for (int64_t e = ex_ptr[u]; e < static_cast<int64_t>(ex_ptr[u + 1]); ++e) {
-              const int64_t j = static_cast<int64_t>(ex_idx[e]);
-              if (j < 0 || j >= I) {
-                ok = false;
-                continue;
-              }
-              if (j >= i0 && j < i0 + w) s[j - i0] = -std::numeric_limits<float>::infinity();
+      const int64_t u0 = b * ub, nu = std::min(ub, U - u0), rows = round_up(nu, kTileRows);
+      std::memcpy(qbuf.data(), qp + u0 * D, nu * D * sizeof(float));
+      std::fill(qbuf.begin() + nu * D, qbuf.begin() + rows * D, 0.f);
+      // the block's seen lists, sorted per user (any order and duplicates are accepted on input)
+      seen.clear();
+      for (int64_t r = 0; r < nu; ++r) {
+        seen_off[r] = static_cast<int64_t>(seen.size());
+        if (ex_ptr) {
+          for (int64_t e = ex_ptr[u0 + r]; e < static_cast<int64_t>(ex_ptr[u0 + r + 1]); ++e) {
+            const int64_t j = static_cast<int64_t>(ex_idx[e]);
+            if (j < 0 || j >= I) ok = false;
+            else seen.push_back(j);
+          }
+        }
+        std::sort(seen.begin() + seen_off[r], seen.end());
+      }
+      seen_off[nu] = static_cast<int64_t>(seen.size());
+      for (int64_t r = 0; r < nu; ++r)
+        users[r] = UserTopK{heaps.data() + r * k, 0, -inf, seen.data() + seen_off[r], seen_off[r + 1] - seen_off[r]};
+      for (int64_t p0 = 0; p0 < P; p0 += kPanelsPerBlock) {
+        const int64_t p1 = std::min(P, p0 + kPanelsPerBlock);
+        for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+          const int64_t live = std::min<int64_t>(kTileRows, nu - r0);
+          for (int64_t p = p0; p < p1; ++p) {
+            vf acc0[kTileRows], acc1[kTileRows];
+            micro_kernel(qbuf.data() + r0 * D, D, packed.data() + p * D * kTileItems, acc0, acc1);
+            for (int64_t r = 0; r < live; ++r) {
+              UserTopK& u = users[r0 + r];
+              const vf t = vf{} + u.thr;
+              const auto hit = (acc0[r] > t) | (acc1[r] > t);
+              bool any = false;
+              for (int j = 0; j < kLanes; ++j) any |= hit[j] != 0;
+              if (!any && u.size == k) continue;
+              store(row, acc0[r]);
+              store(row + kLanes, acc1[r]);
+              offer(u, row, p * kTileItems, I, k);
             }
           }
-          fold_row(s, w, i0, heaps.data() + r * k, sizes[r], k);
         }
       }
       for (int64_t r = 0; r < nu; ++r) {
-        Entry* h = heaps.data() + r * k;
+        Entry* h = users[r].heap;
         std::sort_heap(h, h + k, entry_before);
         for (int64_t j = 0; j < k; ++j) {
           out_s[(u0 + r) * k + j] = h[j].score;
