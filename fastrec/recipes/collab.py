@@ -88,8 +88,11 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _batch_loss(model, users, pos, neg, cfg: TrainConfig) -> torch.Tensor:
+def _batch_loss(model, users, pos, neg, cfg: TrainConfig, scale: float = 1.0) -> torch.Tensor:
+    """The batch loss (mean over the samples given) times ``scale``."""
     vectors = model()
+    if users.numel() == 0:  # an empty slice still joins DDP's gradient all-reduce, with zeros
+        return (vectors[0].sum() + vectors[1].sum()) * 0.0
     core = getattr(model, "module", model)
     pos_s = core.score(users, pos, vectors)
     neg_s = core.score(users, neg, vectors)
@@ -98,8 +101,8 @@ def _batch_loss(model, users, pos, neg, cfg: TrainConfig) -> torch.Tensor:
         ego_u, ego_p = core.ego(users, pos)
         ego_n = core.embedding(neg + core.num_users)
         l2 = ego_u.pow(2).sum() + ego_p.pow(2).sum() + ego_n.pow(2).sum()
-        loss = loss + cfg.reg * l2 / (2 * users.shape[0])
-    return loss
+        loss = loss + cfg.reg * l2 / (2 * max(users.shape[0], 1))
+    return loss * scale
 
 
 def train(model: torch.nn.Module, split: LeaveOneOutSplit, cfg: TrainConfig | None = None,
@@ -136,12 +139,15 @@ def train(model: torch.nn.Module, split: LeaveOneOutSplit, cfg: TrainConfig | No
             u, p = users_all[idx], items_all[idx]
             n = sample_negatives(u, graph.seen_indptr, graph.seen_indices, core.num_items, cfg.num_neg, gen)
             n = n[:, 0] if cfg.num_neg == 1 else n
+            batch = u.shape[0]
             u, p, n = u[rank::world], p[rank::world], n[rank::world]
-            loss = _batch_loss(model, u, p, n, cfg)
+            # slices may differ by one sample: weight each rank's mean by its share, so that DDP's
+            # average of the rank gradients is exactly the gradient of the global batch mean
+            loss = _batch_loss(model, u, p, n, cfg, scale=world * u.shape[0] / batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item()
+            total += loss.item() * batch / (world * max(u.shape[0], 1))
             bar.set_postfix(loss=f"{total / (step + 1):.4f}")
         metrics = evaluate(model, split, "valid", cfg.ks)
         row = {"epoch": epoch, "loss": total / steps, **metrics}
