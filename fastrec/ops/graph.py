@@ -169,7 +169,7 @@ def unpack_graph(graph: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     """(indptr, indices, values, symmetric) of a ``torch.sparse_csr_tensor`` or an ``InteractionGraph``."""
     if isinstance(graph, torch.Tensor):
         if graph.layout != torch.sparse_csr:
-            raise TypeError(f"graph must be a torch.sparse_csr_tensor or an InteractionGraph, got layout {graph.layout}")
+            raise TypeError(f"graph must be a torch.sparse_csr_tensor or an InteractionGraph, got {graph.layout}")
         if graph.dim() != 2 or graph.shape[0] != graph.shape[1]:
             raise ValueError(f"graph must be a square 2-D CSR matrix, got shape {tuple(graph.shape)}")
         return graph.crow_indices(), graph.col_indices(), graph.values(), False

@@ -49,7 +49,7 @@ def topk_scores(
     Order: higher score first, equal scores by lower item id (a stable descending sort). Rows are
     processed 1024 at a time so memory stays at 1024 x I.
     """
-    num_users, num_items = queries.shape[0], items.shape[0]
+    num_users = queries.shape[0]
     scores_out = torch.empty(num_users, k, dtype=torch.float32, device=queries.device)
     ids_out = torch.empty(num_users, k, dtype=torch.int64, device=queries.device)
     rows = _rows(exclude_indptr) if exclude_indptr is not None else None
