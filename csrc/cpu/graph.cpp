@@ -339,6 +339,8 @@ void topk_impl(const at::Tensor& q, const at::Tensor& items, int64_t k, const in
   const int64_t P = (I + kTileItems - 1) / kTileItems;
   int64_t ub = 256;  // users per block: the block's queries (64 KB at d=64) stay in L2
   while (ub > kTileRows && (U + ub - 1) / ub < 2 * threads) ub /= 2;
+  // large k: the per-thread heaps (ub x k entries) stay under 64 MB
+  while (ub > kTileRows && ub * k * static_cast<int64_t>(sizeof(Entry)) > (int64_t{64} << 20)) ub /= 2;
   const int64_t blocks = (U + ub - 1) / ub;
   const float* qp = q.data_ptr<float>();
   const float inf = std::numeric_limits<float>::infinity();
