@@ -9,10 +9,15 @@ from fastrec.ops import topk_scores
 from fastrec.recipes.collab import TrainConfig, build_model, evaluate, popularity_baseline, train
 
 
-@pytest.fixture(scope="module")
-def instruments(request):
-    shared = request.getfixturevalue("shared_data")
-    return leave_one_out(load_lcrec(shared / "amazon-instruments"))
+_CACHE = {}
+
+
+@pytest.fixture
+def instruments(shared_data):
+    """The leave-one-out split, loaded once per session (the fixture it needs is function-scoped)."""
+    if "split" not in _CACHE:
+        _CACHE["split"] = leave_one_out(load_lcrec(shared_data / "amazon-instruments"))
+    return _CACHE["split"]
 
 
 @pytest.mark.real_data
