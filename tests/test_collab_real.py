@@ -8,7 +8,6 @@ from fastrec.eval import select_rows
 from fastrec.ops import topk_scores
 from fastrec.recipes.collab import TrainConfig, build_model, evaluate, popularity_baseline, train
 
-
 _CACHE = {}
 
 
