@@ -24,4 +24,12 @@ TORCH_LIBRARY(fastrec, m) {
     return false;
 #endif
   });
+  // collaborative graph: CSR x dense, fused LightGCN propagation, full-ranking top-K (fastrec/ops/graph.py)
+  m.def("spmm(Tensor indptr, Tensor indices, Tensor values, Tensor dense) -> Tensor");
+  m.def(
+      "lightgcn_propagate(Tensor indptr, Tensor indices, Tensor values, Tensor t_indptr, Tensor t_indices, "
+      "Tensor t_values, Tensor emb, float[] layer_weights) -> Tensor");
+  m.def(
+      "topk_scores(Tensor queries, Tensor items, int k, Tensor? exclude_indptr, Tensor? exclude_indices) "
+      "-> (Tensor, Tensor)");
 }

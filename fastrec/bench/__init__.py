@@ -8,6 +8,7 @@ from fastrec.bench.core import Case, Row, format_table, plot, run_case, write_cs
 
 # One module per op family, each exposing `cases(quick: bool) -> list[Case]`.
 FAMILIES = ["quantize"]
+FAMILIES += ["graph"]
 
 
 def all_cases(quick: bool = False, families: list[str] | None = None) -> list[Case]:
