@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from fastrec.data import InteractionGraph, LeaveOneOutSplit, leave_one_out, load_lcrec, sample_negatives, synthetic
 from fastrec.eval import full_ranking
-from fastrec.nn.collab import MF, LightGCN, bce_loss, bpr_loss, load_checkpoint, save_checkpoint
+from fastrec.nn.cf import MF, LightGCN, bce_loss, bpr_loss, load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "train", "evaluate", "popularity_baseline", "build_model", "add_parser"]
 

@@ -6,7 +6,7 @@ import torch
 from fastrec.data import leave_one_out, load_lcrec
 from fastrec.eval import select_rows
 from fastrec.ops import topk_scores
-from fastrec.recipes.collab import TrainConfig, build_model, evaluate, popularity_baseline, train
+from fastrec.recipes.cf import TrainConfig, build_model, evaluate, popularity_baseline, train
 
 _CACHE = {}
 

@@ -12,7 +12,7 @@ import torch
 
 from fastrec.data import InteractionGraph, leave_one_out, synthetic
 from fastrec.nn import MF, LightGCN, bce_loss, bpr_loss, load_checkpoint, save_checkpoint
-from fastrec.recipes.collab import TrainConfig, build_model, evaluate, popularity_baseline, train
+from fastrec.recipes.cf import TrainConfig, build_model, evaluate, popularity_baseline, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
