@@ -24,4 +24,7 @@ TORCH_LIBRARY(fastrec, m) {
     return false;
 #endif
   });
+  // collaborative-token splicing, SeLLa-Rec (fastrec/ops/collab.py)
+  m.def("splice_collab_tokens(Tensor input_ids, Tensor token_weight, Tensor placeholder_ids, Tensor slot_values, "
+        "int[]? type_counts=None) -> (Tensor, Tensor)");
 }
