@@ -177,6 +177,28 @@ def _check_collab(slot_ids, tables, projections, placeholder_ids, token_weight, 
             _check_ids_range(f"slot_ids[{k}]", ids, table.shape[0], f"the rows of tables[{k}]")
 
 
+def splice_collab_rows(input_ids: torch.Tensor, token_weight: torch.Tensor, placeholder_ids: torch.Tensor,
+                       values: Sequence[torch.Tensor], validate: bool = True) -> torch.Tensor:
+    """Like :func:`splice_collab_tokens`, with the slot rows given per placeholder type.
+
+    values[s] [N_s, H] holds one row per occurrence of placeholder_ids[s], in row-major order of input_ids
+    (LLaRA-style prompts may hold any number of each). Differentiable in values and token_weight.
+    """
+    _check_splice(input_ids, token_weight, placeholder_ids, validate)
+    if len(values) != placeholder_ids.shape[0]:
+        raise ValueError(f"values needs one tensor per placeholder id ({placeholder_ids.shape[0]}), got {len(values)}")
+    for k, v in enumerate(values):
+        _checks.tensor(f"values[{k}]", v, 2, _checks.FLOAT_DTYPES)
+        _checks.same_device(**{"token_weight": token_weight, f"values[{k}]": v})
+        _checks.same_dtype(**{"token_weight": token_weight, f"values[{k}]": v})
+        if v.shape[1] != token_weight.shape[1]:
+            raise ValueError(f"values[{k}] has H={v.shape[1]} but token_weight has H={token_weight.shape[1]}")
+    counts = [int(v.shape[0]) for v in values]
+    _check_counts(input_ids, placeholder_ids, token_weight, counts, validate)
+    rows = torch.cat(list(values)) if len(values) else token_weight.new_empty(0, token_weight.shape[1])
+    return torch.ops.fastrec.splice_collab_tokens(input_ids, token_weight, placeholder_ids, rows, counts)[0]
+
+
 def collab_inputs_embeds(input_ids: torch.Tensor, token_weight: torch.Tensor, placeholder_ids: torch.Tensor,
                          slot_ids: Sequence[torch.Tensor], tables: Sequence[torch.Tensor],
                          projections: Sequence[Projection], validate: bool = True) -> torch.Tensor:
@@ -197,9 +219,6 @@ def collab_inputs_embeds(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
     """
     _check_splice(input_ids, token_weight, placeholder_ids, validate)
     _check_collab(slot_ids, tables, projections, placeholder_ids, token_weight, validate)
-    counts = [int(ids.shape[0]) for ids in slot_ids]
-    _check_counts(input_ids, placeholder_ids, token_weight, counts, validate)
     values = [project_rows(F.embedding(ids, table), proj)
               for ids, table, proj in zip(slot_ids, tables, projections, strict=True)]
-    values = torch.cat(values) if values else token_weight.new_empty(0, token_weight.shape[1])
-    return torch.ops.fastrec.splice_collab_tokens(input_ids, token_weight, placeholder_ids, values, counts)[0]
+    return splice_collab_rows(input_ids, token_weight, placeholder_ids, values, validate)
