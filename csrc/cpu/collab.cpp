@@ -95,13 +95,13 @@ std::tuple<at::Tensor, at::Tensor> splice_collab_tokens_cpu(const at::Tensor& in
     m = map_slots(ids.data_ptr<int32_t>(), n, V, ph, type_counts ? &offsets : nullptr);
   TORCH_CHECK_INDEX(m.bad_id < 0, "input_ids holds id ", m.bad_value,
                    " at flat position ", m.bad_id, ", outside the vocabulary [0, ", V, ")");
-  TORCH_CHECK_VALUE(m.total == N, "slot_values has ", N, " rows but input_ids holds ", m.total,
-                    " placeholder occurrences (one row per occurrence, row-major)");
   if (type_counts.has_value()) {
     const std::vector<int64_t> want(type_counts->begin(), type_counts->end());
-    TORCH_CHECK_VALUE(m.per_type == want, "placeholder occurrences per type ", join(m.per_type),
-                      " do not match the slot rows given per type ", join(want));
+    TORCH_CHECK_VALUE(m.per_type == want, "input_ids holds ", join(m.per_type),
+                      " placeholder occurrences per type but ", join(want), " slot rows were given per type");
   }
+  TORCH_CHECK_VALUE(m.total == N, "slot_values has ", N, " rows but input_ids holds ", m.total,
+                    " placeholder occurrences (one row per occurrence, row-major)");
 
   std::vector<int64_t> out_shape(ids.sizes().begin(), ids.sizes().end());
   out_shape.push_back(H);

@@ -111,7 +111,8 @@ def _check_counts(input_ids, placeholder_ids, token_weight, counts: list[int], v
     if len(counts) == 1 and len(found) > 1:
         found = [sum(found)]
     if found != counts:
-        raise ValueError(f"input_ids holds {found} placeholder occurrences but {counts} slot rows were given")
+        raise ValueError(f"input_ids holds {found} placeholder occurrences per type but {counts} slot rows "
+                         "were given per type")
 
 
 def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, placeholder_ids: torch.Tensor,
