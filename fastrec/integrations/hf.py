@@ -62,7 +62,7 @@ def attach_collab_tokens(model: nn.Module, tokenizer: Any, tokens: Sequence[str]
     tokenizer.add_tokens(tokens, special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids(tokens)
     if len(tokenizer) > old_vocab:
-        base.resize_token_embeddings(len(tokenizer))
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the rows are replaced anyway
     embedding = base.get_input_embeddings()
     weight = embedding.weight
     if projection is None:
