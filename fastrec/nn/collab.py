@@ -55,9 +55,8 @@ class HybridProjection(nn.Module):
                 raise ValueError(f"{name} must be > 0, got {v}")
         self.hidden_size = hidden_size
         self.moe = moe
-        make = (lambda d: GatedProjection(d, mid, hidden_size, experts)) if moe else (lambda d: _mlp(d, mid, hidden_size))
-        self.user = make(user_dim)
-        self.item = make(item_dim)
+        self.user = GatedProjection(user_dim, mid, hidden_size, experts) if moe else _mlp(user_dim, mid, hidden_size)
+        self.item = GatedProjection(item_dim, mid, hidden_size, experts) if moe else _mlp(item_dim, mid, hidden_size)
         warm_dim = hidden_size if warm_dim is None else warm_dim
         self.warm = nn.Linear(warm_dim, hidden_size) if warm_dim > 0 else None
 
