@@ -62,7 +62,7 @@ class SellaRecConfig:
     num_neg: int = 1
     eval_neg: int = 4
     train_pos_per_user: int = 2  # latest training positives per user used for LoRA tuning
-    max_users: int | None = None
+    max_users: int | None = None  # users in the LLM train / eval sets (MF always trains on all)
     cold_threshold: int = 5  # items with fewer training interactions are cold
     batch_size: int = 32
     tiny_hidden: int = 64
@@ -138,9 +138,8 @@ def build_ctr(data: Interactions, cfg: SellaRecConfig) -> tuple[CTRSet, CTRSet, 
         h = [items[indptr[j]:indptr[j + 1]].tolist()[-cfg.max_history:] for j in keep]
         sets.append(_with_negatives(eval_users[keep].tolist(), targets[keep].tolist(), h, seen, data.num_items,
                                     cfg.eval_neg, g))
-    train_u, train_i = split.train.pairs()
-    keep = train_u < len(users)
-    mf_train = _with_negatives(train_u[keep].tolist(), train_i[keep].tolist(), [[] for _ in range(int(keep.sum()))],
+    train_u, train_i = split.train.pairs()  # MF sees every user (cheap); max_users limits the LLM sets
+    mf_train = _with_negatives(train_u.tolist(), train_i.tolist(), [[] for _ in range(train_u.numel())],
                                seen, data.num_items, cfg.num_neg, g)
     counts = torch.bincount(split.train.items, minlength=data.num_items)
     return mf_train, sets[0], sets[1], sets[2], counts
@@ -351,7 +350,7 @@ def lora_tune(model: nn.Module, tok: Any, data: Interactions, train: CTRSet, cfg
                 opt.step()
                 total += loss.item() * idx.numel()
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}")
             losses.append(total / len(train))
     cfg.history["lora_loss"] = losses
     model.eval()
@@ -473,12 +472,11 @@ def _save(out: Path, cfg: SellaRecConfig, lora: nn.Module, tok: Any, mf: nn.Modu
 
     tmp = _atomic_dir(out)
     emb = collab_embedding(lora)
-    base = lora.get_base_model()
     state = {"mf_user": mf.user_weight.detach().cpu(), "mf_item": mf.item_weight.detach().cpu(),
              "text": text.cpu(), "counts": counts, "projection": emb.projection.state_dict(),
              "lora": get_peft_model_state_dict(lora)}
-    if not cfg.model:  # the tiny base model is random: keep its weights (without the collab wrapper)
-        state["base"] = {k: v for k, v in base.state_dict().items() if "lora_" not in k}
+    if not cfg.model:  # the tiny base model is random: keep every weight of the tuned model
+        state["full"] = lora.state_dict()
     torch.save(state, tmp / "sellarec.pt")
     tok.save_pretrained(tmp / "tokenizer")
     (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -530,15 +528,15 @@ def evaluate(out: str | Path, data: str | None = None) -> dict[str, Any]:
     dataset = load_data(cfg.data, cfg.seed)
     _, _, _, te, _ = build_ctr(dataset, cfg)
     llm, tok = _llm(dataset, cfg, out)
-    if "base" in state:
-        llm.load_state_dict(state["base"])
-    text = state["text"]
-    proj = _attach(llm, tok, state["mf_user"], state["mf_item"], text, cfg)
-    proj.load_state_dict(state["projection"])
+    proj = _attach(llm, tok, state["mf_user"], state["mf_item"], state["text"], cfg)
     from peft import set_peft_model_state_dict
 
     lora = _peft(llm, cfg)
-    set_peft_model_state_dict(lora, state["lora"])
+    if "full" in state:
+        lora.load_state_dict(state["full"])
+    else:
+        proj.load_state_dict(state["projection"])
+        set_peft_model_state_dict(lora, state["lora"])
     warm = state["counts"] >= cfg.cold_threshold
     return {"sellarec": metrics(score(lora, tok, dataset, te, cfg), te, warm)}
 
@@ -561,6 +559,14 @@ def demo_config(out: str) -> SellaRecConfig:
     return SellaRecConfig(out=out, mf_dim=32, mf_epochs=15, mf_lr=1e-2, proj_mid=64, align_epochs=2,
                           lora_epochs=1, max_users=200, eval_neg=3, train_pos_per_user=2, tiny_hidden=32,
                           batch_size=32)
+
+
+def demo(out: str) -> dict[str, Any]:
+    """The `fastrec demo` step: the whole recipe on the embedded synthetic data set (seconds on a CPU)."""
+    results = train(demo_config(out))
+    print("SeLLa-Rec demo (synthetic data, tiny Llama from a config), test split:")
+    print(format_results(results))
+    return results
 
 
 def _cli(args: argparse.Namespace) -> int:
