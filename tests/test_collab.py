@@ -238,3 +238,16 @@ def test_kernel_itself_rejects_bad_counts_and_ids():
         op(_ids() * 3, torch.randn(5, 3), torch.tensor([2]), torch.randn(0, 3))
     with pytest.raises(ValueError, match="type_counts sum"):
         op(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 3), [3])
+
+
+def test_python_checks_cover_backends_without_the_cpu_kernel(monkeypatch):
+    """Where the C++ kernel does not check (CUDA / Triton / reference fallback), the entry point does."""
+    import fastrec.ops._library as lib
+
+    monkeypatch.setattr(lib, "cpu_is_compiled", lambda name: False)
+    with pytest.raises(ValueError, match=r"holds \[2\] placeholder occurrences per type but \[3\]"):
+        splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(3, 3))
+    with pytest.raises(IndexError, match="input_ids holds id 12, outside"):
+        splice_collab_tokens(_ids() * 3, torch.randn(5, 3), torch.tensor([2]), torch.randn(0, 3))
+    ids, w, ph, vals = make(2, 9, 20, 5)
+    assert torch.equal(splice_collab_tokens(ids, w, ph, vals), reference.splice_collab_tokens(ids, w, ph, vals)[0])
