@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fastrec.bench.core import Case
-from fastrec.ops import collab_inputs_embeds
+from fastrec.ops import collab_inputs_embeds, splice_collab_tokens
 from fastrec.ops.collab import project_rows
 
 B, T, V, D, MID = 16, 256, 32_000, 256, 1024
@@ -82,8 +82,49 @@ def _fwd_bwd(fn):
     return run
 
 
-def cases(quick: bool = False) -> list[Case]:
+def _splice_inputs(h: int, dtype: torch.dtype, grad: bool) -> dict:
+    i = _inputs(h, dtype, False)
+    g = torch.Generator().manual_seed(1)
+    i["values"] = torch.randn(3 * B, h, generator=g).to(dtype).requires_grad_(grad)
+    i["mask"] = torch.isin(i["ids"], i["ph"])
+    i["grad"] = torch.randn(B, T, h, generator=g).to(dtype) if grad else None
+    return i
+
+
+def splice_eager(i: dict) -> torch.Tensor:
+    e = F.embedding(i["ids"], i["weight"])
+    e[torch.isin(i["ids"], i["ph"])] = i["values"]
+    return e
+
+
+def splice_loop(i: dict) -> torch.Tensor:
+    e = F.embedding(i["ids"], i["weight"])
+    k = 0
+    for b in range(e.shape[0]):
+        for t in torch.isin(i["ids"][b], i["ph"]).nonzero().flatten().tolist():
+            e[b, t] = i["values"][k]
+            k += 1
+    return e
+
+
+def splice_cases() -> list[Case]:
+    """The splice alone (slot rows given): what the fused kernel itself replaces."""
     out = []
+    for h in (2048, 4096):
+        for backward in (False, True):
+            wrap = _fwd_bwd if backward else (lambda f: lambda i: (torch.no_grad()(f))(i))
+            impls = {"fastrec": wrap(lambda i: splice_collab_tokens(i["ids"], i["weight"], i["ph"], i["values"])),
+                     "torch eager (mask)": wrap(splice_eager), "original per-sample loop": wrap(splice_loop),
+                     "new output + copy (bound)": copy_bound}
+            targets = {"new output + copy (bound)": 0.5} if not backward else {}
+            out.append(Case("splice_collab_tokens" + (" fwd+bwd" if backward else " fwd"), f"B={B} T={T} H={h} float32",
+                            lambda h=h, backward=backward: _splice_inputs(h, torch.float32, backward), impls, targets,
+                            quick=h == 2048))
+    return out
+
+
+def cases(quick: bool = False) -> list[Case]:
+    out = splice_cases()
     for h in (2048, 4096):
         for dtype in (torch.float32, torch.bfloat16):
             for backward in (False, True):
