@@ -72,3 +72,57 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
     grid = (triton.cdiv(n, block_r), triton.cdiv(H, block_h))
     splice_kernel[grid](ids, slot, weight, values, out, n, H, V, N, BLOCK_R=block_r, BLOCK_H=block_h)
     return out, slot_pos
+
+
+@triton.jit
+def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, O, ROWS,
+                         HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[n] = act(x[ids[n]] @ W^T + b): the row gather is fused into the GEMM's A loads (fp32 accumulation)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
+    rmask, cmask = rows < N, cols < O
+    src = rows
+    if HAS_IDS:
+        src = tl.load(ids_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        src = tl.minimum(tl.maximum(src, 0), ROWS - 1)
+    acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        a = tl.load(x_ptr + src[:, None] * K + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
+        acc += tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    tl.store(out_ptr + rows[:, None] * O + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+
+
+def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor | None = None,
+                  gelu: bool = False) -> torch.Tensor:
+    """act(x[ids] @ weight^T + bias) in one kernel ([N, O] in x's dtype); ids None means every row of x."""
+    import os
+
+    x, weight = x.contiguous(), weight.contiguous()
+    n = ids.numel() if ids is not None else x.shape[0]
+    k, o = x.shape[1], weight.shape[0]
+    out = torch.empty(n, o, dtype=x.dtype, device=x.device)
+    if n == 0 or o == 0:
+        return out
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    block_n, block_o, block_k = 16, (64 if interpret else 64), (64 if interpret else 32)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(o, block_o))
+    gather_linear_kernel[grid](ids if ids is not None else x, x, weight, bias if bias is not None else weight, out,
+                               n, k, o, x.shape[0], HAS_IDS=ids is not None, HAS_BIAS=bias is not None, GELU=gelu,
+                               BLOCK_N=block_n, BLOCK_O=block_o, BLOCK_K=block_k)
+    return out
+
+
+def project_gathered(table: torch.Tensor, ids: torch.Tensor, projection) -> torch.Tensor:
+    """SeLLa-Rec's per-type projection of gathered rows: (W, b) Linear or (W1, b1, W2, b2) with GELU between."""
+    if len(projection) == 2:
+        return gather_linear(table, projection[0], projection[1], ids)
+    hidden = gather_linear(table, projection[0], projection[1], ids, gelu=True)
+    return gather_linear(hidden, projection[2], projection[3])

@@ -251,3 +251,22 @@ def test_python_checks_cover_backends_without_the_cpu_kernel(monkeypatch):
         splice_collab_tokens(_ids() * 3, torch.randn(5, 3), torch.tensor([2]), torch.randn(0, 3))
     ids, w, ph, vals = make(2, 9, 20, 5)
     assert torch.equal(splice_collab_tokens(ids, w, ph, vals), reference.splice_collab_tokens(ids, w, ph, vals)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_fused_gather_projection_under_interpreter(dtype):
+    pytest.importorskip("triton")
+    from fastrec.kernels import collab as tk
+    from fastrec.ops.collab import project_rows
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(30, 20, generator=g).to(dtype)
+    ids = torch.tensor([0, 29, 5, 5, 17, 3, 8])
+    mlp = tuple(t.to(dtype) for t in (torch.randn(40, 20, generator=g) / 4, torch.randn(40, generator=g),
+                                      torch.randn(70, 40, generator=g) / 6, torch.randn(70, generator=g)))
+    lin = (mlp[0], None)
+    for proj in (mlp, lin):
+        got = tk.project_gathered(table, ids, proj)
+        want = project_rows(table.float()[ids], tuple(t.float() if t is not None else None for t in proj))
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)

@@ -220,6 +220,21 @@ def collab_inputs_embeds(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
     """
     _check_splice(input_ids, token_weight, placeholder_ids, validate)
     _check_collab(slot_ids, tables, projections, placeholder_ids, token_weight, validate)
-    values = [project_rows(F.embedding(ids, table), proj)
-              for ids, table, proj in zip(slot_ids, tables, projections, strict=True)]
+    if _fused_projection(token_weight, tables, projections):
+        from fastrec.kernels import collab as kernels
+
+        values = [kernels.project_gathered(table, ids, proj)
+                  for ids, table, proj in zip(slot_ids, tables, projections, strict=True)]
+    else:
+        values = [project_rows(F.embedding(ids, table), proj)
+                  for ids, table, proj in zip(slot_ids, tables, projections, strict=True)]
     return splice_collab_rows(input_ids, token_weight, placeholder_ids, values, validate)
+
+
+def _fused_projection(token_weight: torch.Tensor, tables, projections) -> bool:
+    """On CUDA without autograd (inference, generate), gather + projection run as one Triton kernel per layer;
+    otherwise (CPU, or training) cuBLAS/oneDNN GEMMs on the N gathered rows, whose backward autograd knows."""
+    if token_weight.device.type != "cuda" or not HAS_TRITON or torch.compiler.is_compiling():
+        return False
+    leaves = [*tables, *[w for proj in projections for w in proj if w is not None]]
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in leaves))
