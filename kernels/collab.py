@@ -75,13 +75,13 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
 
 
 @triton.jit
-def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, O, ROWS,
+def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, OUT, ROWS,
                          HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[n] = act(x[ids[n]] @ W^T + b): the row gather is fused into the GEMM's A loads (fp32 accumulation)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
-    rmask, cmask = rows < N, cols < O
+    rmask, cmask = rows < N, cols < OUT
     src = rows
     if HAS_IDS:
         src = tl.load(ids_ptr + rows, mask=rmask, other=0).to(tl.int64)
@@ -97,7 +97,7 @@ def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, O, ROWS,
         acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if GELU:
         acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-    tl.store(out_ptr + rows[:, None] * O + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+    tl.store(out_ptr + rows[:, None] * OUT + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
 
 
 def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor | None = None,

@@ -257,6 +257,7 @@ def test_python_checks_cover_backends_without_the_cpu_kernel(monkeypatch):
 def test_triton_fused_gather_projection_under_interpreter(dtype):
     pytest.importorskip("triton")
     from fastrec.kernels import collab as tk
+
     from fastrec.ops.collab import project_rows
 
     g = torch.Generator().manual_seed(3)
