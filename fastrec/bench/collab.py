@@ -119,7 +119,7 @@ def splice_cases() -> list[Case]:
             targets = {"new output + copy (bound)": 0.5} if not backward else {}
             out.append(Case("splice_collab_tokens" + (" fwd+bwd" if backward else " fwd"), f"B={B} T={T} H={h} float32",
                             lambda h=h, backward=backward: _splice_inputs(h, torch.float32, backward), impls, targets,
-                            quick=h == 2048))
+                            quick=h == 2048 and not backward))
     return out
 
 
@@ -143,5 +143,5 @@ def cases(quick: bool = False) -> list[Case]:
                 dt = str(dtype).replace("torch.", "")
                 out.append(Case(name, f"B={B} T={T} H={h} {dt}",
                                 lambda h=h, dtype=dtype, backward=backward: _inputs(h, dtype, backward),
-                                impls, targets, quick=main))
+                                impls, targets, quick=main and not backward))
     return out
