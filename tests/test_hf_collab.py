@@ -80,7 +80,12 @@ def test_generate_uses_the_collab_rows_and_detach_restores():
                          output_scores=True, return_dict_in_generate=True)
     embeds = eager_embeds(model, tok, emb, enc["input_ids"], collab)
     first = model(inputs_embeds=embeds, attention_mask=enc["attention_mask"]).logits[:, -1]
-    torch.testing.assert_close(out.scores[0], first, rtol=1e-5, atol=1e-5)
+    ph = emb.placeholder_ids
+    keep = torch.ones(first.shape[-1], dtype=torch.bool)
+    keep[ph] = False
+    torch.testing.assert_close(out.scores[0][:, keep], first[:, keep], rtol=1e-5, atol=1e-5)
+    assert torch.isinf(out.scores[0][:, ph]).all()  # placeholders are never generated
+    assert not torch.isin(out.sequences[:, enc["input_ids"].shape[1]:], ph).any()
     assert out.sequences.shape == (1, enc["input_ids"].shape[1] + 4)
     vocab = emb.embedding.weight.shape[0]
     detach_collab_tokens(model)

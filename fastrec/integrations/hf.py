@@ -88,6 +88,8 @@ def _patch(base: nn.Module, emb: CollabTokenEmbedding, old_vocab: int) -> None:
 
     @functools.wraps(generate)
     def collab_generate(*args: Any, collab: Mapping[str, torch.Tensor] | None = None, **kwargs: Any) -> Any:
+        # placeholders are input-only: never generate one (it would have no collaborative row to take)
+        kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + emb.placeholder_ids.tolist()
         with emb.use(collab, once=True):  # the prompt (prefill) holds every placeholder
             return generate(*args, **kwargs)
 
