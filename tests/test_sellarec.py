@@ -123,3 +123,19 @@ def test_real_amazon_scientific_ctr(shared_data):
     assert len(te) == 200 * 3 and te.labels.sum() == 200
     assert all(len(h) <= 10 for h in te.history) and sr._title(data, int(te.items[0]))
     assert bool((counts >= 0).all()) and counts.sum() == mf_tr.labels.sum()
+
+
+def test_model_path_loads_a_local_checkpoint(tmp_path):
+    """`--model PATH` takes a local checkpoint with from_pretrained (local files only), tokenizer included."""
+    data = synthetic(num_users=20, num_items=30)
+    cfg = tiny_cfg(tmp_path / "run")
+    model, tok = sr._llm(data, cfg, None)
+    model.save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    cfg.model = str(tmp_path / "ckpt")
+    loaded, tok2 = sr._llm(data, cfg, None)
+    assert type(loaded) is type(model) and len(tok2) == len(tok)
+    ids = tok2("Item: Yes", return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    with pytest.raises(OSError):
+        sr._llm(data, tiny_cfg(tmp_path, model=str(tmp_path / "missing")), None)
