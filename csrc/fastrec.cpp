@@ -32,4 +32,7 @@ TORCH_LIBRARY(fastrec, m) {
   m.def(
       "topk_scores(Tensor queries, Tensor items, int k, Tensor? exclude_indptr, Tensor? exclude_indices) "
       "-> (Tensor, Tensor)");
+  // collaborative-token splicing, SeLLa-Rec (fastrec/ops/collab.py)
+  m.def("splice_collab_tokens(Tensor input_ids, Tensor token_weight, Tensor placeholder_ids, Tensor slot_values, "
+        "int[]? type_counts=None) -> (Tensor, Tensor)");
 }

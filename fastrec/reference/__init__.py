@@ -3,8 +3,12 @@
 Imports nothing of fastrec.
 """
 
+from fastrec.reference.collab import collab_inputs_embeds, splice_collab_tokens
 from fastrec.reference.graph import lightgcn_propagate, spmm, topk_scores
 from fastrec.reference.quantize import nearest_code, residual_encode
 
-__all__ = ["nearest_code", "residual_encode"]
-__all__ += ["spmm", "lightgcn_propagate", "topk_scores"]
+__all__ = [
+    "nearest_code", "residual_encode",
+    "spmm", "lightgcn_propagate", "topk_scores",
+    "splice_collab_tokens", "collab_inputs_embeds",
+]
