@@ -4,13 +4,14 @@
 // all of them. Here every output row depends on its item id only, so the work is done once per item:
 //   1. one pass over the ids checks the range and builds the sorted unique ids and the inverse map
 //      (a mark array over the catalogue, or a sort when the catalogue is much larger than the batch);
-//      the whole catalogue is used instead when that is cheaper (common/fusion.h);
-//   2. the reduction runs on blocks of kBlockRows gathered rows (fp32, L2-sized) through the BLAS GEMM,
-//      so no [N, D] or [U, D] buffer exists, only one block;
+//      the whole catalogue is used instead when the batch touches nearly all of it (common/fusion.h);
+//   2. the reduction is a gather-GEMM micro-kernel (8 rows x 32 outputs in registers) that reads the
+//      semantic rows in place through their row pointers: no [N, D] or [U, D] buffer exists;
 //   3. the fusion (add, gate, concat+project) runs on the U reduced rows;
 //   4. one OpenMP pass writes every output row (a copy of its item's fused row, zero for padding).
 // The backward (fastrec/ops/fusion.py) sums the output gradient per unique item and calls the weight
-// gradient kernel below, which streams the same gathered blocks: grad_W = sum_blocks G_b^T S_b.
+// gradient kernel below: grad_W = sum_blocks G_b^T S_b over gathered blocks of at most 16 MB, fed to the
+// BLAS GEMM (one call when the rows are the whole fp32 table).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,13 +20,14 @@
 #include <atomic>
 #include <cstring>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "common/fusion.h"
 
 namespace fastrec {
 namespace {
 
-constexpr int64_t kBlockRows = 256;
 
 int parse_mode(const std::string& mode) {
   if (mode == "add") return kFuseAdd;
@@ -35,23 +37,16 @@ int parse_mode(const std::string& mode) {
   return -1;
 }
 
-// Range check, count of non-padding lookups. Throws IndexError naming the first bad id.
-int64_t check_ids(const int64_t* ids, int64_t n, int64_t num_items, int64_t padding_idx) {
+// Range check. Throws IndexError naming a bad id.
+void check_ids(const int64_t* ids, int64_t n, int64_t num_items, int64_t padding_idx) {
   std::atomic<int64_t> bad{-1};
-  std::atomic<int64_t> valid{0};
   at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-    int64_t v = 0;
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t id = ids[i];
-      if (id < 0 || id >= num_items) bad = i;
-      v += id != padding_idx;
-    }
-    valid += v;
+    for (int64_t i = b; i < e; ++i)
+      if (ids[i] < 0 || ids[i] >= num_items) bad = i;
   });
   const int64_t at_pos = bad.load();
   TORCH_CHECK_INDEX(at_pos < 0, "item_ids out of range: item_ids[", at_pos, "] = ", ids[at_pos],
                     " is not in [0, ", num_items, ")");
-  return valid.load();
 }
 
 // Sorted unique non-padding ids and, per lookup, the position of its id among them (-1 for padding).
@@ -89,6 +84,102 @@ at::Tensor unique_rows(const int64_t* ids, int64_t n, int64_t num_items, int64_t
   return rows;
 }
 
+constexpr int kLanes = 16;                 // floats per vector (AVX-512; two AVX2 registers otherwise)
+constexpr int kTileRows = 8;               // gathered rows per micro-tile
+constexpr int kTileCols = 2 * kLanes;      // output columns per micro-tile
+constexpr int64_t kRowsPerTask = 64;       // unique rows per OpenMP work item
+constexpr int64_t kScratchBytes = 16 << 20;  // bound of the weight-gradient gather buffer
+
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
+typedef float vf_unaligned __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+inline vf vload(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// W [d, D] transposed and padded: wt[k * dp + j] = W[j, k], dp = d rounded up to the tile width.
+at::Tensor pack_weight(const at::Tensor& w32, int64_t dp) {
+  auto wt = at::zeros({w32.size(1), dp}, w32.options());
+  wt.narrow(1, 0, w32.size(0)).copy_(w32.t());
+  return wt;
+}
+
+// The micro-kernel: 8 gathered rows x 32 outputs of x . W^T accumulated over D in 16 vector registers.
+// x rows are read in place through their pointers (the gather is fused into the GEMM).
+inline void tile_reduce(const float* const* x, int64_t D, const float* wt, int64_t dp, vf* acc0, vf* acc1) {
+  for (int r = 0; r < kTileRows; ++r) acc0[r] = acc1[r] = vf{};
+  for (int64_t k = 0; k < D; ++k) {
+    const vf c0 = vload(wt + k * dp);
+    const vf c1 = vload(wt + k * dp + kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kTileRows; ++r) {
+      const float xv = x[r][k];
+      acc0[r] += xv * c0;
+      acc1[r] += xv * c1;
+    }
+  }
+}
+
+// reduced [U, d] = semantic_table[rows] @ W^T (+ bias), fp32. OpenMP over blocks of unique rows; fp32
+// tables are read in place, other dtypes are converted one 8-row tile at a time into thread scratch.
+template <typename scalar_t>
+void reduce_rows_impl(const scalar_t* sem, int64_t D, const int64_t* rows, int64_t U, const float* wt, int64_t d,
+                      int64_t dp, const float* bias, float* out) {
+  const int64_t tasks = (U + kRowsPerTask - 1) / kRowsPerTask;
+  const std::vector<float> zero_row(D, 0.f);
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    std::vector<float> conv(std::is_same<scalar_t, float>::value ? 0 : kTileRows * D);
+    vf acc0[kTileRows], acc1[kTileRows];
+    const float* x[kTileRows];
+    float tmp[kTileCols];
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t end = std::min(U, (t + 1) * kRowsPerTask);
+      for (int64_t r0 = t * kRowsPerTask; r0 < end; r0 += kTileRows) {
+        const int64_t m = std::min<int64_t>(kTileRows, end - r0);
+        for (int r = 0; r < kTileRows; ++r) {
+          if (r >= m) {
+            x[r] = zero_row.data();
+          } else if constexpr (std::is_same<scalar_t, float>::value) {
+            x[r] = sem + rows[r0 + r] * D;
+          } else {
+            const scalar_t* src = sem + rows[r0 + r] * D;
+            float* dst = conv.data() + r * D;
+            for (int64_t k = 0; k < D; ++k) dst[k] = static_cast<float>(src[k]);
+            x[r] = dst;
+          }
+        }
+        for (int64_t j0 = 0; j0 < dp; j0 += kTileCols) {
+          tile_reduce(x, D, wt + j0, dp, acc0, acc1);
+          const int64_t cols = std::min<int64_t>(kTileCols, d - j0);
+          for (int64_t r = 0; r < m; ++r) {
+            float* dst = out + (r0 + r) * d + j0;
+            for (int l = 0; l < kLanes; ++l) {
+              tmp[l] = acc0[r][l];
+              tmp[kLanes + l] = acc1[r][l];
+            }
+            for (int64_t c = 0; c < cols; ++c) dst[c] = tmp[c] + (bias ? bias[j0 + c] : 0.f);
+          }
+        }
+      }
+    }
+  }
+}
+
+at::Tensor reduce_rows(const at::Tensor& sem, const at::Tensor& rows, const at::Tensor& w32,
+                       const c10::optional<at::Tensor>& bias) {
+  const int64_t U = rows.numel(), D = sem.size(1), d = w32.size(0);
+  auto reduced = at::empty({U, d}, sem.options().dtype(at::kFloat));
+  if (U == 0) return reduced;
+  const int64_t dp = round_up(d, kTileCols);
+  auto wt = pack_weight(w32, dp);
+  at::Tensor b32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sem.scalar_type(), "sfl_reduce", [&] {
+    reduce_rows_impl<scalar_t>(sem.data_ptr<scalar_t>(), D, rows.data_ptr<int64_t>(), U, wt.data_ptr<float>(), d,
+                               dp, b32.defined() ? b32.data_ptr<float>() : nullptr, reduced.data_ptr<float>());
+  });
+  return reduced;
+}
+
 // Gather rows [r0, r0 + m) of table[rows] into an fp32 block [m, D] (parallel over rows).
 template <typename scalar_t>
 void gather_block(const scalar_t* table, int64_t D, const int64_t* rows, int64_t r0, int64_t m, float* dst) {
@@ -100,30 +191,6 @@ void gather_block(const scalar_t* table, int64_t D, const int64_t* rows, int64_t
       for (int64_t k = 0; k < D; ++k) out[k] = static_cast<float>(src[k]);
     }
   });
-}
-
-// reduced [U, d] = semantic_table[rows] @ W^T (+ bias), fp32, one gathered block at a time.
-at::Tensor reduce_rows(const at::Tensor& sem, const at::Tensor& rows, bool whole_table, const at::Tensor& w32,
-                       const c10::optional<at::Tensor>& bias) {
-  const int64_t U = rows.numel(), D = sem.size(1), d = w32.size(0);
-  auto reduced = at::empty({U, d}, sem.options().dtype(at::kFloat));
-  const at::Tensor wt = w32.t();
-  if (whole_table && sem.scalar_type() == at::kFloat) {
-    at::mm_out(reduced, sem, wt);  // dense table: the GEMM reads it in place
-  } else {
-    auto block = at::empty({std::min(kBlockRows, std::max<int64_t>(U, 1)), D}, reduced.options());
-    const int64_t* rp = rows.data_ptr<int64_t>();
-    for (int64_t r0 = 0; r0 < U; r0 += kBlockRows) {
-      const int64_t m = std::min(kBlockRows, U - r0);
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sem.scalar_type(), "sfl_gather", [&] {
-        gather_block<scalar_t>(sem.data_ptr<scalar_t>(), D, rp, r0, m, block.data_ptr<float>());
-      });
-      auto out = reduced.narrow(0, r0, m);
-      at::mm_out(out, block.narrow(0, 0, m), wt);
-    }
-  }
-  if (bias.has_value()) reduced.add_(bias->to(at::kFloat));
-  return reduced;
 }
 
 // Fused rows [U, d] fp32 from the ID rows e and the reduced semantic rows s.
@@ -180,21 +247,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> semantic_fusion_looku
   auto ids = item_ids.to(at::kLong).contiguous();
   const int64_t n = ids.numel();
   const int64_t* ip = ids.data_ptr<int64_t>();
-  const int64_t valid = check_ids(ip, n, I, padding_idx);
+  check_ids(ip, n, I, padding_idx);
   auto inverse = at::empty(ids.sizes(), ids.options());
   int64_t* invp = inverse.data_ptr<int64_t>();
-  const bool whole = use_table(strategy, I, valid);
   at::Tensor rows;
+  if (strategy != 2) rows = unique_rows(ip, n, I, padding_idx, invp, ids.options());
+  const bool whole = use_table(strategy, I, strategy == 2 ? I : rows.numel());
   if (whole) {
     rows = at::arange(I, ids.options());
     at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) invp[i] = ip[i] == padding_idx ? -1 : ip[i];
     });
-  } else {
-    rows = unique_rows(ip, n, I, padding_idx, invp, ids.options());
   }
   auto sem = semantic_table.contiguous();
-  auto reduced = reduce_rows(sem, rows, whole, weight.to(at::kFloat).contiguous(), bias);
+  auto reduced = reduce_rows(sem, rows, weight.to(at::kFloat).contiguous(), bias);
   auto e = (whole ? id_table : id_table.index_select(0, rows)).to(at::kFloat);
   auto fused = fuse_rows(e, reduced, mode, fuse_weight, fuse_bias).contiguous();
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
@@ -223,9 +289,10 @@ at::Tensor semantic_fusion_weight_grad_cpu(const at::Tensor& rows_in, const at::
   if (U == I && sem.scalar_type() == at::kFloat && rp[0] == 0 && rp[U - 1] == U - 1) {
     return at::mm(g.t(), sem);  // whole table in order (rows are sorted and unique)
   }
-  auto block = at::empty({std::min(kBlockRows, U), D}, g.options());
-  for (int64_t r0 = 0; r0 < U; r0 += kBlockRows) {
-    const int64_t m = std::min(kBlockRows, U - r0);
+  const int64_t block_rows = std::max<int64_t>(256, kScratchBytes / (D * (int64_t)sizeof(float)));
+  auto block = at::empty({std::min(block_rows, U), D}, g.options());
+  for (int64_t r0 = 0; r0 < U; r0 += block_rows) {
+    const int64_t m = std::min(block_rows, U - r0);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sem.scalar_type(), "sfl_wgrad", [&] {
       gather_block<scalar_t>(sem.data_ptr<scalar_t>(), D, rp, r0, m, block.data_ptr<float>());
     });

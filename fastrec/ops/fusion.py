@@ -173,9 +173,9 @@ def _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_b
         raise ValueError(f"fuse_bias has {fuse_bias.shape[0]} entries, expected d={d}")
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not -1 <= padding_idx < num_items:
         raise ValueError(f"padding_idx must be an int in [-1, {num_items}), got {padding_idx!r}")
-    for name, t in params.items():
-        if name != "id_table":
-            _checks.finite(name, t)
+    for name in ("fuse_weight", "fuse_bias"):  # weight and bias are checked through the reduced rows
+        if name in params:
+            _checks.finite(name, params[name])
     compiled = item_ids.device.type == "cpu" and cpu_is_compiled("semantic_fusion_lookup")
     if not compiled and item_ids.numel() and not torch.compiler.is_compiling():
         lo, hi = int(item_ids.min()), int(item_ids.max())  # the C++ kernel checks this in its pass
@@ -220,9 +220,12 @@ def semantic_fusion_lookup(
     out, _, _, reduced = torch.ops.fastrec.semantic_fusion_lookup(
         item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx,
         STRATEGIES[strategy])
-    # the semantic table is too large to scan every call; the rows actually used are checked through their
-    # reduction (U x d values), which is NaN exactly when a used row (or the weight) is not finite
+    # The semantic table is too large to scan every call; the rows actually used are checked through their
+    # reduction (U x d values), which is non-finite when a used row, the weight or the bias is.
     if not torch.compiler.is_compiling() and reduced.numel() and not bool(torch.isfinite(reduced).all()):
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None:
+                _checks.finite(name, t)
         raise ValueError("semantic_table contains NaN or Inf in a looked-up row (its reduction is not finite)")
     return out
 
