@@ -162,10 +162,12 @@ def attribute_embeddings(records: dict[int, dict], encoder=None, tokenizer=None,
     empty = torch.tensor([not t.strip() for t in texts], dtype=torch.bool)
     if bool(empty.all()):
         raise ValueError("every item has an empty attribute text; nothing to embed")
-    emb = text_embeddings(texts, model=encoder, tokenizer=tokenizer, batch_size=batch_size, cache=cache).float()
-    if not bool(torch.isfinite(emb).all()):
+    kept = [t for t in texts if t.strip()]
+    part = text_embeddings(kept, model=encoder, tokenizer=tokenizer, batch_size=batch_size, cache=cache).float()
+    if not bool(torch.isfinite(part).all()):
         raise ValueError("the text encoder returned NaN or Inf embeddings")
-    emb[empty] = emb[~empty].mean(0)
+    emb = part.mean(0).repeat(len(texts), 1)
+    emb[~empty] = part
     return emb
 
 
@@ -194,6 +196,14 @@ def training_pairs(split: LeaveOneOutSplit, max_len: int) -> tuple[torch.Tensor,
     return _left_pad(inputs, max_len), _left_pad(targets, max_len)
 
 
+def _trim(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the leading columns that are padding in every row of the first tensor (left-padded batches):
+    short sequences then cost attention over their own length only; positions stay right-aligned."""
+    used = (tensors[0] != 0).any(0)
+    first = int(used.int().argmax()) if bool(used.any()) else tensors[0].shape[1] - 1
+    return tuple(t[:, first:] for t in tensors)
+
+
 def _full_ranking_topk(queries: torch.Tensor, items: torch.Tensor, k: int,
                        exclude: tuple[torch.Tensor, torch.Tensor] | None = None, chunk: int = 2048) -> torch.Tensor:
     """Top-k item ids per query by dot product, excluding per-row CSR `exclude` and item 0 (padding).
@@ -207,9 +217,9 @@ def _full_ranking_topk(queries: torch.Tensor, items: torch.Tensor, k: int,
         scores[:, 0] = float("-inf")
         if exclude is not None:
             indptr, indices = exclude
-            lo, hi = int(indptr[start]), int(indptr[min(start + chunk, queries.shape[0])])
-            rows = torch.repeat_interleave(torch.arange(scores.shape[0]), indptr[start + 1:start + chunk + 1]
-                                           - indptr[start:start + chunk])
+            end = start + scores.shape[0]
+            lo, hi = int(indptr[start]), int(indptr[end])
+            rows = torch.repeat_interleave(torch.arange(scores.shape[0]), indptr[start + 1:end + 1] - indptr[start:end])
             scores[rows, indices[lo:hi]] = float("-inf")
         out.append(torch.topk(scores, k, dim=1, sorted=True).indices)
     return torch.cat(out) if out else torch.empty(0, k, dtype=torch.int64)
@@ -239,7 +249,8 @@ def evaluate(model: SASRec, split: LeaveOneOutSplit, stage: str = "test", ks: Se
     table = model.item_table()
     top = []
     for start in range(0, seqs.shape[0], batch_size):
-        q = model(seqs[start:start + batch_size])
+        (batch,) = _trim(seqs[start:start + batch_size])
+        q = model(batch)
         lo = int(ex_ptr[start])
         end = min(start + batch_size, seqs.shape[0])
         part = (ex_ptr[start:end + 1] - lo, ex_idx[lo:int(ex_ptr[end])])
@@ -287,11 +298,11 @@ def train(split: LeaveOneOutSplit, semantic: torch.Tensor | None, fusion: str = 
                    unit="batch", leave=False)
         for start in bar:
             idx = order[start:start + batch_size]
-            loss = model.loss(inputs[idx], targets[idx])
+            loss = model.loss(*_trim(inputs[idx], targets[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, steps = total + float(loss), steps + 1
+            total, steps = total + float(loss.detach()), steps + 1
             bar.set_postfix(loss=f"{total / steps:.3f}")
         metrics = evaluate(model, split, "valid", inputs=valid_inputs)
         history["epochs"].append({"epoch": epoch + 1, "loss": total / max(steps, 1), **{f"valid_{k}": v
@@ -335,7 +346,7 @@ def prepare(data_dir: str | Path, out: str | Path, generator: str | None = None,
     log(f"[kirec] attributes of {len(records)} items from {', '.join(sorted(sources))}"
         + (" (no generator model given: deterministic extraction from the item fields, not an LLM)"
            if FALLBACK in sources else "") + f"; {empty} empty")
-    semantic = attribute_embeddings(records, cache=out / "attribute_embeddings.pt")
+    semantic = attribute_embeddings(records, cache=out / "attribute_embeddings.npy")
     return data, semantic
 
 
@@ -422,7 +433,7 @@ def run_demo(out: str | Path, epochs: int = 3, log=print) -> dict:
 
 def _cmd_extract(args) -> int:
     prepare(args.data, args.out, args.model, args.batch_size)
-    print(f"wrote {Path(args.out) / 'attributes.jsonl'} and {Path(args.out) / 'attribute_embeddings.pt'}")
+    print(f"wrote {Path(args.out) / 'attributes.jsonl'} and {Path(args.out) / 'attribute_embeddings.npy'}")
     return 0
 
 
