@@ -102,7 +102,8 @@ def _bdm(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
     """reduced [U, d] fp32 = sem[rows] @ weight^T + bias, without a [U, D] buffer."""
     sem, weight = sem.contiguous(), weight.contiguous()
     U, D, d = rows.numel(), sem.shape[1], weight.shape[0]

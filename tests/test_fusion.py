@@ -34,8 +34,9 @@ def args_for(t, mode):
 
 
 def eager(ids, kw, mode, padding_idx):
+    pad = -1 if padding_idx is None else padding_idx
     return reference.semantic_fusion(ids, kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"],
-                                     kw["fuse_weight"], kw["fuse_bias"], mode, -1 if padding_idx is None else padding_idx)
+                                     kw["fuse_weight"], kw["fuse_bias"], mode, pad)
 
 
 def check_against_reference(ids, t, mode, padding_idx, strategy="auto", tol=2e-5):
@@ -183,6 +184,7 @@ def test_torch_compile_forward_backward():
 def test_triton_kernels_under_interpreter(mode):
     pytest.importorskip("triton")
     from fastrec.kernels import fusion as tk
+
     from fastrec.ops.fusion import _triton_lookup
 
     t = make(num_items=70, D=45, d=12)

@@ -4,8 +4,8 @@ One module per op family; `backends()` reports which kernel runs each op.
 """
 
 from fastrec.ops._library import backends
-from fastrec.ops.quantize import nearest_code, residual_encode
 from fastrec.ops.fusion import semantic_fusion_lookup, semantic_fusion_weight_grad
+from fastrec.ops.quantize import nearest_code, residual_encode
 
 __all__ = ["backends", "nearest_code", "residual_encode"]
 __all__ += ["semantic_fusion_lookup", "semantic_fusion_weight_grad"]

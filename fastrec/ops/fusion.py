@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 
 from fastrec import reference
-from fastrec.reference.fusion import fusion_rows
 from fastrec.ops import _checks
 from fastrec.ops._library import HAS_TRITON, cpu_is_compiled, define
+from fastrec.reference.fusion import fusion_rows
 
 MODES = ("add", "gate", "concat")
 STRATEGIES = {"auto": 0, "unique": 1, "table": 2}

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -413,7 +412,7 @@ def _save_checkpoint(path: Path, model: SASRec, meta: dict) -> None:
     _atomic_write(path, write)
 
 
-def run_demo(out: str | Path, epochs: int = 3, log=print) -> dict:
+def run_demo(out: str | Path, epochs: int = 2, log=print) -> dict:
     """The `fastrec demo` step: synthetic data -> fallback extraction -> embeddings -> IDs vs KIRec (gate)."""
     from fastrec.data import synthetic
 

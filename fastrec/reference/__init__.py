@@ -3,8 +3,8 @@
 Imports nothing of fastrec.
 """
 
-from fastrec.reference.quantize import nearest_code, residual_encode
 from fastrec.reference.fusion import semantic_fusion, semantic_fusion_lookup, semantic_fusion_weight_grad
+from fastrec.reference.quantize import nearest_code, residual_encode
 
 __all__ = ["nearest_code", "residual_encode"]
 __all__ += ["semantic_fusion", "semantic_fusion_lookup", "semantic_fusion_weight_grad"]
