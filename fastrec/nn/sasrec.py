@@ -54,8 +54,10 @@ class SASRec(nn.Module):
         pad = seqs == 0
         x = self.item_embedding(seqs) + self.position.weight[self.max_len - L:][None]
         x = self.drop(self.norm(x)) * (~pad)[..., None]
-        # additive mask (large negative, not -inf): a padded query sees only padded keys and stays finite
-        mask = (self.causal[:L, :L][None] | pad[:, None, :]).float() * -1e9
+        # padded keys are hidden from every query but itself: a padded query then attends to itself only
+        # (finite, and never to the future), real queries never see padding
+        eye = torch.eye(L, dtype=torch.bool, device=seqs.device)
+        mask = (self.causal[:L, :L][None] | (pad[:, None, :] & ~eye)).float() * -1e9
         heads = self.blocks.layers[0].self_attn.num_heads
         mask = mask.repeat_interleave(heads, dim=0)
         return self.blocks(x, mask=mask)

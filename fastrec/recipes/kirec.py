@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fastrec.data import Interactions, LeaveOneOutSplit, leave_one_out, load_lcrec
+from fastrec.data import Interactions, LeaveOneOutSplit, leave_one_out, load_lcrec  # noqa: F401 (load_lcrec re-exported)
 from fastrec.eval import evaluate_topk
 from fastrec.nn import IDEmbedding, SASRec, SemanticFusionEmbedding
 
