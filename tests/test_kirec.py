@@ -200,3 +200,18 @@ def test_real_scientific_data_pipeline_pieces(shared_data):
     model = kirec.build_model(data.num_items, None, "none")
     metrics = kirec.evaluate(model, split, "test")
     assert 0 <= metrics["HR@20"] < 0.05  # an untrained model ranks near chance (20 / 4344)
+
+
+def test_checkpoint_round_trip_through_the_cli(tmp_path, capsys):
+    import argparse
+
+    folder = synthetic(tmp_path / "data", num_users=60, num_items=80)
+    data = kirec.load_lcrec(folder)
+    split = leave_one_out(data)
+    model, hist = kirec.train(split, torch.randn(80, 96), "gate", epochs=1, batch_size=64, log=lambda *_: None)
+    path = tmp_path / "model.pt"
+    kirec._save_checkpoint(path, model, {"fusion": "gate", "num_items": 80, "semantic_dim": 96})
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.pt")]  # no temp file left
+    kirec._cmd_eval(argparse.Namespace(data=str(folder), checkpoint=str(path)))
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["test"] == pytest.approx(hist["test"])
