@@ -114,7 +114,7 @@ def _backward(ctx, grad_out, grad_rows, grad_inverse, grad_reduced):
     inv = inverse.reshape(-1)
     slot = torch.where(inv >= 0, inv, u)
     grad_items = torch.zeros(u + 1, d, dtype=torch.float32, device=reduced.device)
-    grad_items = grad_items.index_add(0, slot, grad_out.reshape(-1, d).float())[:u]
+    grad_items = grad_items.index_add_(0, slot, grad_out.reshape(-1, d).float())[:u]
     e = id_table.float()[rows]
     grad_e, grad_s, grad_fw, grad_fb = _fusion_backward(ctx.mode, grad_items, e, reduced, fuse_weight, fuse_bias)
     if grad_reduced is not None:
@@ -122,8 +122,8 @@ def _backward(ctx, grad_out, grad_rows, grad_inverse, grad_reduced):
     dt_id, dt_w, dt_b, dt_fw, dt_fb = ctx.dtypes
     out = none
     if needs[1]:
-        out[1] = torch.zeros(id_table.shape, dtype=torch.float32, device=e.device).index_copy(0, rows, grad_e)
-        out[1] = out[1].to(dt_id)
+        # rows are unique: a copy, in place (an out-of-place index_copy would clone the [I, d] zeros)
+        out[1] = torch.zeros(id_table.shape, dtype=dt_id, device=e.device).index_copy_(0, rows, grad_e.to(dt_id))
     if needs[3]:
         out[3] = torch.ops.fastrec.semantic_fusion_weight_grad(rows, grad_s, semantic_table).to(dt_w)
     if needs[4]:
