@@ -175,6 +175,8 @@ def test_training_pairs_and_full_ranking():
     for r in range(7):
         scores[r, exclude[1][exclude[0][r]:exclude[0][r + 1]]] = float("-inf")
     assert torch.equal(top, scores.topk(4, dim=1).indices)
+    tied = kirec._full_ranking_topk(torch.ones(2, 3), torch.ones(9, 3), 5)  # all scores equal
+    assert tied.tolist() == [[1, 2, 3, 4, 5]] * 2  # lowest ids first, padding id 0 never ranked
 
 
 def test_train_and_evaluate_end_to_end_on_synthetic():

@@ -207,8 +207,8 @@ def _full_ranking_topk(queries: torch.Tensor, items: torch.Tensor, k: int,
                        exclude: tuple[torch.Tensor, torch.Tensor] | None = None, chunk: int = 2048) -> torch.Tensor:
     """Top-k item ids per query by dot product, excluding per-row CSR `exclude` and item 0 (padding).
 
-    Private stand-in for fastrec.ops.topk_scores (chunked torch.topk; memory chunk x I); ties go to the
-    lower id because torch.topk on CPU is stable for equal values after a descending sort by id order.
+    Private stand-in for fastrec.ops.topk_scores (chunked; memory chunk x I), to be replaced by it in one
+    line. A stable descending sort, so equal scores rank the lower id first (deterministic ties).
     """
     out = []
     for start in range(0, queries.shape[0], chunk):
@@ -220,7 +220,7 @@ def _full_ranking_topk(queries: torch.Tensor, items: torch.Tensor, k: int,
             lo, hi = int(indptr[start]), int(indptr[end])
             rows = torch.repeat_interleave(torch.arange(scores.shape[0]), indptr[start + 1:end + 1] - indptr[start:end])
             scores[rows, indices[lo:hi]] = float("-inf")
-        out.append(torch.topk(scores, k, dim=1, sorted=True).indices)
+        out.append(torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k])
     return torch.cat(out) if out else torch.empty(0, k, dtype=torch.int64)
 
 
