@@ -35,4 +35,10 @@ TORCH_LIBRARY(fastrec, m) {
   // collaborative-token splicing, SeLLa-Rec (fastrec/ops/collab.py)
   m.def("splice_collab_tokens(Tensor input_ids, Tensor token_weight, Tensor placeholder_ids, Tensor slot_values, "
         "int[]? type_counts=None) -> (Tensor, Tensor)");
+  // semantic fusion lookup, KIRec (fastrec/ops/fusion.py)
+  m.def(
+      "semantic_fusion_lookup(Tensor item_ids, Tensor id_table, Tensor semantic_table, Tensor weight, "
+      "Tensor? bias, Tensor? fuse_weight, Tensor? fuse_bias, str mode, int padding_idx, int strategy) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("semantic_fusion_weight_grad(Tensor rows, Tensor grad_reduced, Tensor semantic_table) -> Tensor");
 }

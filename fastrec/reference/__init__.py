@@ -4,6 +4,7 @@ Imports nothing of fastrec.
 """
 
 from fastrec.reference.collab import collab_inputs_embeds, splice_collab_tokens
+from fastrec.reference.fusion import semantic_fusion, semantic_fusion_lookup, semantic_fusion_weight_grad
 from fastrec.reference.graph import lightgcn_propagate, spmm, topk_scores
 from fastrec.reference.quantize import nearest_code, residual_encode
 
@@ -11,4 +12,5 @@ __all__ = [
     "nearest_code", "residual_encode",
     "spmm", "lightgcn_propagate", "topk_scores",
     "splice_collab_tokens", "collab_inputs_embeds",
+    "semantic_fusion", "semantic_fusion_lookup", "semantic_fusion_weight_grad",
 ]

@@ -1,0 +1,270 @@
+"""semantic_fusion_lookup against the eager composition: values, gradients, strategies, dtypes, Triton,
+opcheck, torch.compile, bad input; SemanticFusionEmbedding and SASRec."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastrec import reference
+from fastrec.ops import semantic_fusion_lookup, semantic_fusion_weight_grad
+
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+MODES = ("add", "gate", "concat")
+
+
+def make(num_items=37, D=50, d=8, dtype=torch.float32, sem_dtype=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = dict(
+        id_table=torch.randn(num_items, d, generator=g).to(dtype).requires_grad_(),
+        semantic_table=torch.randn(num_items, D, generator=g).to(sem_dtype or dtype),
+        weight=(torch.randn(d, D, generator=g) / D**0.5).to(dtype).requires_grad_(),
+        bias=torch.randn(d, generator=g).to(dtype).requires_grad_(),
+        fuse_weight=(torch.randn(d, 2 * d, generator=g) / d**0.5).to(dtype).requires_grad_(),
+        fuse_bias=torch.randn(d, generator=g).to(dtype).requires_grad_(),
+    )
+    return t
+
+
+def args_for(t, mode):
+    kw = dict(t)
+    if mode == "add":
+        kw["fuse_weight"] = kw["fuse_bias"] = None
+    return kw
+
+
+def eager(ids, kw, mode, padding_idx):
+    pad = -1 if padding_idx is None else padding_idx
+    return reference.semantic_fusion(ids, kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"],
+                                     kw["fuse_weight"], kw["fuse_bias"], mode, pad)
+
+
+def check_against_reference(ids, t, mode, padding_idx, strategy="auto", tol=2e-5):
+    kw = args_for(t, mode)
+    out = semantic_fusion_lookup(ids, mode=mode, padding_idx=padding_idx, strategy=strategy, **kw)
+    ref = eager(ids, kw, mode, padding_idx)
+    assert out.shape == (*ids.shape, kw["id_table"].shape[1]) and out.dtype == kw["id_table"].dtype
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+    params = [p for p in kw.values() if p is not None and p.requires_grad]
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    got = torch.autograd.grad((out.float() * grad.float()).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((ref.float() * grad.float()).sum(), params, allow_unused=True)
+    for g_got, g_want in zip(got, want, strict=True):
+        torch.testing.assert_close(g_got.float(), g_want.float(), rtol=tol * 5, atol=tol * 5)
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("strategy", ["auto", "unique", "table"])
+@pytest.mark.parametrize("shape", [(5, 7), (1, 1), (3, 50)])
+def test_matches_eager_composition(mode, strategy, shape):
+    t = make()
+    ids = torch.randint(0, 37, shape)
+    ids[0, 0] = 0  # padding
+    out = check_against_reference(ids, t, mode, 0, strategy)
+    assert torch.all(out[ids == 0] == 0), "padding rows must be zero"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_odd_sizes_and_no_padding(mode):
+    t = make(num_items=1001, D=131, d=13)  # d not a multiple of the tile width, D odd
+    ids = torch.randint(0, 1001, (9, 11))
+    check_against_reference(ids, t, mode, None, "unique")
+    check_against_reference(ids, t, mode, None, "table")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_half_dtypes(dtype, mode):
+    t = make(num_items=64, D=40, d=16, dtype=dtype)
+    ids = torch.randint(0, 64, (6, 9))
+    check_against_reference(ids, t, mode, 0, tol=TOL[dtype])
+
+
+def test_semantic_table_in_another_dtype_and_int32_ids():
+    t = make(num_items=64, D=40, d=16, sem_dtype=torch.bfloat16)
+    ids = torch.randint(0, 64, (4, 5), dtype=torch.int32)
+    check_against_reference(ids, t, "gate", 0)
+
+
+def test_large_catalogue_sort_path_and_duplicates():
+    # catalogue >> lookups takes the sort-based dedup; many repeats of a few ids exercise the grad sums
+    t = make(num_items=100_000, D=24, d=16)
+    ids = torch.tensor([[5, 99_999, 5, 0, 5], [77, 77, 99_999, 1, 0]])
+    check_against_reference(ids, t, "gate", 0)
+    check_against_reference(ids, t, "add", None)
+
+
+def test_strategies_choose_by_coverage():
+    t = make(num_items=40)
+    kw = args_for(t, "add")
+    few = torch.tensor([[1, 2, 2, 3]])
+    _, rows, inverse, reduced = torch.ops.fastrec.semantic_fusion_lookup(
+        few, kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"], None, None, "add", 0, 0)
+    assert rows.tolist() == [1, 2, 3] and reduced.shape == (3, 8)
+    assert inverse.tolist() == [[0, 1, 1, 2]]
+    everything = torch.arange(40).repeat(3)[None]  # the whole catalogue is touched: table
+    _, rows, inverse, _ = torch.ops.fastrec.semantic_fusion_lookup(
+        everything, kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"], None, None, "add", 0, 0)
+    assert rows.tolist() == list(range(40))
+    assert inverse[0, :3].tolist() == [-1, 1, 2]  # padding id 0 maps to -1
+
+
+def test_padding_gets_no_gradient_and_frozen_semantic_table():
+    t = make()
+    ids = torch.tensor([[0, 0, 3], [0, 4, 4]])
+    out = semantic_fusion_lookup(ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"], "gate",
+                                 t["fuse_weight"], t["fuse_bias"], padding_idx=0)
+    out.sum().backward()
+    assert torch.all(t["id_table"].grad[0] == 0)
+    assert torch.all(t["id_table"].grad[[1, 2, 5]] == 0) and torch.any(t["id_table"].grad[3] != 0)
+    assert t["semantic_table"].grad is None
+
+
+def test_weight_grad_op_matches_reference():
+    sem = torch.randn(300, 70)
+    rows = torch.tensor([3, 7, 250, 299])
+    g = torch.randn(4, 9)
+    torch.testing.assert_close(semantic_fusion_weight_grad(rows, g, sem),
+                               reference.semantic_fusion_weight_grad(rows, g, sem))
+    torch.testing.assert_close(semantic_fusion_weight_grad(torch.arange(300), torch.randn(300, 9), sem).shape,
+                               torch.Size([9, 70]))
+    assert torch.all(semantic_fusion_weight_grad(rows[:0], g[:0], sem) == 0)
+
+
+def test_empty_ids_give_empty_output():
+    t = make()
+    for shape in [(0, 5), (3, 0)]:
+        out = semantic_fusion_lookup(torch.zeros(shape, dtype=torch.int64), t["id_table"], t["semantic_table"],
+                                     t["weight"], t["bias"], padding_idx=0)
+        assert out.shape == (*shape, 8)
+        out.sum().backward()
+
+
+def test_non_contiguous_tables():
+    t = make(num_items=30, D=20, d=8)
+    sem = torch.randn(20, 30).t()  # [30, 20] non-contiguous
+    idt = torch.randn(8, 30).t().requires_grad_()
+    ids = torch.randint(0, 30, (4, 6))
+    out = semantic_fusion_lookup(ids, idt, sem, t["weight"], t["bias"], padding_idx=0)
+    ref = reference.semantic_fusion(ids, idt, sem, t["weight"], t["bias"], None, None, "add", 0)
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_opcheck():
+    t = make(num_items=20, D=12, d=4)
+    ids = torch.randint(0, 20, (3, 4))
+    args = (ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"], t["fuse_weight"], t["fuse_bias"],
+            "gate", 0, 1)
+    # integer outputs (rows, inverse) cannot take part in aot_dispatch's sum; compile is tested below
+    torch.library.opcheck(torch.ops.fastrec.semantic_fusion_lookup.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    rows = torch.tensor([1, 5, 7])
+    torch.library.opcheck(torch.ops.fastrec.semantic_fusion_weight_grad.default,
+                          (rows, torch.randn(3, 4), t["semantic_table"]))
+
+
+def test_torch_compile_forward_backward():
+    t = make(num_items=20, D=12, d=4)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(ids, idt, sem, w, b, fw, fb):
+        return semantic_fusion_lookup(ids, idt, sem, w, b, "gate", fw, fb, padding_idx=0).pow(2).sum()
+
+    ids = torch.randint(0, 20, (3, 5))
+    params = (t["id_table"], t["weight"], t["bias"], t["fuse_weight"], t["fuse_bias"])
+    args = (ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"], t["fuse_weight"], t["fuse_bias"])
+    got = torch.autograd.grad(loss(*args), params)
+    want = torch.autograd.grad(loss.__wrapped__(*args), params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_triton_kernels_under_interpreter(mode):
+    pytest.importorskip("triton")
+    from fastrec.kernels import fusion as tk
+
+    from fastrec.ops.fusion import _triton_lookup
+
+    t = make(num_items=70, D=45, d=12)
+    kw = {k: (v.detach() if v is not None else None) for k, v in args_for(t, mode).items()}
+    ids = torch.randint(0, 70, (3, 13))
+    ids[1, :4] = 0
+    out, rows, inverse, reduced = _triton_lookup(ids, kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"],
+                                                 kw["fuse_weight"], kw["fuse_bias"], mode, 0, 0)
+    torch.testing.assert_close(out, eager(ids, kw, mode, 0), rtol=2e-5, atol=2e-5)
+    g = torch.randn(rows.numel(), 12)
+    torch.testing.assert_close(tk.weight_grad(rows, g, kw["semantic_table"]),
+                               reference.semantic_fusion_weight_grad(rows, g, kw["semantic_table"]))
+    half = tk.fuse_gather(inverse.view(-1), rows, kw["id_table"].bfloat16(), reduced, kw["fuse_weight"],
+                          kw["fuse_bias"], mode)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float().view_as(out), out, rtol=2e-2, atol=2e-2)
+
+
+def _bad(**over):
+    t = {k: (v.detach() if v is not None else None) for k, v in make(num_items=10, D=6, d=4).items()}
+    kw = dict(item_ids=torch.tensor([[1, 2]]), id_table=t["id_table"], semantic_table=t["semantic_table"],
+              weight=t["weight"], bias=t["bias"], mode="add", padding_idx=0)
+    kw.update(over)
+    return lambda: semantic_fusion_lookup(**kw)
+
+
+BAD = [
+    (_bad(item_ids=torch.tensor([[1, 10]])), IndexError, "item_ids out of range"),
+    (_bad(item_ids=torch.tensor([[-1, 2]])), IndexError, "item_ids out of range"),
+    (_bad(item_ids=torch.tensor([[1.0, 2.0]])), ValueError, "item_ids must have dtype"),
+    (_bad(item_ids=[[1, 2]]), TypeError, "item_ids must be a torch.Tensor"),
+    (_bad(semantic_table=torch.randn(10, 7)), ValueError, "weight has D=6 but semantic_table has D=7"),
+    (_bad(semantic_table=torch.randn(9, 6)), ValueError, "semantic_table has 9 rows but id_table has 10"),
+    (_bad(semantic_table=torch.randn(10, 6, 1)), ValueError, "semantic_table must be 2-D"),
+    (_bad(weight=torch.randn(5, 6)), ValueError, "weight has d=5"),
+    (_bad(bias=torch.randn(3)), ValueError, "bias has 3 entries"),
+    (_bad(bias=torch.randn(4).double()), ValueError, "bias must have dtype"),
+    (_bad(weight=torch.randn(4, 6).half()), ValueError, "differ in dtype"),
+    (_bad(mode="mul"), ValueError, "mode must be one of"),
+    (_bad(mode="gate"), ValueError, "fuse_weight .* is required"),
+    (_bad(fuse_weight=torch.randn(4, 8)), ValueError, "must be None for mode 'add'"),
+    (_bad(mode="concat", fuse_weight=torch.randn(4, 4)), ValueError, "fuse_weight must be \\[d, 2d\\]"),
+    (_bad(mode="gate", fuse_weight=torch.full((4, 8), float("nan"))), ValueError, "fuse_weight contains NaN"),
+    (_bad(weight=torch.full((4, 6), float("nan"))), ValueError, "weight contains NaN"),
+    (_bad(padding_idx=10), ValueError, "padding_idx must be an int in"),
+    (_bad(strategy="fast"), ValueError, "strategy must be one of"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD)
+def test_bad_input_names_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_nan_semantic_rows_raise_only_when_used():
+    sem = torch.randn(10, 6)
+    sem[7, 2] = float("nan")
+    args = (torch.randn(10, 4), sem, torch.randn(4, 6))
+    semantic_fusion_lookup(torch.tensor([[1, 2]]), *args)  # row 7 not looked up: fine
+    with pytest.raises(ValueError, match="semantic_table contains NaN"):
+        semantic_fusion_lookup(torch.tensor([[1, 7]]), *args)
+
+
+def test_kernel_checks_range_itself():
+    with pytest.raises(IndexError, match="out of range"):
+        torch.ops.fastrec.semantic_fusion_lookup(torch.tensor([[3, 11]]), torch.randn(10, 4), torch.randn(10, 6),
+                                                 torch.randn(4, 6), None, None, None, "add", -1, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(0, 5), length=st.integers(0, 9), num_items=st.integers(1, 60), D=st.integers(1, 40),
+    d=st.integers(1, 20), mode=st.sampled_from(MODES), strategy=st.sampled_from(["auto", "unique", "table"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]), pad=st.booleans(), seed=st.integers(0, 2**31 - 1),
+)
+def test_property_against_reference(b, length, num_items, D, d, mode, strategy, dtype, pad, seed):
+    t = make(num_items, D, d, dtype=dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, num_items, (b, length), generator=g)
+    if ids.numel():
+        ids.view(-1)[0] = num_items - 1  # boundary id
+    check_against_reference(ids, t, mode, 0 if pad else None, strategy, tol=TOL[dtype])
