@@ -24,4 +24,6 @@ TORCH_LIBRARY(fastrec, m) {
     return false;
 #endif
   });
+  // LC-Rec trie constraint and uniform mapping (fastrec/ops/trie.py, fastrec/ops/sinkhorn.py)
+  m.def("trie_mask(Tensor scores, Tensor generated, Tensor indptr, Tensor tokens, Tensor children, float fill) -> Tensor");
 }

@@ -4,5 +4,7 @@ Imports nothing of fastrec.
 """
 
 from fastrec.reference.quantize import nearest_code, residual_encode
+from fastrec.reference.trie import trie_mask
 
 __all__ = ["nearest_code", "residual_encode"]
+__all__ += ["trie_mask"]
