@@ -107,7 +107,6 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
     base = next(r.ms for r in rows if r.impl == "fastrec")
     for r in rows:
         r.speedup = r.ms / base
-    del inputs
     gc.collect()
     return rows
 

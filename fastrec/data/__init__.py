@@ -15,6 +15,7 @@ from .interactions import (
 from .loaders import TEXT_FIELDS, load_csv, load_lcrec, load_movielens
 from .sampling import sample_negatives
 from .synthetic import synthetic, synthetic_raw
+from .text import default_encoder_path, item_texts, load_encoder, text_embeddings
 
 __all__ = [
     "Interactions",
@@ -33,4 +34,8 @@ __all__ = [
     "seen_csr",
     "synthetic",
     "synthetic_raw",
+    "default_encoder_path",
+    "item_texts",
+    "load_encoder",
+    "text_embeddings",
 ]
