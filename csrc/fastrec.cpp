@@ -26,4 +26,5 @@ TORCH_LIBRARY(fastrec, m) {
   });
   // LC-Rec trie constraint and uniform mapping (fastrec/ops/trie.py, fastrec/ops/sinkhorn.py)
   m.def("trie_mask(Tensor scores, Tensor generated, Tensor indptr, Tensor tokens, Tensor children, float fill) -> Tensor");
+  m.def("sinkhorn_assign(Tensor distances, float epsilon, int iters) -> Tensor");
 }

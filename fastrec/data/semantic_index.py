@@ -89,12 +89,13 @@ def index_to_codes(index: dict, levels: int | None = None, codebook_size: int | 
 
 def collision_groups(codes: torch.Tensor) -> list[list[int]]:
     """Groups of items (size >= 2) that share the same code row."""
+    if codes.shape[0] == 0:
+        return []
     _, inverse, counts = torch.unique(codes, dim=0, return_inverse=True, return_counts=True)
-    groups: dict[int, list[int]] = {}
-    for item, g in enumerate(inverse.tolist()):
-        if counts[g] > 1:
-            groups.setdefault(g, []).append(item)
-    return list(groups.values())
+    order = torch.argsort(inverse, stable=True)  # items grouped by row, ascending ids inside a group
+    sizes = counts.tolist()
+    groups = [g for g in torch.split(order, sizes) if len(g) > 1]
+    return sorted((g.tolist() for g in groups), key=lambda g: g[0])
 
 
 def load_index(path: str | Path, levels: int | None = None, codebook_size: int | None = None) -> dict:

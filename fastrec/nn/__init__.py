@@ -1,0 +1,3 @@
+from fastrec.nn.rqvae import RQVAE, ResidualQuantizer, kmeans
+
+__all__ = ["RQVAE", "ResidualQuantizer", "kmeans"]

@@ -4,7 +4,8 @@ Imports nothing of fastrec.
 """
 
 from fastrec.reference.quantize import nearest_code, residual_encode
+from fastrec.reference.sinkhorn import sinkhorn_assign
 from fastrec.reference.trie import trie_mask
 
 __all__ = ["nearest_code", "residual_encode"]
-__all__ += ["trie_mask"]
+__all__ += ["sinkhorn_assign", "trie_mask"]
