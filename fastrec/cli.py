@@ -30,6 +30,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """The main job of `make demo`: every end-to-end pipeline that exists, then the quick benchmarks."""
+    from fastrec.recipes import lcrec
+
+    lcrec.demo(args.out)
     return _bench(argparse.Namespace(quick=True, ops="", out=args.out))
 
 
@@ -44,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end-to-end demo on the embedded data set, then quick benchmarks")
     demo.add_argument("--out", default="results/demo", help="folder for everything the demo writes")
     demo.set_defaults(func=_demo)
+    from fastrec.recipes import lcrec
+
+    lcrec.add_parser(sub)
     return parser
 
 

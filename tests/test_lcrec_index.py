@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 
 from fastrec import reference
 from fastrec.data.semantic_index import (
-    check_index, codes_to_index, collision_groups, index_to_codes, load_index, save_index,
+    check_index,
+    codes_to_index,
+    collision_groups,
+    index_to_codes,
+    load_index,
+    save_index,
 )
 from fastrec.nn import RQVAE, ResidualQuantizer
 from fastrec.ops import residual_encode, sinkhorn_assign
