@@ -302,3 +302,21 @@ def test_processor_bad_input(tiny_lm):
     proc = ItemTrieLogitsProcessor(index, tok)
     with pytest.raises(ValueError, match="resize the embeddings"):
         proc(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 50))
+
+
+def test_real_index_with_duplicates_maps_one_index_to_several_items(shared_data):
+    from fastrec.data.semantic_index import collision_groups, index_to_codes, index_tokens, load_index
+    from fastrec.integrations import ItemTrieLogitsProcessor, build_local_tokenizer
+
+    index = load_index(shared_data / "amazon-scientific" / "indexes" / "rqvae_native" / "Scientific.index.json")
+    tok = build_local_tokenizer(["item"] * 3, vocab_size=50, extra_tokens=index_tokens(4, 256))
+    proc = ItemTrieLogitsProcessor(index, tok)
+    groups = collision_groups(index_to_codes(index))
+    assert len(proc.items_of) == 4344 - sum(len(g) - 1 for g in groups)
+    vocab = tok.get_vocab()
+    for group in groups[:20]:
+        assert proc.items([vocab[t] for t in index[str(group[0])]]) == group
+    # walking every item's tokens through the op reaches exactly EOS
+    gen = torch.tensor([[vocab[t] for t in index[str(i)]] for i in range(0, 4344, 97)])
+    out = trie_mask(torch.zeros(len(gen), len(tok)), gen, *proc.trie)
+    assert bool((out[:, tok.eos_token_id] == 0).all()) and int((out == 0).sum()) == len(gen)
