@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -157,8 +158,12 @@ def _load(folder: str | Path, index_path: str | Path | None):
 def train_and_eval(folder: str | Path, index_path: str | Path, out: str | Path, steps: int = 200,
                    batch_size: int = 16, beams: int = 20, max_eval_users: int | None = 500,
                    tasks=TASKS, hidden: int = 128, layers: int = 2, model_path: str | None = None,
-                   progress: bool = True, seed: int = 0) -> dict:
-    """Tune a (tiny or local) causal LM on the alignment tasks, then evaluate on the test users."""
+                   progress: bool = True, seed: int = 0, max_per_task: int | None = 20_000) -> dict:
+    """Tune a (tiny or local) causal LM on the alignment tasks, then evaluate on the test users.
+
+    `max_per_task` caps the examples kept per task (a seeded sample) so tokenizing stays quick when the
+    tuning steps cannot see them all anyway; None keeps every example.
+    """
     t0 = time.perf_counter()
     data, index = _load(folder, index_path)
     split = leave_one_out(data)
@@ -166,6 +171,13 @@ def train_and_eval(folder: str | Path, index_path: str | Path, out: str | Path, 
     codebook_size = int(index_to_codes(index).max()) + 1
     train_seqs = [[int(i) for i in s] for s in split.train.sequences()]
     examples = build_tasks(train_seqs, index, data.item_text, tasks=tasks, seed=seed)
+    if max_per_task is not None:
+        rng = random.Random(seed)
+        by_task: dict[str, list] = {}
+        for ex in examples:
+            by_task.setdefault(ex[0], []).append(ex)
+        examples = [e for t in by_task.values() for e in (rng.sample(t, max_per_task) if len(t) > max_per_task
+                                                         else t)]
     if model_path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
