@@ -77,6 +77,8 @@ def test_sinkhorn_property(n, k, iters, eps, dup, seed):
         d[1] = d[0]
     got, want = sinkhorn_assign(d, eps, iters), reference.sinkhorn_assign(d, eps, iters)
     assert bool(((got >= 0) & (got < k)).all())
+    if n == 1 and iters > 0:  # one row: after a column step its plan is uniform, every code ties exactly
+        return
     assert (got == want).float().mean() >= 0.9 if n else got.numel() == 0
     if dup and n > 1:
         assert got[0] == got[1]

@@ -30,9 +30,13 @@ from fastrec.recipes.lcrec_tasks import TASKS, TEMPLATE, LCRecCollator, LCRecDat
 
 # ----------------------------------------------------------------------------------------------------- index
 def index_items(folder: str | Path, out: str | Path, epochs: int = 200, hidden=(2048, 1024, 512, 256, 128, 64),
-                levels: int = 4, codebook_size: int = 256, encoder: str | None = None, progress: bool = True) -> dict:
+                levels: int = 4, codebook_size: int = 256, encoder: str | None = None, progress: bool = True,
+                standardize: bool = True) -> dict:
     """Embed item texts, train the RQ-VAE, build a collision-free index; writes <name>.index.json, the
-    RQ-VAE weights and index_stats.json in `out`; returns the stats (with timings)."""
+    RQ-VAE weights and index_stats.json in `out`; returns the stats (with timings).
+
+    `standardize` scales each embedding dimension to zero mean and unit variance first (LC-Rec feeds raw
+    LLaMA states, which are large; raw MiniLM vectors collapse the RQ-VAE latent in short runs)."""
     from fastrec.data.text import item_texts, text_embeddings
 
     t0 = time.perf_counter()
@@ -45,6 +49,8 @@ def index_items(folder: str | Path, out: str | Path, epochs: int = 200, hidden=(
     texts = [t if t.strip() else f"item {i}" for i, t in enumerate(texts)]  # no text: the id stands in
     emb = text_embeddings(texts, model=encoder, cache=out / "item_emb.npy", progress=progress)
     t_emb = time.perf_counter() - t0
+    if standardize:  # sentence-encoder outputs are small and near-isotropic; unit scale keeps the latent spread
+        emb = (emb - emb.mean(0)) / emb.std(0).clamp_min(1e-6)
     torch.manual_seed(0)
     model = RQVAE(emb.shape[1], hidden=hidden, levels=levels, codebook_size=codebook_size)
     t1 = time.perf_counter()
