@@ -128,3 +128,12 @@ def test_empty_texts_are_rejected_by_tasks_gracefully(toy):
     index, _, seqs = toy
     ex = build_tasks(seqs, index, {}, tasks=["index2item", "fusionseqrec"])
     assert all(r.startswith("item ") for _, _, r in ex)  # no title: the item id stands in, never ""
+
+
+def test_cli_registers_lcrec():
+    from fastrec.cli import build_parser
+
+    args = build_parser().parse_args(["lcrec", "index", "--data", "D", "--epochs", "3"])
+    assert args.stage == "index" and args.epochs == 3 and args.func.__module__ == "fastrec.recipes.lcrec"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lcrec", "bogus", "--data", "D"])
