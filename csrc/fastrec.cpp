@@ -24,6 +24,17 @@ TORCH_LIBRARY(fastrec, m) {
     return false;
 #endif
   });
+  // collaborative graph: CSR x dense, fused LightGCN propagation, full-ranking top-K (fastrec/ops/graph.py)
+  m.def("spmm(Tensor indptr, Tensor indices, Tensor values, Tensor dense) -> Tensor");
+  m.def(
+      "lightgcn_propagate(Tensor indptr, Tensor indices, Tensor values, Tensor t_indptr, Tensor t_indices, "
+      "Tensor t_values, Tensor emb, float[] layer_weights) -> Tensor");
+  m.def(
+      "topk_scores(Tensor queries, Tensor items, int k, Tensor? exclude_indptr, Tensor? exclude_indices) "
+      "-> (Tensor, Tensor)");
+  // collaborative-token splicing, SeLLa-Rec (fastrec/ops/collab.py)
+  m.def("splice_collab_tokens(Tensor input_ids, Tensor token_weight, Tensor placeholder_ids, Tensor slot_values, "
+        "int[]? type_counts=None) -> (Tensor, Tensor)");
   // LC-Rec trie constraint and uniform mapping (fastrec/ops/trie.py, fastrec/ops/sinkhorn.py)
   m.def("trie_mask(Tensor scores, Tensor generated, Tensor indptr, Tensor tokens, Tensor children, float fill) -> Tensor");
   m.def("sinkhorn_assign(Tensor distances, float epsilon, int iters) -> Tensor");

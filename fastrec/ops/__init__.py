@@ -4,9 +4,20 @@ One module per op family; `backends()` reports which kernel runs each op.
 """
 
 from fastrec.ops._library import backends
+from fastrec.ops.collab import collab_inputs_embeds, splice_collab_rows, splice_collab_tokens
+from fastrec.ops.graph import lightgcn_propagate, spmm, topk_scores
 from fastrec.ops.quantize import nearest_code, residual_encode
 from fastrec.ops.sinkhorn import sinkhorn_assign
 from fastrec.ops.trie import build_trie, check_trie, trie_mask
 
+__all__ = [
+    "backends",
+    # residual quantization
+    "nearest_code", "residual_encode",
+    # collaborative graph and full ranking
+    "spmm", "lightgcn_propagate", "topk_scores",
+    # collaborative-token splicing
+    "splice_collab_tokens", "splice_collab_rows", "collab_inputs_embeds",
+]
 __all__ = ["backends", "nearest_code", "residual_encode"]
 __all__ += ["sinkhorn_assign", "build_trie", "check_trie", "trie_mask"]

@@ -1,0 +1,128 @@
+"""Triton kernel of the collaborative-token family: splice_collab_tokens.
+
+The slot row of each position is a prefix count over the flattened placeholder mask (cumsum, on the
+device: no host sync); then one program per (row block, H block) copies either the token row or the slot
+row into the output, so every output row is written exactly once. Ids and slots are clamped before any
+load, so even bad input never reads out of bounds (the count check lives in fastrec.ops).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def splice_kernel(ids_ptr, slot_ptr, w_ptr, v_ptr, out_ptr, n, H, V, N,
+                  BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < n
+    ids = tl.load(ids_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    slot = tl.load(slot_ptr + rows, mask=rmask, other=-1)
+    is_slot = slot >= 0
+    ids = tl.minimum(tl.maximum(ids, 0), V - 1)
+    slot = tl.minimum(tl.maximum(slot, 0), tl.maximum(N - 1, 0))
+    m = rmask[:, None] & (cols < H)[None, :]
+    tok = tl.load(w_ptr + ids[:, None] * H + cols[None, :], mask=m & ~is_slot[:, None], other=0.0)
+    val = tl.load(v_ptr + slot[:, None] * H + cols[None, :], mask=m & is_slot[:, None] & (N > 0), other=0.0)
+    tl.store(out_ptr + rows[:, None] * H + cols[None, :], tl.where(is_slot[:, None], val, tok), mask=m)
+
+
+def slot_index(input_ids: torch.Tensor, placeholder_ids: torch.Tensor, n_rows: int,
+               type_counts: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot [B*T] int64, -1 for tokens; slot_pos [N]) from prefix counts of the placeholder mask."""
+    flat = input_ids.reshape(-1).long()
+    onehot = flat[:, None] == placeholder_ids.long()[None, :]  # [B*T, S]
+    is_ph = onehot.any(1)
+    if type_counts is None:
+        slot = is_ph.long().cumsum(0) - 1
+    else:
+        offsets = torch.tensor([0, *type_counts[:-1]], device=flat.device).cumsum(0)
+        ranks = onehot.long().cumsum(0) - 1 + offsets[None, :]
+        slot = ranks.gather(1, onehot.long().argmax(1, keepdim=True)).reshape(-1)
+    valid = is_ph & (slot < n_rows)
+    slot = torch.where(valid, slot, -1)
+    # slot_pos[slot[p]] = p; positions that fill no row scatter into a spare last entry
+    target = torch.where(valid, slot, n_rows)
+    pos = torch.zeros(n_rows + 1, dtype=torch.int64, device=flat.device)
+    pos.scatter_(0, target, torch.arange(flat.numel(), device=flat.device))
+    return slot, pos[:n_rows]
+
+
+def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, placeholder_ids: torch.Tensor,
+                         slot_values: torch.Tensor, type_counts: list[int] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton splice; arguments checked by fastrec.ops."""
+    import os
+
+    weight, values = token_weight.contiguous(), slot_values.contiguous()
+    V, H = weight.shape
+    N = values.shape[0]
+    slot, slot_pos = slot_index(input_ids, placeholder_ids, N, type_counts)
+    ids = input_ids.reshape(-1).contiguous()
+    out = torch.empty(*input_ids.shape, H, dtype=weight.dtype, device=weight.device)
+    n = ids.numel()
+    if n == 0 or H == 0:
+        return out, slot_pos
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    block_r = 64 if interpret else 16
+    block_h = min(1024 if interpret else 256, triton.next_power_of_2(H))
+    grid = (triton.cdiv(n, block_r), triton.cdiv(H, block_h))
+    splice_kernel[grid](ids, slot, weight, values, out, n, H, V, N, BLOCK_R=block_r, BLOCK_H=block_h)
+    return out, slot_pos
+
+
+@triton.jit
+def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, OUT, ROWS,
+                         HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[n] = act(x[ids[n]] @ W^T + b): the row gather is fused into the GEMM's A loads (fp32 accumulation)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
+    rmask, cmask = rows < N, cols < OUT
+    src = rows
+    if HAS_IDS:
+        src = tl.load(ids_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        src = tl.minimum(tl.maximum(src, 0), ROWS - 1)
+    acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < K
+        a = tl.load(x_ptr + src[:, None] * K + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
+        acc += tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if GELU:
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    tl.store(out_ptr + rows[:, None] * OUT + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+
+
+def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor | None = None,
+                  gelu: bool = False) -> torch.Tensor:
+    """act(x[ids] @ weight^T + bias) in one kernel ([N, O] in x's dtype); ids None means every row of x."""
+    import os
+
+    x, weight = x.contiguous(), weight.contiguous()
+    n = ids.numel() if ids is not None else x.shape[0]
+    k, o = x.shape[1], weight.shape[0]
+    out = torch.empty(n, o, dtype=x.dtype, device=x.device)
+    if n == 0 or o == 0:
+        return out
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    block_n, block_o, block_k = 16, (64 if interpret else 64), (64 if interpret else 32)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(o, block_o))
+    gather_linear_kernel[grid](ids if ids is not None else x, x, weight, bias if bias is not None else weight, out,
+                               n, k, o, x.shape[0], HAS_IDS=ids is not None, HAS_BIAS=bias is not None, GELU=gelu,
+                               BLOCK_N=block_n, BLOCK_O=block_o, BLOCK_K=block_k)
+    return out
+
+
+def project_gathered(table: torch.Tensor, ids: torch.Tensor, projection) -> torch.Tensor:
+    """SeLLa-Rec's per-type projection of gathered rows: (W, b) Linear or (W1, b1, W2, b2) with GELU between."""
+    if len(projection) == 2:
+        return gather_linear(table, projection[0], projection[1], ids)
+    hidden = gather_linear(table, projection[0], projection[1], ids, gelu=True)
+    return gather_linear(hidden, projection[2], projection[3])

@@ -1,0 +1,273 @@
+"""splice_collab_tokens / splice_collab_rows / collab_inputs_embeds against the reference: values, gradients,
+dtypes, opcheck, torch.compile(fullgraph=True), Triton under the interpreter, properties and bad input."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastrec import reference
+from fastrec.ops import collab_inputs_embeds, splice_collab_rows, splice_collab_tokens
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make(b, t, v, h, ph=(3, 7, 11), per_row=(1, 1, 1), dtype=torch.float32, seed=0, index_dtype=torch.int64):
+    """input_ids with `per_row[s]` occurrences of placeholder s per row, at random positions."""
+    g = torch.Generator().manual_seed(seed)
+    ph_t = torch.tensor(ph)
+    ids = torch.randint(0, v, (b, t), generator=g)
+    while torch.isin(ids, ph_t).any():  # no accidental placeholders
+        bad = torch.isin(ids, ph_t)
+        ids[bad] = torch.randint(0, v, (int(bad.sum()),), generator=g)
+    for r in range(b):
+        pos = torch.randperm(t, generator=g)[: sum(per_row)]
+        ids[r, pos] = torch.repeat_interleave(ph_t, torch.tensor(per_row))
+    w = torch.randn(v, h, generator=g).to(dtype)
+    n = b * sum(per_row)
+    vals = torch.randn(n, h, generator=g).to(dtype)
+    return ids.to(index_dtype), w, ph_t, vals
+
+
+@pytest.mark.parametrize("b,t,v,h", [(1, 1, 12, 1), (3, 17, 40, 5), (4, 64, 300, 129)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_splice_matches_reference(b, t, v, h, dtype):
+    per_row = (1, 0, 0) if t == 1 else (1, 1, 1)
+    ids, w, ph, vals = make(b, t, v, h, per_row=per_row, dtype=dtype)
+    out = splice_collab_tokens(ids, w, ph, vals)
+    ref, _ = reference.splice_collab_tokens(ids, w, ph, vals)
+    assert out.dtype == dtype and out.shape == (b, t, h)
+    assert torch.equal(out, ref)  # a copy: exact in every dtype
+
+
+def test_int32_ids_and_many_slots_per_prompt():
+    ids, w, ph, vals = make(5, 40, 60, 9, per_row=(1, 10, 2), index_dtype=torch.int32)
+    out = splice_collab_tokens(ids, w, ph, vals)
+    assert torch.equal(out, reference.splice_collab_tokens(ids, w, ph, vals)[0])
+    # rows by type: occurrence order inside each type is row-major
+    flat = ids.reshape(-1).long()
+    per_type = [vals[: (flat == p).sum()] for p in ph]
+    out2 = splice_collab_rows(ids, w, ph, per_type)
+    for p, rows in zip(ph, per_type, strict=True):
+        assert torch.equal(out2.reshape(-1, 9)[flat == p], rows)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradients_match_reference(dtype):
+    ids, w, ph, vals = make(3, 21, 50, 7, per_row=(2, 1, 1), dtype=dtype)
+    w.requires_grad_(True)
+    vals.requires_grad_(True)
+    grad = torch.randn(3, 21, 7).to(dtype)
+    got = torch.autograd.grad(splice_collab_tokens(ids, w, ph, vals), (w, vals), grad)
+    want = torch.autograd.grad(reference.splice_collab_tokens(ids, w, ph, vals)[0], (w, vals), grad)
+    for g, r in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), r.float(), rtol=TOL[dtype], atol=TOL[dtype])
+    # placeholder rows of the token table get no gradient
+    assert torch.all(got[0][ph] == 0)
+
+
+def test_gradients_duplicates_accumulate_in_fp32():
+    ids = torch.full((4, 300), 5)
+    ids[:, 0] = 1
+    w = torch.randn(8, 3, dtype=torch.bfloat16, requires_grad=True)
+    vals = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    out = splice_collab_tokens(ids, w, torch.tensor([1]), vals)
+    (gw,) = torch.autograd.grad(out.sum(), (w,))
+    assert gw[5].float().tolist() == [1200.0] * 3 and gw[1].float().abs().sum() == 0
+
+
+def test_collab_inputs_embeds_matches_reference_with_grads():
+    g = torch.Generator().manual_seed(1)
+    ids, w, ph, _ = make(4, 30, 80, 16, per_row=(1, 3, 1))
+    d, mid, hw = 6, 10, 5
+    tables = [torch.randn(9, d, generator=g), torch.randn(13, d, generator=g), torch.randn(13, hw, generator=g)]
+    projs = [(torch.randn(mid, d), torch.randn(mid), torch.randn(16, mid), torch.randn(16)),
+             (torch.randn(mid, d), torch.randn(mid), torch.randn(16, mid), torch.randn(16)),
+             (torch.randn(16, hw), torch.randn(16))]
+    slot_ids = [torch.randint(0, 9, (4,)), torch.randint(0, 13, (12,)), torch.randint(0, 13, (4,))]
+    slot_ids[1][:2] = 12  # duplicates and the last row
+    leaves = [w, *tables, *[p for proj in projs for p in proj]]
+    for x in leaves:
+        x.requires_grad_(True)
+    out = collab_inputs_embeds(ids, w, ph, slot_ids, tables, projs)
+    ref = reference.collab_inputs_embeds(ids, w, ph, slot_ids, tables, projs)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(ref, leaves, grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_inputs_give_empty_outputs():
+    w = torch.randn(10, 4)
+    out = splice_collab_tokens(torch.empty(0, 5, dtype=torch.int64), w, torch.tensor([2]), torch.empty(0, 4))
+    assert out.shape == (0, 5, 4)
+    out = splice_collab_tokens(torch.tensor([[1, 3]]), w, torch.tensor([2]), torch.empty(0, 4))
+    assert torch.equal(out[0], w[[1, 3]])
+
+
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+def test_opcheck():
+    ids, w, ph, vals = make(2, 9, 20, 5, per_row=(1, 2, 0))
+    w.requires_grad_(True)
+    vals.requires_grad_(True)
+    op = torch.ops.fastrec.splice_collab_tokens.default
+    torch.library.opcheck(op, (ids, w, ph, vals), test_utils=OPCHECK_UTILS)
+    torch.library.opcheck(op, (ids, w, ph, vals, [2, 4, 0]), test_utils=OPCHECK_UTILS)
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    ids, w, ph, _ = make(3, 12, 30, 8, per_row=(1, 1, 1))
+    table = torch.randn(10, 4, requires_grad=True)
+    proj = (torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True))
+    slot = [torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]), torch.tensor([0, 9, 9])]
+
+    def f(ids, w, table, w0, b0):
+        e = collab_inputs_embeds(ids, w, ph, slot, [table] * 3, [(w0, b0)] * 3)
+        return (e * e).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    args = (ids, w, table, *proj)
+    got = torch.autograd.grad(compiled(*args), (table, *proj))
+    want = torch.autograd.grad(f(*args), (table, *proj))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("counts", [None, [2, 3, 1]])
+def test_triton_kernel_under_interpreter(dtype, counts):
+    pytest.importorskip("triton")
+    from fastrec.kernels import collab as tk
+
+    ids, w, ph, vals = make(2, 33, 70, 37, per_row=(1, 1, 1), dtype=dtype)
+    if counts is not None:
+        ids[1, ids[1] == 11] = 7  # type counts become [2, 3, 1]
+    out, pos = tk.splice_collab_tokens(ids, w, ph, vals, counts)
+    ref, ref_pos = reference.splice_collab_tokens(ids, w, ph, vals, counts)
+    assert torch.equal(out, ref) and torch.equal(pos, ref_pos)
+    # a count mismatch never reads out of bounds: extra occurrences keep their token rows
+    out, _ = tk.splice_collab_tokens(ids, w, ph, vals[:4])
+    assert out.shape == ref.shape and torch.isfinite(out.float()).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(0, 5), t=st.integers(1, 20), h=st.integers(1, 24), s=st.integers(1, 3),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1), boundary=st.booleans())
+def test_property_against_reference(b, t, h, s, dtype, seed, boundary):
+    g = torch.Generator().manual_seed(seed)
+    v = 12
+    ph = torch.tensor([v - 1, 0, 5][:s]) if boundary else torch.randperm(v, generator=g)[:s]
+    ids = torch.randint(0, v, (b, t), generator=g)  # placeholders anywhere, any number, adjacent
+    n = int(torch.isin(ids, ph).sum())
+    w = torch.randn(v, h, generator=g).to(dtype)
+    vals = torch.randn(n, h, generator=g).to(dtype)
+    out = splice_collab_tokens(ids, w, ph, vals)
+    assert torch.equal(out, reference.splice_collab_tokens(ids, w, ph, vals)[0])
+
+
+def _ids():
+    return torch.tensor([[1, 2, 3], [2, 4, 0]])
+
+
+BAD = [
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(3, 3)),
+     ValueError, "3 rows but input_ids holds 2"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(1, 3)),
+     ValueError, "1 rows but input_ids holds 2"),
+    (lambda: splice_collab_tokens(_ids() + 3, torch.randn(5, 3), torch.tensor([2]), torch.randn(0, 3)),
+     IndexError, "input_ids holds id 5 at flat position 1"),
+    (lambda: splice_collab_tokens(_ids() - 1, torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 3)),
+     IndexError, "input_ids holds id -1"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([5]), torch.randn(0, 3)),
+     IndexError, "placeholder_ids holds id 5"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2, 2]), torch.randn(2, 3)),
+     ValueError, "placeholder_ids has repeated"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 3).double()),
+     ValueError, "slot_values must have dtype"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 3).half()),
+     ValueError, "differ in dtype"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 4)),
+     ValueError, "slot_values has H=4"),
+    (lambda: splice_collab_tokens(_ids().float(), torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 3)),
+     ValueError, "input_ids must have dtype"),
+    (lambda: splice_collab_tokens(_ids()[0], torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 3)),
+     ValueError, "input_ids must be 2-D"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(5, 3), 2, torch.randn(2, 3)),
+     TypeError, "placeholder_ids must be a torch.Tensor"),
+    (lambda: splice_collab_tokens(_ids(), torch.randn(0, 3), torch.tensor([2]), torch.randn(2, 3)),
+     ValueError, "V = 0"),
+    (lambda: splice_collab_rows(_ids(), torch.randn(5, 3), torch.tensor([2, 4]),
+                                [torch.randn(2, 3), torch.randn(0, 3)]),
+     ValueError, r"holds \[2, 1\] placeholder occurrences per type but \[2, 0\]"),
+    (lambda: splice_collab_rows(_ids(), torch.randn(5, 3), torch.tensor([2, 4]), [torch.randn(2, 3)]),
+     ValueError, "one tensor per placeholder"),
+    (lambda: collab_inputs_embeds(_ids(), torch.randn(5, 3), torch.tensor([2]), [torch.tensor([0, 4])],
+                                  [torch.randn(4, 2)], [(torch.randn(3, 2), torch.randn(3))]),
+     IndexError, r"slot_ids\[0\] holds id 4"),
+    (lambda: collab_inputs_embeds(_ids(), torch.randn(5, 3), torch.tensor([2]), [torch.tensor([0, 1])],
+                                  [torch.randn(4, 2).half()], [(torch.randn(3, 2), torch.randn(3))]),
+     ValueError, "differ in dtype"),
+    (lambda: collab_inputs_embeds(_ids(), torch.randn(5, 3), torch.tensor([2]), [torch.tensor([0, 1])],
+                                  [torch.randn(4, 2)], [(torch.randn(3, 5), torch.randn(3))]),
+     ValueError, "takes d=5"),
+    (lambda: collab_inputs_embeds(_ids(), torch.randn(5, 3), torch.tensor([2]), [torch.tensor([0, 1])],
+                                  [torch.randn(4, 2)], [(torch.randn(4, 2), torch.randn(4))]),
+     ValueError, "outputs 4"),
+    (lambda: collab_inputs_embeds(_ids(), torch.randn(5, 3), torch.tensor([2]), [], [], []),
+     ValueError, "slot_ids needs one entry"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD)
+def test_bad_input_names_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_kernel_itself_rejects_bad_counts_and_ids():
+    """A direct torch.ops call (no Python checks) still cannot write garbage or read out of bounds."""
+    op = torch.ops.fastrec.splice_collab_tokens
+    with pytest.raises(ValueError, match="placeholder occurrences"):
+        op(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(3, 3))
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        op(_ids() * 3, torch.randn(5, 3), torch.tensor([2]), torch.randn(0, 3))
+    with pytest.raises(ValueError, match="type_counts sum"):
+        op(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(2, 3), [3])
+
+
+def test_python_checks_cover_backends_without_the_cpu_kernel(monkeypatch):
+    """Where the C++ kernel does not check (CUDA / Triton / reference fallback), the entry point does."""
+    import fastrec.ops._library as lib
+
+    monkeypatch.setattr(lib, "cpu_is_compiled", lambda name: False)
+    with pytest.raises(ValueError, match=r"holds \[2\] placeholder occurrences per type but \[3\]"):
+        splice_collab_tokens(_ids(), torch.randn(5, 3), torch.tensor([2]), torch.randn(3, 3))
+    with pytest.raises(IndexError, match="input_ids holds id 12, outside"):
+        splice_collab_tokens(_ids() * 3, torch.randn(5, 3), torch.tensor([2]), torch.randn(0, 3))
+    ids, w, ph, vals = make(2, 9, 20, 5)
+    assert torch.equal(splice_collab_tokens(ids, w, ph, vals), reference.splice_collab_tokens(ids, w, ph, vals)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_fused_gather_projection_under_interpreter(dtype):
+    pytest.importorskip("triton")
+    from fastrec.kernels import collab as tk
+
+    from fastrec.ops.collab import project_rows
+
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(30, 20, generator=g).to(dtype)
+    ids = torch.tensor([0, 29, 5, 5, 17, 3, 8])
+    mlp = tuple(t.to(dtype) for t in (torch.randn(40, 20, generator=g) / 4, torch.randn(40, generator=g),
+                                      torch.randn(70, 40, generator=g) / 6, torch.randn(70, generator=g)))
+    lin = (mlp[0], None)
+    for proj in (mlp, lin):
+        got = tk.project_gathered(table, ids, proj)
+        want = project_rows(table.float()[ids], tuple(t.float() if t is not None else None for t in proj))
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)

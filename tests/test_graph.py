@@ -1,0 +1,406 @@
+"""spmm, lightgcn_propagate and topk_scores against the reference, under opcheck / torch.compile, bad input."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastrec import reference
+from fastrec.data import InteractionGraph, synthetic
+from fastrec.eval import full_ranking, select_rows
+from fastrec.ops import lightgcn_propagate, spmm, topk_scores
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def random_csr(rows, cols, density=0.3, dtype=torch.int64, seed=0, empty_rows=True):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < density
+    if empty_rows and rows > 2:
+        mask[1] = False  # an empty row
+    vals = torch.randn(rows, cols, generator=g)
+    dense = torch.where(mask, vals, torch.zeros_like(vals))
+    csr = dense.to_sparse_csr()
+    return csr.crow_indices().to(dtype), csr.col_indices().to(dtype), csr.values(), dense
+
+
+def small_graph(num_users=60, num_items=40, seed=0):
+    data = synthetic(num_users=num_users, num_items=num_items, seed=seed, mean_len=6.0, min_len=2)
+    return InteractionGraph.from_interactions(data)
+
+
+# ----------------------------------------------------------------------------------------- spmm
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("rows,cols,d", [(1, 1, 1), (7, 5, 3), (33, 50, 16), (64, 129, 64), (20, 30, 100)])
+def test_spmm_matches_dense(index_dtype, rows, cols, d):
+    indptr, indices, values, dense_a = random_csr(rows, cols, dtype=index_dtype)
+    x = torch.randn(cols, d)
+    out = spmm(indptr, indices, values, x)
+    torch.testing.assert_close(out, dense_a @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, reference.spmm(indptr, indices, values, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_spmm_dtypes(dtype):
+    indptr, indices, values, dense_a = random_csr(31, 47)
+    x = torch.randn(47, 80).to(dtype)
+    out = spmm(indptr, indices, values.to(dtype), x)
+    assert out.dtype == dtype
+    ref = reference.spmm(indptr, indices, values.to(dtype), x)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_spmm_gradients_dense_and_values():
+    indptr, indices, values, _ = random_csr(23, 17, density=0.4)
+    x = torch.randn(17, 19, dtype=torch.float64).float().requires_grad_(True)
+    v = values.clone().requires_grad_(True)
+    grad = torch.randn(23, 19)
+    spmm(indptr, indices, v, x).backward(grad)
+    x2, v2 = x.detach().clone().requires_grad_(True), values.clone().requires_grad_(True)
+    reference.spmm(indptr, indices, v2, x2).backward(grad)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v.grad, v2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_spmm_duplicate_column_entries_add_up():
+    indptr = torch.tensor([0, 3, 3])
+    indices = torch.tensor([1, 1, 0])
+    values = torch.tensor([1.0, 2.0, 4.0])
+    x = torch.tensor([[1.0], [10.0]])
+    assert spmm(indptr, indices, values, x).flatten().tolist() == [34.0, 0.0]
+
+
+# ---------------------------------------------------------------------------- lightgcn_propagate
+
+
+@pytest.mark.parametrize("layers", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("d", [1, 16, 64, 70])
+def test_propagate_interaction_graph_matches_dense(layers, d):
+    g = small_graph()
+    emb = torch.randn(g.num_nodes, d)
+    out = lightgcn_propagate(g, emb, num_layers=layers)
+    a = g.to_dense().double()
+    x, expect = emb.double(), emb.double()
+    for _ in range(layers):
+        x = a @ x
+        expect = expect + x
+    torch.testing.assert_close(out, (expect / (layers + 1)).float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_propagate_sparse_csr_tensor_dtypes_and_weights(dtype, index_dtype):
+    indptr, indices, values, dense_a = random_csr(37, 37, density=0.2, dtype=index_dtype)
+    csr = torch.sparse_csr_tensor(indptr, indices, values, size=(37, 37))
+    emb = torch.randn(37, 24).to(dtype)
+    weights = [0.5, 0.3, -0.2]
+    out = lightgcn_propagate(csr, emb, layer_weights=weights)
+    assert out.dtype == dtype
+    ref = reference.lightgcn_propagate(indptr, indices, values, indptr, indices, values, emb, weights)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype] * 4)
+
+
+def test_propagate_gradient_symmetric_graph():
+    g = small_graph()
+    emb = torch.randn(g.num_nodes, 20, requires_grad=True)
+    grad = torch.randn(g.num_nodes, 20)
+    lightgcn_propagate(g, emb, 3).backward(grad)
+    emb2 = emb.detach().clone().requires_grad_(True)
+    w = [0.25] * 4
+    reference.lightgcn_propagate(g.indptr, g.indices, g.values, g.indptr, g.indices, g.values, emb2, w).backward(grad)
+    torch.testing.assert_close(emb.grad, emb2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_propagate_gradient_non_symmetric_graph_uses_transpose():
+    indptr, indices, values, dense_a = random_csr(29, 29, density=0.25, seed=3)
+    assert not torch.equal(dense_a, dense_a.t())
+    csr = torch.sparse_csr_tensor(indptr, indices, values, size=(29, 29))
+    emb = torch.randn(29, 8, requires_grad=True)
+    grad = torch.randn(29, 8)
+    lightgcn_propagate(csr, emb, 2).backward(grad)
+    emb2 = emb.detach().clone().requires_grad_(True)
+    a = dense_a
+    ((emb2 + a @ emb2 + a @ (a @ emb2)) / 3).backward(grad)
+    torch.testing.assert_close(emb.grad, emb2.grad, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ topk_scores
+
+
+def assert_topk(queries, items, k, exclude, scores, ids):
+    """Valid ranking: excluded items never beat unexcluded ones, scores are the true scores, and away from
+    near ties the ids equal the reference's."""
+    ex_ptr, ex_idx = exclude if exclude is not None else (None, None)
+    ref_s, ref_i = reference.topk_scores(queries, items, k, ex_ptr, ex_idx)
+    torch.testing.assert_close(scores, ref_s, rtol=1e-4, atol=1e-4)
+    true = (queries.float() @ items.float().t()).gather(1, ids)
+    finite = torch.isfinite(scores)
+    torch.testing.assert_close(scores[finite], true[finite], rtol=1e-4, atol=1e-4)
+    assert ids.shape == (queries.shape[0], k) and ids.dtype == torch.int64
+    for row in ids:
+        assert row.unique().numel() == k  # no duplicates
+    if k:
+        gaps = (ref_s[:, :-1] - ref_s[:, 1:]).abs()
+        clear = torch.ones_like(ref_i, dtype=torch.bool)
+        clear[:, :-1] &= gaps > 1e-3
+        clear[:, 1:] &= gaps > 1e-3
+        assert torch.equal(ids[clear], ref_i[clear])
+
+
+@pytest.mark.parametrize("users,num_items,d,k", [(1, 1, 1, 1), (5, 33, 7, 4), (70, 257, 64, 20),
+                                                 (300, 1000, 32, 50), (9, 64, 100, 64)])
+def test_topk_matches_reference(users, num_items, d, k):
+    q, it = torch.randn(users, d), torch.randn(num_items, d)
+    ex = None
+    if num_items > 3:
+        rows = torch.randint(0, users, (users * 3,))
+        cols = torch.randint(0, num_items, (users * 3,))
+        keys = (rows * num_items + cols)[torch.randperm(users * 3)]
+        counts = torch.bincount(keys // num_items, minlength=users)
+        order = torch.argsort(keys // num_items, stable=True)  # grouped by row, unsorted within, duplicates
+        indptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        ex = (indptr, (keys % num_items)[order])
+    s, i = topk_scores(q, it, k, ex)
+    assert_topk(q, it, k, ex, s, i)
+    if ex is not None:  # nothing excluded is ranked while unexcluded items remain
+        for u in range(users):
+            banned = set(ex[1][ex[0][u]:ex[0][u + 1]].tolist())
+            if num_items - len(banned) >= k:
+                assert not banned & set(i[u].tolist())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_topk_dtypes(dtype):
+    q, it = torch.randn(40, 24).to(dtype), torch.randn(300, 24).to(dtype)
+    s, i = topk_scores(q, it, 10)
+    assert s.dtype == torch.float32
+    assert_topk(q, it, 10, None, s, i)
+
+
+def test_topk_exact_ties_go_to_lowest_id():
+    it = torch.randn(100, 8)
+    it[[70, 90]] = it[5].clone()  # three identical items
+    q = it[[5]].clone() * 10
+    _, ids = topk_scores(q, it, 3)
+    assert ids[0].tolist() == [5, 70, 90]
+    _, ids = topk_scores(torch.zeros(3, 8), it, 7)  # all scores 0: ids in order
+    assert ids.tolist() == [list(range(7))] * 3
+
+
+def test_topk_excluded_fill_when_too_few_items_remain():
+    it = torch.randn(10, 4)
+    q = torch.randn(2, 4)
+    ex = (torch.tensor([0, 8, 8]), torch.tensor([9, 0, 1, 2, 3, 4, 5, 6]))
+    s, i = topk_scores(q, it, 4, ex)
+    assert set(i[0, :2].tolist()) == {7, 8}
+    assert torch.isinf(s[0, 2:]).all() and i[0, 2:].tolist() == [0, 1]  # -inf ones by lowest id
+    assert torch.isfinite(s[1]).all()
+
+
+def test_topk_gradients():
+    q = torch.randn(6, 5, requires_grad=True)
+    it = torch.randn(30, 5, requires_grad=True)
+    ex = (torch.tensor([0, 2, 2, 2, 3, 3, 3]), torch.tensor([1, 2, 7]))
+    s, i = topk_scores(q, it, 4, ex)
+    g = torch.randn_like(s)
+    (s * g).sum().backward()
+    q2, it2 = q.detach().clone().requires_grad_(True), it.detach().clone().requires_grad_(True)
+    ((q2 @ it2.t()).gather(1, i) * g).sum().backward()
+    torch.testing.assert_close(q.grad, q2.grad)
+    torch.testing.assert_close(it.grad, it2.grad)
+
+
+def test_topk_sparse_csr_exclude_and_int32():
+    q, it = torch.randn(12, 6), torch.randn(50, 6)
+    mask = torch.rand(12, 50) < 0.3
+    ex_csr = mask.float().to_sparse_csr()
+    s, i = topk_scores(q, it, 5, ex_csr)
+    ex = (ex_csr.crow_indices().int(), ex_csr.col_indices().int())
+    s2, i2 = topk_scores(q, it, 5, ex)
+    assert torch.equal(i, i2) and torch.equal(s, s2)
+    assert not mask.gather(1, i).any()
+
+
+# ------------------------------------------------------------------------------------- full ranking
+
+
+def test_full_ranking_matches_brute_force_metrics():
+    g = small_graph(80, 50)
+    uv, iv = torch.randn(80, 16), torch.randn(50, 16)
+    targets = torch.randint(0, 50, (30,))
+    users = torch.arange(0, 60, 2)
+    out = full_ranking(uv, iv, (g.seen_indptr, g.seen_indices), targets, ks=(5, 10), users=users)
+    scores = uv[users] @ iv.t()
+    seen = torch.zeros(80, 50, dtype=torch.bool)
+    rows = torch.repeat_interleave(torch.arange(80), g.seen_indptr[1:] - g.seen_indptr[:-1])
+    seen[rows, g.seen_indices] = True
+    scores[seen[users]] = float("-inf")
+    rank = (scores > scores.gather(1, targets[:, None])).sum(1)  # 0-based rank of the target
+    for k in (5, 10):
+        hit = rank < k
+        assert out[f"HR@{k}"] == pytest.approx(hit.double().mean().item())
+        ndcg = torch.where(hit, 1.0 / torch.log2(rank.double() + 2), torch.zeros(30, dtype=torch.float64))
+        assert out[f"NDCG@{k}"] == pytest.approx(ndcg.mean().item())
+
+
+def test_select_rows():
+    indptr, indices = torch.tensor([0, 2, 2, 5]), torch.tensor([1, 3, 0, 4, 2])
+    p, i = select_rows(indptr, indices, torch.tensor([2, 0, 1, 2]))
+    assert p.tolist() == [0, 3, 5, 5, 8] and i.tolist() == [0, 4, 2, 1, 3, 0, 4, 2]
+
+
+# ----------------------------------------------------------------------------- opcheck / compile
+
+
+def test_opcheck():
+    indptr, indices, values, _ = random_csr(9, 9, density=0.4)
+    x = torch.randn(9, 5, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastrec.spmm, (indptr, indices, values, x))
+    torch.library.opcheck(torch.ops.fastrec.lightgcn_propagate,
+                          (indptr, indices, values, indptr, indices, values, x, [0.5, 0.3, 0.2]))
+    q, it = torch.randn(4, 5, requires_grad=True), torch.randn(11, 5)
+    ex_p, ex_i = torch.tensor([0, 1, 1, 3, 3]), torch.tensor([2, 0, 10])
+    torch.library.opcheck(torch.ops.fastrec.topk_scores, (q, it, 3, ex_p, ex_i))
+    torch.library.opcheck(torch.ops.fastrec.topk_scores, (q, it, 3, None, None))
+
+
+def test_torch_compile_fullgraph():
+    g = small_graph(20, 15)
+    emb = torch.randn(g.num_nodes, 8)
+    ip, ix, v = g.indptr, g.indices, g.values
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(e, q, it):
+        out = torch.ops.fastrec.lightgcn_propagate(ip, ix, v, ip, ix, v, e, [0.25, 0.25, 0.25, 0.25])
+        y = torch.ops.fastrec.spmm(ip, ix, v, out)
+        s, i = torch.ops.fastrec.topk_scores(q, it, 3, None, None)
+        return y, s, i
+
+    q, it = torch.randn(5, 8), torch.randn(9, 8)
+    y, s, i = f(emb, q, it)
+    torch.testing.assert_close(y, spmm(ip, ix, v, lightgcn_propagate(g, emb, 3)))
+    torch.testing.assert_close(s, topk_scores(q, it, 3)[0])
+
+
+# ------------------------------------------------------------------------------------- property
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(0, 40), d=st.integers(1, 40), density=st.floats(0.0, 1.0),
+       index_dtype=st.sampled_from([torch.int32, torch.int64]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 1000))
+def test_property_propagate_and_spmm(rows, d, density, index_dtype, dtype, seed):
+    indptr, indices, values, _ = random_csr(rows, rows, density=density, dtype=index_dtype, seed=seed)
+    emb = torch.randn(rows, d, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    w = [0.4, 0.3, 0.2, 0.1]
+    out = lightgcn_propagate(torch.sparse_csr_tensor(indptr, indices, values, size=(rows, rows)), emb,
+                             layer_weights=w)
+    ref = reference.lightgcn_propagate(indptr, indices, values, indptr, indices, values, emb, w)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    scale = 1 + ref.float().abs().amax().item() if rows else 1
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol * scale)
+
+
+@settings(max_examples=25, deadline=None)
+@given(users=st.integers(0, 20), num_items=st.integers(1, 80), d=st.integers(1, 20), data=st.data(),
+       duplicates=st.booleans(), seed=st.integers(0, 1000))
+def test_property_topk(users, num_items, d, data, duplicates, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, it = torch.randn(users, d, generator=g), torch.randn(num_items, d, generator=g)
+    if duplicates:  # exact ties
+        it = it[torch.randint(0, num_items, (num_items,), generator=g)]
+        q = q.round()
+        it = it.round()
+    k = data.draw(st.integers(0, num_items))
+    counts = torch.randint(0, num_items + 1, (users,), generator=g)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    indices = torch.randint(0, num_items, (int(indptr[-1]),), generator=g)
+    s, i = topk_scores(q, it, k, (indptr, indices))
+    ref_s, ref_i = reference.topk_scores(q, it, k, indptr, indices)
+    torch.testing.assert_close(s, ref_s, rtol=1e-4, atol=1e-4)
+    if duplicates:  # integer-valued inputs: exact scores, so ids must equal the reference's exactly
+        assert torch.equal(i, ref_i)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def _csr():
+    return torch.tensor([0, 1, 2]), torch.tensor([1, 0]), torch.tensor([1.0, 1.0])
+
+
+BAD = [
+    (lambda: spmm(*_csr()[:2], _csr()[2], torch.randn(2)), ValueError, "dense"),
+    (lambda: spmm(torch.tensor([0, 1, 2]), torch.tensor([1, 5]), torch.ones(2), torch.randn(2, 3)),
+     IndexError, "indices"),
+    (lambda: spmm(torch.tensor([0, 1, 2]), torch.tensor([1, -1]), torch.ones(2), torch.randn(2, 3)),
+     IndexError, "indices"),
+    (lambda: spmm(torch.tensor([0, 2, 1]), torch.tensor([1, 0]), torch.ones(2), torch.randn(2, 3)),
+     ValueError, "indptr"),
+    (lambda: spmm(torch.tensor([0, 1, 3]), torch.tensor([1, 0]), torch.ones(2), torch.randn(2, 3)),
+     ValueError, "indptr"),
+    (lambda: spmm(torch.tensor([1, 1, 2]), torch.tensor([1, 0]), torch.ones(2), torch.randn(2, 3)),
+     ValueError, "indptr"),
+    (lambda: spmm(torch.tensor([0, 1, 2]), torch.tensor([1, 0]), torch.ones(3), torch.randn(2, 3)),
+     ValueError, "values"),
+    (lambda: spmm(torch.tensor([0, 1, 2]).int(), torch.tensor([1, 0]), torch.ones(2), torch.randn(2, 3)),
+     ValueError, "indptr"),
+    (lambda: spmm(torch.tensor([0.0, 1, 2]), torch.tensor([1, 0]), torch.ones(2), torch.randn(2, 3)),
+     ValueError, "indptr"),
+    (lambda: spmm(*_csr(), torch.randn(2, 3).int()), ValueError, "dense"),
+    (lambda: lightgcn_propagate(small_graph(), torch.randn(5, 4)), ValueError, "emb"),
+    (lambda: lightgcn_propagate("graph", torch.randn(5, 4)), TypeError, "graph"),
+    (lambda: lightgcn_propagate(torch.randn(3, 3), torch.randn(3, 4)), TypeError, "graph"),
+    (lambda: lightgcn_propagate(small_graph(), torch.randn(100, 4), num_layers=-1), ValueError, "num_layers"),
+    (lambda: lightgcn_propagate(small_graph(), torch.randn(100, 4), layer_weights=[]), ValueError, "layer_weights"),
+    (lambda: lightgcn_propagate(torch.sparse_csr_tensor(torch.tensor([0, 1, 2]), torch.tensor([1, 7]),
+                                                        torch.ones(2), size=(2, 8)), torch.randn(2, 4)),
+     ValueError, "square"),
+    (lambda: topk_scores(torch.randn(3, 4), torch.randn(5, 3), 2), ValueError, "d="),
+    (lambda: topk_scores(torch.randn(3, 4), torch.randn(5, 4), 6), ValueError, "k must"),
+    (lambda: topk_scores(torch.randn(3, 4), torch.randn(5, 4), -1), ValueError, "k must"),
+    (lambda: topk_scores(torch.randn(3, 4), torch.randn(5, 4).double(), 2), ValueError, "items"),
+    (lambda: topk_scores(torch.randn(3, 4), torch.randn(5, 4).half(), 2), ValueError, "dtype"),
+    (lambda: topk_scores(torch.randn(4), torch.randn(5, 4), 2), ValueError, "queries"),
+    (lambda: topk_scores(torch.randn(3, 4), torch.randn(5, 4), 2, (torch.tensor([0, 1]), torch.tensor([0]))),
+     ValueError, "exclude_indptr"),
+    (lambda: topk_scores(torch.randn(2, 4), torch.randn(5, 4), 2, (torch.tensor([0, 1, 2]), torch.tensor([0, 5]))),
+     IndexError, "exclude_indices"),
+    (lambda: topk_scores(torch.randn(2, 4), torch.randn(5, 4), 2, (torch.tensor([0, 2, 1]), torch.tensor([0, 1]))),
+     ValueError, "exclude_indptr"),
+    (lambda: topk_scores(torch.full((2, 4), float("nan")), torch.randn(5, 4), 2), ValueError, "queries"),
+    (lambda: topk_scores(torch.randn(2, 4), torch.randn(5, 4), 2, "seen"), TypeError, "exclude"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD)
+def test_bad_input_names_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_bad_input_reference_path_checks_too(monkeypatch):
+    # where the C++ kernel is not used (CUDA / no extension), the host-side checks must catch the same
+    import fastrec.ops.graph as graph_ops
+
+    monkeypatch.setattr(graph_ops, "cpu_is_compiled", lambda name: False)
+    with pytest.raises(IndexError, match="indices"):
+        spmm(torch.tensor([0, 1, 2]), torch.tensor([1, 5]), torch.ones(2), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        spmm(torch.tensor([0, 2, 1, 2]), torch.tensor([1, 0]), torch.ones(2), torch.randn(2, 3))
+
+
+def test_empty_inputs():
+    g = InteractionGraph(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 0, 0)
+    assert lightgcn_propagate(g, torch.randn(0, 8)).shape == (0, 8)
+    g = InteractionGraph(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), 3, 2)
+    emb = torch.randn(5, 8)
+    torch.testing.assert_close(lightgcn_propagate(g, emb, 3), emb / 4)  # no edges: only layer 0 remains
+    assert spmm(torch.zeros(1, dtype=torch.long), torch.empty(0, dtype=torch.long), torch.empty(0),
+                torch.randn(4, 3)).shape == (0, 3)
+    s, i = topk_scores(torch.randn(0, 4), torch.randn(5, 4), 3)
+    assert s.shape == (0, 3) and i.shape == (0, 3)
+    s, i = topk_scores(torch.randn(2, 4), torch.randn(5, 4), 0)
+    assert s.shape == (2, 0)
