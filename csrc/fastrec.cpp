@@ -41,4 +41,7 @@ TORCH_LIBRARY(fastrec, m) {
       "Tensor? bias, Tensor? fuse_weight, Tensor? fuse_bias, str mode, int padding_idx, int strategy) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("semantic_fusion_weight_grad(Tensor rows, Tensor grad_reduced, Tensor semantic_table) -> Tensor");
+  // LC-Rec trie constraint and uniform mapping (fastrec/ops/trie.py, fastrec/ops/sinkhorn.py)
+  m.def("trie_mask(Tensor scores, Tensor generated, Tensor indptr, Tensor tokens, Tensor children, float fill) -> Tensor");
+  m.def("sinkhorn_assign(Tensor distances, float epsilon, int iters) -> Tensor");
 }

@@ -30,11 +30,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """The main job of `make demo`: every end-to-end pipeline that exists, then the quick benchmarks."""
-    from fastrec.recipes import cf, kirec, sellarec
+    from fastrec.recipes import cf, kirec, lcrec, sellarec
 
     cf.demo(Path(args.out) / "cf")
     sellarec.demo(str(Path(args.out) / "sellarec"))
     kirec.run_demo(args.out)
+    lcrec.demo(args.out)
     return _bench(argparse.Namespace(quick=True, ops="", out=args.out))
 
 
@@ -49,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end-to-end demo on the embedded data set, then quick benchmarks")
     demo.add_argument("--out", default="results/demo", help="folder for everything the demo writes")
     demo.set_defaults(func=_demo)
-    from fastrec.recipes import cf, kirec, sellarec
+    from fastrec.recipes import cf, kirec, lcrec, sellarec
 
-    for recipe in (cf, sellarec, kirec):
+    for recipe in (cf, sellarec, kirec, lcrec):
         recipe.add_parser(sub)
     return parser
 

@@ -7,7 +7,7 @@ import importlib
 from fastrec.bench.core import Case, Row, format_table, plot, run_case, write_csv
 
 # One module per op family, each exposing `cases(quick: bool) -> list[Case]`.
-FAMILIES = ["quantize", "graph", "collab", "fusion"]
+FAMILIES = ["quantize", "graph", "collab", "fusion", "lcrec"]
 
 
 def all_cases(quick: bool = False, families: list[str] | None = None) -> list[Case]:

@@ -13,13 +13,14 @@ Qwen2, Mistral, GPT-2, ...), with any attention implementation, before or after 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from fastrec.nn.collab import KINDS, CollabTokenEmbedding, HybridProjection
+from fastrec.ops.trie import build_trie, check_trie
 
 DEFAULT_TOKENS = ("<User_ID>", "<Item_ID>", "<Warm_ID>")
 _STATE = "_fastrec_collab"
@@ -149,3 +150,129 @@ def word_tokenizer(texts: Sequence[str], extra: Sequence[str] = (), lowercase: b
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    bos_token="<s>", eos_token="</s>")
+
+# ------------------------------------------------------------------------------- LC-Rec: trie-constrained
+# Hugging Face glue for LC-Rec: exact trie-constrained generation of item indices, and a local tokenizer.
+#
+#     processor = ItemTrieLogitsProcessor(index, tokenizer)   # index: {"0": ["<a_1>", "<b_2>", ...], ...}
+#     out = model.generate(**batch, num_beams=20, num_return_sequences=20, max_new_tokens=levels + 1,
+#                          logits_processor=[processor])
+#     items = processor.decode(out)                           # [[item ids of each sequence], ...]
+#
+# The trie of every item index is built once, flattened to CSR and kept on each device it is used on. At
+# every step the state of each beam is derived from the tokens that beam generated (`fastrec.ops.trie_mask`),
+# so it stays right under beam reordering, left padding, batch > 1 and any beam count. Every finished
+# sequence spells an existing item; `decode` maps it back (an index shared by several items maps to all).
+
+try:
+    from transformers import LogitsProcessor
+except ImportError:  # pragma: no cover - transformers is a dependency
+    LogitsProcessor = object
+
+
+class ItemTrieLogitsProcessor(LogitsProcessor):
+    """Only let generation spell existing item indices (then EOS/pad), exactly.
+
+    Args:
+        index: LC-Rec index dict, item id -> list of index tokens (duplicates allowed: one index may name
+            several items, all of which `decode` returns).
+        tokenizer: a tokenizer that knows every index token (see `add_index_tokens`).
+        end_token_ids: tokens that may follow a complete index (default: the tokenizer's EOS).
+        pad_token_ids: tokens a finished row may go on with (default: the tokenizer's pad).
+        fill: score given to disallowed tokens.
+    """
+
+    def __init__(self, index: dict, tokenizer, end_token_ids: Iterable[int] | None = None,
+                 pad_token_ids: Iterable[int] | None = None, fill: float = float("-inf")) -> None:
+        if not isinstance(index, dict) or not index:
+            raise ValueError("index must be a non-empty dict {item_id: [index tokens]}")
+        self.fill = float(fill)
+        self.items_of: dict[tuple[int, ...], list[int]] = {}
+        vocab = tokenizer.get_vocab()
+        for item, tokens in sorted(index.items(), key=lambda kv: int(kv[0])):
+            if not isinstance(tokens, (list, tuple)) or not tokens:
+                raise ValueError(f"index: item {item} must map to a non-empty list of tokens")
+            missing = [t for t in tokens if t not in vocab]
+            if missing:
+                raise ValueError(f"index: item {item} uses tokens the tokenizer does not know: {missing[:3]} "
+                                 "(add them with fastrec.recipes.lcrec.add_index_tokens)")
+            self.items_of.setdefault(tuple(vocab[t] for t in tokens), []).append(int(item))
+        if end_token_ids is None:
+            end_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        if pad_token_ids is None:
+            pad_token_ids = [tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else []
+        self.end_token_ids = sorted({int(t) for t in end_token_ids})
+        self.pad_token_ids = sorted({int(t) for t in pad_token_ids})
+        if not self.end_token_ids:
+            raise ValueError("end_token_ids: the tokenizer has no EOS token; pass end_token_ids")
+        self.levels = max(len(s) for s in self.items_of)
+        self.trie = build_trie(list(self.items_of), self.end_token_ids, self.pad_token_ids)
+        check_trie(*self.trie)
+        self._on_device: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the prompt; the next call starts a new generation (detected automatically otherwise)."""
+        self._prompt: torch.Tensor | None = None
+        self._last_len = -1
+
+    def _trie(self, device: torch.device, vocab_size: int) -> tuple[torch.Tensor, ...]:
+        key = (str(device), vocab_size)
+        if key not in self._on_device:
+            if int(self.trie[1].max()) >= vocab_size:
+                raise ValueError(f"the index uses token id {int(self.trie[1].max())} but the model scores only "
+                                 f"{vocab_size} tokens (resize the embeddings after adding index tokens)")
+            self._on_device[key] = tuple(t.to(device) for t in self.trie)
+        return self._on_device[key]
+
+    def prompt_length(self, input_ids: torch.Tensor) -> int:
+        """Length of the prompt (left padding included) of the generation `input_ids` belongs to.
+
+        A call continues the current generation when it is exactly one token longer than the previous
+        call and its prompt part is unchanged (rows of a batch item share one prompt, so beam reordering
+        keeps it equal); anything else starts a new generation.
+        """
+        cur = input_ids.shape[1]
+        prompt = self._prompt
+        same = (prompt is not None and cur == self._last_len + 1 and prompt.shape[0] == input_ids.shape[0]
+                and prompt.device == input_ids.device and torch.equal(input_ids[:, : prompt.shape[1]], prompt))
+        if not same:
+            self._prompt = input_ids.detach().clone()
+        self._last_len = cur
+        return self._prompt.shape[1]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length(input_ids):]
+        trie = self._trie(scores.device, scores.shape[1])
+        return torch.ops.fastrec.trie_mask(scores, generated, *trie, self.fill)
+
+    def items(self, generated: Sequence[int]) -> list[int]:
+        """Items spelled by one generated token sequence (end tokens after the index are ignored); [] if none."""
+        seq = [int(t) for t in generated]
+        while seq and (seq[-1] in self.end_token_ids or seq[-1] in self.pad_token_ids):
+            seq.pop()
+        return list(self.items_of.get(tuple(seq), []))
+
+    def decode(self, sequences: torch.Tensor, prompt_length: int | None = None) -> list[list[int]]:
+        """Items of every row of `generate`'s output (prompt included, or pass `prompt_length`)."""
+        start = self._prompt.shape[1] if prompt_length is None and self._prompt is not None else prompt_length or 0
+        return [self.items(row) for row in sequences[:, start:].tolist()]
+
+
+def build_local_tokenizer(texts: Iterable[str], vocab_size: int = 2000, extra_tokens: Sequence[str] = ()):
+    """A small word-piece tokenizer trained here on `texts` with the `tokenizers` library (nothing is
+    downloaded), wrapped as a `PreTrainedTokenizerFast` with <unk>, <s>, </s> and <pad>; left padding."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    tok = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(list(texts), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", padding_side="left")
+    if extra_tokens:
+        fast.add_tokens(list(extra_tokens))
+    return fast
