@@ -2,11 +2,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FASTREC_HD __host__ __device__ __forceinline__
-#else
-#define FASTREC_HD inline
-#endif
+#include "common/macros.h"
 
 namespace fastrec {
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/fusion.h"
+#include "cpu/simd.h"
 
 namespace fastrec {
 namespace {
@@ -84,16 +85,15 @@ at::Tensor unique_rows(const int64_t* ids, int64_t n, int64_t num_items, int64_t
   return rows;
 }
 
-constexpr int kLanes = 16;                 // floats per vector (AVX-512; two AVX2 registers otherwise)
-constexpr int kTileRows = 8;               // gathered rows per micro-tile
-constexpr int kTileCols = 2 * kLanes;      // output columns per micro-tile
+using simd::kLanes;
+using simd::kTileCols;  // output columns per micro-tile
+using simd::kTileRows;  // gathered rows per micro-tile
 constexpr int64_t kRowsPerTask = 64;       // unique rows per OpenMP work item
 constexpr int64_t kScratchBytes = 16 << 20;  // bound of the weight-gradient gather buffer
 
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef float vf_unaligned __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
-inline vf vload(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+using simd::round_up;
+using simd::vf;
+using simd::load;
 
 // W [d, D] transposed and padded: wt[k * dp + j] = W[j, k], dp = d rounded up to the tile width.
 at::Tensor pack_weight(const at::Tensor& w32, int64_t dp) {
@@ -107,8 +107,8 @@ at::Tensor pack_weight(const at::Tensor& w32, int64_t dp) {
 inline void tile_reduce(const float* const* x, int64_t D, const float* wt, int64_t dp, vf* acc0, vf* acc1) {
   for (int r = 0; r < kTileRows; ++r) acc0[r] = acc1[r] = vf{};
   for (int64_t k = 0; k < D; ++k) {
-    const vf c0 = vload(wt + k * dp);
-    const vf c1 = vload(wt + k * dp + kLanes);
+    const vf c0 = load(wt + k * dp);
+    const vf c1 = load(wt + k * dp + kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < kTileRows; ++r) {
       const float xv = x[r][k];

@@ -23,16 +23,15 @@
 #include <vector>
 
 #include "common/graph.h"
+#include "cpu/simd.h"
 
 namespace fastrec {
 namespace {
 
-constexpr int kLanes = 16;  // floats per AVX-512 vector
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef float vf_u __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
-
-inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
-inline void store(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
+using simd::kLanes;
+using simd::load;
+using simd::store;
+using simd::vf;
 
 // ----------------------------------------------------------------------------------------------- CSR
 
@@ -259,8 +258,8 @@ at::Tensor lightgcn_propagate_cpu(const at::Tensor& indptr, const at::Tensor& in
 // running top-k heap. Items are packed once per call into 32-wide transposed panels; a block of 128
 // items (32 KB) stays in L1 while every 8-user row group of the block passes over it.
 
-constexpr int kTileRows = 8;
-constexpr int kTileItems = 2 * kLanes;
+using simd::kTileRows;
+constexpr int kTileItems = simd::kTileCols;
 constexpr int64_t kPanelsPerBlock = 4;
 
 struct Entry {
@@ -270,7 +269,7 @@ struct Entry {
 // std heap with this comparator keeps the entry that ranks last on top (the one to evict).
 inline bool entry_before(const Entry& a, const Entry& b) { return graph::ranks_before(a.score, a.id, b.score, b.id); }
 
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+using simd::round_up;
 
 // items [I, D] -> panels [P][D][32] (P = ceil(I / 32)), padding columns zero.
 std::vector<float> pack_items(const float* it, int64_t I, int64_t D) {
@@ -286,20 +285,6 @@ std::vector<float> pack_items(const float* it, int64_t I, int64_t D) {
     }
   });
   return packed;
-}
-
-inline void micro_kernel(const float* qr, int64_t D, const float* panel, vf* acc0, vf* acc1) {
-  for (int r = 0; r < kTileRows; ++r) acc0[r] = acc1[r] = vf{};
-  for (int64_t d = 0; d < D; ++d) {
-    const vf c0 = load(panel + d * kTileItems);
-    const vf c1 = load(panel + d * kTileItems + kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < kTileRows; ++r) {
-      const float qv = qr[r * D + d];
-      acc0[r] += qv * c0;
-      acc1[r] += qv * c1;
-    }
-  }
 }
 
 struct UserTopK {
@@ -380,7 +365,7 @@ void topk_impl(const at::Tensor& q, const at::Tensor& items, int64_t k, const in
           const int64_t live = std::min<int64_t>(kTileRows, nu - r0);
           for (int64_t p = p0; p < p1; ++p) {
             vf acc0[kTileRows], acc1[kTileRows];
-            micro_kernel(qbuf.data() + r0 * D, D, packed.data() + p * D * kTileItems, acc0, acc1);
+            simd::tile_8x32(qbuf.data() + r0 * D, D, packed.data() + p * D * kTileItems, kTileItems, acc0, acc1);
             for (int64_t r = 0; r < live; ++r) {
               UserTopK& u = users[r0 + r];
               const vf t = vf{} + u.thr;

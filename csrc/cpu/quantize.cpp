@@ -19,23 +19,20 @@
 #include <vector>
 
 #include "common/quantize.h"
+#include "cpu/simd.h"
 
 namespace fastrec {
 namespace {
 
-constexpr int kLanes = 16;          // floats per vector
-constexpr int kTileRows = 8;        // rows per micro-tile
-constexpr int kTileCodes = 2 * kLanes;  // codes per micro-tile (two vectors)
+using simd::kLanes;
+using simd::kTileRows;
+using simd::load;
+using simd::round_up;
+using simd::vf;
+using simd::vi;
+constexpr int kTileCodes = simd::kTileCols;  // codes per micro-tile (two vectors)
 constexpr int64_t kBlockRows = 64;  // rows per OpenMP work item
 constexpr int64_t kL1Bytes = 32 * 1024;
-
-typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));
-typedef float vf_unaligned __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
-
-inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
-
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // Codebooks laid out for the micro-kernel: per level, the transposed codes [D][Kp] (Kp = K rounded up to
 // the tile width, padding columns zero) and their squared norms [Kp] (padding +inf, so never chosen),
@@ -99,17 +96,7 @@ struct RowBlock {
 inline void tile_argmin(const float* xr, int64_t D, const float* ct, int64_t Kp, const float* norms,
                         int32_t k0, vf* best_dist, vi* best_idx) {
   vf acc0[kTileRows], acc1[kTileRows];
-  for (int r = 0; r < kTileRows; ++r) acc0[r] = acc1[r] = vf{};
-  for (int64_t d = 0; d < D; ++d) {
-    const vf c0 = load(ct + d * Kp);
-    const vf c1 = load(ct + d * Kp + kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < kTileRows; ++r) {
-      const float xv = xr[r * D + d];
-      acc0[r] += xv * c0;
-      acc1[r] += xv * c1;
-    }
-  }
+  simd::tile_8x32(xr, D, ct, Kp, acc0, acc1);
   const vf n0 = load(norms);
   const vf n1 = load(norms + kLanes);
   vi idx0, idx1;
