@@ -1,7 +1,7 @@
 """The benchmark harness shared by `fastrec bench` and the pytest-benchmark suites in benchmarks/.
 
 A `Case` is one op at one shape with its implementations: fastrec's first, then the peers it is judged
-against, all run in the same process, one after the other. Time is the median of repeated calls after a
+against, all run in the same process, interleaved over rounds. Time is the best round's median of repeated calls after a
 warm-up; memory is the peak resident-set growth during one call beyond the bytes of its outputs.
 """
 
@@ -94,17 +94,25 @@ def time_ms(fn: Callable[[], Any], min_time: float = 0.3, max_reps: int = 20, wa
     return statistics.median(times)
 
 
-def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Time every implementation of one case in this process; speedups relative to 'fastrec'."""
+def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] | None = None,
+             rounds: int = 3) -> list[Row]:
+    """Time every implementation of one case in this process; speedups relative to 'fastrec'.
+
+    The implementations are interleaved over `rounds` rounds and each keeps its best round's median, so
+    that a slow spell of the (shared, virtual) machine does not land on one implementation only.
+    """
     inputs = case.make()
-    rows = []
-    for impl, fn in case.impls.items():
+    calls = {impl: (lambda fn=fn: fn(inputs)) for impl, fn in case.impls.items()}
+    mem, best = {}, {}
+    for impl, call in calls.items():
         if progress:
             progress(f"{case.name} {impl}")
-        call = lambda fn=fn: fn(inputs)
-        mem = peak_extra_memory_mb(call)
-        rows.append(Row(case.op, case.shape, impl, time_ms(call, min_time), mem, target=case.targets.get(impl)))
-    base = next(r.ms for r in rows if r.impl == "fastrec")
+        mem[impl] = peak_extra_memory_mb(call)
+    for _ in range(rounds):
+        for impl, call in calls.items():
+            best[impl] = min(best.get(impl, float("inf")), time_ms(call, min_time / rounds))
+    rows = [Row(case.op, case.shape, impl, best[impl], mem[impl], target=case.targets.get(impl)) for impl in calls]
+    base = best["fastrec"]
     for r in rows:
         r.speedup = r.ms / base
     gc.collect()
