@@ -1,8 +1,8 @@
 """The benchmark harness shared by `fastrec bench` and the pytest-benchmark suites in benchmarks/.
 
 A `Case` is one op at one shape with its implementations: fastrec's first, then the peers it is judged
-against, all run in the same process, interleaved over rounds. Time is the best round's median of repeated calls after a
-warm-up; memory is the peak resident-set growth during one call beyond the bytes of its outputs.
+against, all run in the same process, interleaved over rounds. Time is the best round's median of
+repeated calls after a warm-up; memory is the peak resident-set growth during one call beyond the bytes of its outputs.
 """
 
 from __future__ import annotations
