@@ -11,7 +11,7 @@ def _bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fastrec import backends
-    from fastrec.bench import all_cases, format_table, plot, run_case, write_csv
+    from fastrec.bench import all_cases, format_table, markdown, plot, run_case, write_csv
 
     families = args.ops.split(",") if args.ops else None
     cases = all_cases(quick=args.quick, families=families)
@@ -23,8 +23,9 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(rows))
     out = Path(args.out)
     write_csv(rows, out / "bench.csv")
+    (out / "bench.md").write_text(markdown(rows))
     plot(rows, out / "bench.png")
-    print(f"wrote {out / 'bench.csv'} and {out / 'bench.png'}")
+    print(f"wrote {out / 'bench.csv'}, {out / 'bench.md'} and {out / 'bench.png'}")
     return 0
 
 

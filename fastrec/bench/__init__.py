@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from fastrec.bench.core import Case, Row, format_table, plot, run_case, write_csv
+from fastrec.bench.core import Case, Row, format_table, markdown, plot, run_case, write_csv
 
 # One module per op family, each exposing `cases(quick: bool) -> list[Case]`.
 FAMILIES = ["quantize", "graph", "collab", "fusion", "lcrec"]
@@ -20,4 +20,4 @@ def all_cases(quick: bool = False, families: list[str] | None = None) -> list[Ca
     return out
 
 
-__all__ = ["Case", "Row", "FAMILIES", "all_cases", "format_table", "plot", "run_case", "write_csv"]
+__all__ = ["Case", "Row", "FAMILIES", "all_cases", "format_table", "markdown", "plot", "run_case", "write_csv"]

@@ -140,6 +140,16 @@ def write_csv(rows: list[Row], path: Path) -> None:
                         f"{r.peak_extra_mb:.2f}"])
 
 
+def markdown(rows: list[Row]) -> str:
+    """The table as Markdown, one line per implementation (for docs/results.md)."""
+    lines = ["| op | shape | impl | ms | peer ms / fastrec ms | target | extra MB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        target = "" if r.target is None else f"{r.target:g}x " + ("met" if r.speedup >= r.target else "**missed**")
+        speed = "-" if r.impl == "fastrec" else f"{r.speedup:.2f}x"
+        lines.append(f"| {r.op} | {r.shape} | {r.impl} | {r.ms:.2f} | {speed} | {target} | {r.peak_extra_mb:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[Row], path: Path) -> None:
     """One horizontal bar group per case: time of each implementation, fastrec highlighted."""
     import matplotlib
