@@ -76,7 +76,7 @@ def backends() -> dict[str, object]:
     return {
         "extension": "fastrec._C" if HAS_C else f"missing ({_C_ERROR})",
         "extension_cuda_kernels": cuda_built,
-        "cpu": {name: ("c++/openmp" if HAS_C else "reference") for name in SCHEMAS},
+        "cpu": {name: ("c++/openmp" if HAS_C and _has_kernel(name, "CPU") else "reference") for name in SCHEMAS},
         "cuda": dict(_CUDA_BACKEND),
         "cuda_device_visible": torch.cuda.is_available(),
         "triton": HAS_TRITON,
