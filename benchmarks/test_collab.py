@@ -4,11 +4,11 @@ allocation + copy bound; fastrec runs first in each case."""
 import pytest
 
 from fastrec.bench.collab import cases
+from fastrec.bench.core import case_impls
 
-PARAMS = [pytest.param(c, impl, id=f"{'quick-' if c.quick else ''}{c.name}-{impl}")
-          for c in cases(quick=False) for impl in c.impls]
+PAIRS, IDS = case_impls(cases(quick=False))
 
 
-@pytest.mark.parametrize("case,impl", PARAMS)
+@pytest.mark.parametrize("case,impl", PAIRS, ids=IDS)
 def test_collab(run_impl, case, impl):
     run_impl(case, impl)

@@ -2,12 +2,12 @@
 
 import pytest
 
+from fastrec.bench.core import case_impls
 from fastrec.bench.fusion import cases
 
-PARAMS = [pytest.param(c, impl, id=f"{'quick-' if c.quick else ''}{c.name}-{impl}")
-          for c in cases(quick=False) for impl in c.impls]
+PAIRS, IDS = case_impls(cases(quick=False))
 
 
-@pytest.mark.parametrize("case,impl", PARAMS)
+@pytest.mark.parametrize("case,impl", PAIRS, ids=IDS)
 def test_fusion(run_impl, case, impl):
     run_impl(case, impl)

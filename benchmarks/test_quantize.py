@@ -6,12 +6,12 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("vector_quantize_pytorch")
 
+from fastrec.bench.core import case_impls  # noqa: E402
 from fastrec.bench.quantize import cases  # noqa: E402
 
-PARAMS = [pytest.param(c, impl, id=f"{'quick-' if c.quick else ''}{c.name}-{impl}")
-          for c in cases(quick=False) for impl in c.impls]
+PAIRS, IDS = case_impls(cases(quick=False))
 
 
-@pytest.mark.parametrize("case,impl", PARAMS)
+@pytest.mark.parametrize("case,impl", PAIRS, ids=IDS)
 def test_quantize(run_impl, case, impl):
     run_impl(case, impl)

@@ -48,6 +48,12 @@ class Row:
     target: float | None = None
 
 
+def case_impls(cases: list[Case]) -> tuple[list[tuple[Case, str]], list[str]]:
+    """(case, impl) pairs and their test ids, for `pytest.mark.parametrize` in benchmarks/."""
+    pairs = [(c, impl) for c in cases for impl in c.impls]
+    return pairs, [f"{'quick-' if c.quick else ''}{c.name}-{impl}" for c, impl in pairs]
+
+
 def _output_bytes(out: Any) -> int:
     if isinstance(out, torch.Tensor):
         return out.numel() * out.element_size()
