@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "common/trie.h"
+#include "common/trie_args.h"
 
 namespace fastrec {
 namespace {
@@ -60,11 +61,7 @@ void trie_mask_impl(const at::Tensor& scores, const at::Tensor& generated, const
 
 at::Tensor trie_mask_cpu(const at::Tensor& scores, const at::Tensor& generated, const at::Tensor& indptr,
                          const at::Tensor& tokens, const at::Tensor& children, double fill) {
-  TORCH_CHECK_VALUE(scores.dim() == 2, "scores must be 2-D [rows, vocab]");
-  TORCH_CHECK_VALUE(generated.dim() == 2 && generated.size(0) == scores.size(0),
-                    "generated must be 2-D with one row per row of scores");
-  TORCH_CHECK_VALUE(generated.scalar_type() == at::kLong || generated.scalar_type() == at::kInt,
-                    "generated must be int32 or int64");
+  check_trie_mask_rows(scores, generated);
   check_trie(indptr, tokens, children);
   auto sc = scores.contiguous();
   auto gc = generated.contiguous();

@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "common/trie.h"
+#include "common/trie_args.h"
 
 namespace fastrec {
 namespace {
@@ -40,11 +41,7 @@ __global__ void trie_mask_kernel(const scalar_t* __restrict__ scores, const id_t
 
 at::Tensor trie_mask_cuda(const at::Tensor& scores, const at::Tensor& generated, const at::Tensor& indptr,
                           const at::Tensor& tokens, const at::Tensor& children, double fill) {
-  TORCH_CHECK_VALUE(scores.dim() == 2, "scores must be 2-D [rows, vocab]");
-  TORCH_CHECK_VALUE(generated.dim() == 2 && generated.size(0) == scores.size(0),
-                    "generated must be 2-D with one row per row of scores");
-  TORCH_CHECK_VALUE(generated.scalar_type() == at::kLong || generated.scalar_type() == at::kInt,
-                    "generated must be int32 or int64");
+  check_trie_mask_rows(scores, generated);
   TORCH_CHECK_VALUE(indptr.dim() == 1 && indptr.size(0) >= 2 && tokens.size(0) == children.size(0),
                     "malformed trie (indptr, tokens, children)");
   TORCH_CHECK_VALUE(scores.size(0) < std::numeric_limits<int32_t>::max(), "too many rows for one launch");
