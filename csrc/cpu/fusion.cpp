@@ -102,22 +102,6 @@ at::Tensor pack_weight(const at::Tensor& w32, int64_t dp) {
   return wt;
 }
 
-// The micro-kernel: 8 gathered rows x 32 outputs of x . W^T accumulated over D in 16 vector registers.
-// x rows are read in place through their pointers (the gather is fused into the GEMM).
-inline void tile_reduce(const float* const* x, int64_t D, const float* wt, int64_t dp, vf* acc0, vf* acc1) {
-  for (int r = 0; r < kTileRows; ++r) acc0[r] = acc1[r] = vf{};
-  for (int64_t k = 0; k < D; ++k) {
-    const vf c0 = load(wt + k * dp);
-    const vf c1 = load(wt + k * dp + kLanes);
-#pragma GCC unroll 8
-    for (int r = 0; r < kTileRows; ++r) {
-      const float xv = x[r][k];
-      acc0[r] += xv * c0;
-      acc1[r] += xv * c1;
-    }
-  }
-}
-
 // reduced [U, d] = semantic_table[rows] @ W^T (+ bias), fp32. OpenMP over blocks of unique rows; fp32
 // tables are read in place, other dtypes are converted one 8-row tile at a time into thread scratch.
 template <typename scalar_t>
@@ -149,7 +133,7 @@ void reduce_rows_impl(const scalar_t* sem, int64_t D, const int64_t* rows, int64
           }
         }
         for (int64_t j0 = 0; j0 < dp; j0 += kTileCols) {
-          tile_reduce(x, D, wt + j0, dp, acc0, acc1);
+          simd::tile_8x32_rows([x](int r) { return x[r]; }, D, wt + j0, dp, acc0, acc1);  // gathered rows
           const int64_t cols = std::min<int64_t>(kTileCols, d - j0);
           for (int64_t r = 0; r < m; ++r) {
             float* dst = out + (r0 + r) * d + j0;

@@ -235,7 +235,7 @@ def align(proj: HybridProjection, mf: nn.Module, text: torch.Tensor, train: CTRS
     g = torch.Generator().manual_seed(cfg.seed + 1)
     params = list(proj.user.parameters()) + list(proj.item.parameters())
     opt = torch.optim.Adam(params, lr=cfg.align_lr)
-    users_w, items_w = mf()[0].detach(), mf()[1].detach()
+    users_w, items_w = (t.detach() for t in mf())
     target = F.normalize(text.to(items_w.dtype), dim=-1)
     scale = 1.0 / math.sqrt(proj.hidden_size)
     losses = []
@@ -429,7 +429,8 @@ def train(cfg: SellaRecConfig) -> dict[str, Any]:
     results = {"mf": metrics(torch.sigmoid(mf.score(te.users, te.items)).detach(), te, warm)}
     llm, tok = _llm(data, cfg, None)
     text = item_text_embeddings(llm, tok, data)
-    proj = _attach(llm, tok, mf()[0].detach(), mf()[1].detach(), text, cfg)
+    users_w, items_w = (t.detach() for t in mf())
+    proj = _attach(llm, tok, users_w, items_w, text, cfg)
     align(proj, mf, text, mf_tr, cfg)
     lora = _peft(llm, cfg)
     lora_tune(lora, tok, data, tr, cfg)
@@ -450,7 +451,8 @@ def _save(out: Path, cfg: SellaRecConfig, lora: nn.Module, tok: Any, mf: nn.Modu
 
     tmp = _atomic_dir(out)
     emb = collab_embedding(lora)
-    state = {"mf_user": mf()[0].detach().cpu(), "mf_item": mf()[1].detach().cpu(),
+    users_w, items_w = (t.detach().cpu() for t in mf())
+    state = {"mf_user": users_w, "mf_item": items_w,
              "text": text.cpu(), "counts": counts, "projection": emb.projection.state_dict(),
              "lora": get_peft_model_state_dict(lora)}
     if not cfg.model:  # the tiny base model is random: keep every weight of the tuned model
