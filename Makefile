@@ -24,7 +24,7 @@ demo: install
 	$(VENV)/bin/fastrec demo
 
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only -q

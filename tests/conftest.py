@@ -1,16 +1,44 @@
-"""Test setup. TRITON_INTERPRET must be set before triton defines a kernel: it makes the Triton kernels
-run on the CPU, which is how they are tested on a machine without a GPU."""
+"""Test setup.
+
+Without a GPU, TRITON_INTERPRET=1 makes the Triton kernels run on the CPU (it must be set before triton
+defines a kernel); with a GPU they run for real, in their GPU block sizes. `device` parametrises a test
+over every available device: CPU always, CUDA when present (those cases carry the `cuda` marker, so
+`pytest -m cuda` selects them, and they skip cleanly on a machine without a GPU).
+"""
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
+                                          pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each available device in turn: 'cpu', then 'cuda' (marked `cuda`, skipped without a GPU)."""
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    """A CUDA device, or a clean skip. Tests that only make sense on a GPU also carry @pytest.mark.cuda."""
+    if not HAS_CUDA:
+        pytest.skip("no CUDA device")
+    return torch.device("cuda")
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
