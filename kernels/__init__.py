@@ -11,4 +11,15 @@ try:
 except ImportError:  # pragma: no cover
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON"]
+import contextlib
+
+import torch
+
+
+def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on `t`'s GPU: Triton launches on the current device, which need not be the tensor's (a second
+    GPU). On the CPU (the interpreter) there is nothing to guard."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+__all__ = ["HAS_TRITON", "device_guard"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastrec.kernels import device_guard
 
 
 @triton.jit
@@ -39,8 +40,14 @@ def slot_index(input_ids: torch.Tensor, placeholder_ids: torch.Tensor, n_rows: i
     if type_counts is None:
         slot = is_ph.long().cumsum(0) - 1
     else:
-        offsets = torch.tensor([0, *type_counts[:-1]], device=flat.device).cumsum(0)
-        ranks = onehot.long().cumsum(0) - 1 + offsets[None, :]
+        # type s owns rows from sum(type_counts[:s]): added per column as Python scalars, because a tensor
+        # built from the list here would be a host-to-device copy (no CUDA-graph capture)
+        ranks = onehot.long().cumsum(0) - 1
+        start = 0
+        for s, count in enumerate(type_counts):
+            if start:
+                ranks[:, s] += start
+            start += int(count)
         slot = ranks.gather(1, onehot.long().argmax(1, keepdim=True)).reshape(-1)
     valid = is_ph & (slot < n_rows)
     slot = torch.where(valid, slot, -1)
@@ -70,7 +77,8 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
     block_r = 64 if interpret else 16
     block_h = min(1024 if interpret else 256, triton.next_power_of_2(H))
     grid = (triton.cdiv(n, block_r), triton.cdiv(H, block_h))
-    splice_kernel[grid](ids, slot, weight, values, out, n, H, V, N, BLOCK_R=block_r, BLOCK_H=block_h)
+    with device_guard(out):
+        splice_kernel[grid](ids, slot, weight, values, out, n, H, V, N, BLOCK_R=block_r, BLOCK_H=block_h)
     return out, slot_pos
 
 
@@ -114,9 +122,10 @@ def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     block_n, block_o, block_k = 16, (64 if interpret else 64), (64 if interpret else 32)
     grid = (triton.cdiv(n, block_n), triton.cdiv(o, block_o))
-    gather_linear_kernel[grid](ids if ids is not None else x, x, weight, bias if bias is not None else weight, out,
-                               n, k, o, x.shape[0], HAS_IDS=ids is not None, HAS_BIAS=bias is not None, GELU=gelu,
-                               BLOCK_N=block_n, BLOCK_O=block_o, BLOCK_K=block_k)
+    with device_guard(out):
+        gather_linear_kernel[grid](ids if ids is not None else x, x, weight, bias if bias is not None else weight,
+                                   out, n, k, o, x.shape[0], HAS_IDS=ids is not None, HAS_BIAS=bias is not None,
+                                   GELU=gelu, BLOCK_N=block_n, BLOCK_O=block_o, BLOCK_K=block_k)
     return out
 
 

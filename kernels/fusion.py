@@ -15,6 +15,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from fastrec.kernels import device_guard
 
 MODE_ID = {"add": 0, "gate": 1, "concat": 2}
 
@@ -112,8 +113,9 @@ def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
         return out
     block_u = 64 if _interpret() else 32
     grid = (triton.cdiv(U, block_u),)
-    gather_reduce_kernel[grid](sem, rows.contiguous(), weight, bias if bias is not None else weight, out, U, D, d,
-                               HAS_BIAS=bias is not None, BLOCK_U=block_u, BLOCK_D=32, BLOCK_DM=_bdm(d))
+    with device_guard(sem):
+        gather_reduce_kernel[grid](sem, rows.contiguous(), weight, bias if bias is not None else weight, out, U, D,
+                                   d, HAS_BIAS=bias is not None, BLOCK_U=block_u, BLOCK_D=32, BLOCK_DM=_bdm(d))
     return out
 
 
@@ -126,10 +128,11 @@ def fuse_gather(inverse: torch.Tensor, rows: torch.Tensor, id_table: torch.Tenso
         return out
     block_n = 128 if _interpret() else 32
     fw = fuse_weight.contiguous() if fuse_weight is not None else reduced
-    fuse_gather_kernel[(triton.cdiv(N, block_n),)](
-        inverse.contiguous(), rows.contiguous(), id_table.contiguous(), reduced.contiguous(), fw,
-        fuse_bias if fuse_bias is not None else reduced, out, N, d, MODE=MODE_ID[mode],
-        HAS_FB=fuse_bias is not None, BLOCK_N=block_n, BLOCK_DM=_bdm(d))
+    with device_guard(out):
+        fuse_gather_kernel[(triton.cdiv(N, block_n),)](
+            inverse.contiguous(), rows.contiguous(), id_table.contiguous(), reduced.contiguous(), fw,
+            fuse_bias if fuse_bias is not None else reduced, out, N, d, MODE=MODE_ID[mode],
+            HAS_FB=fuse_bias is not None, BLOCK_N=block_n, BLOCK_DM=_bdm(d))
     return out
 
 
@@ -139,8 +142,11 @@ def weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor, sem: torch.Tenso
     out = torch.zeros(d, D, dtype=torch.float32, device=sem.device)
     if U == 0:
         return out
+    if D == 0:
+        return out
     block_d = 64
-    weight_grad_kernel[(triton.cdiv(D, block_d),)](
-        sem.contiguous(), rows.contiguous(), grad_reduced.float().contiguous(), out, U, D, d,
-        BLOCK_U=64 if _interpret() else 32, BLOCK_D=block_d, BLOCK_DM=_bdm(d))
+    with device_guard(out):
+        weight_grad_kernel[(triton.cdiv(D, block_d),)](
+            sem.contiguous(), rows.contiguous(), grad_reduced.float().contiguous(), out, U, D, d,
+            BLOCK_U=64 if _interpret() else 32, BLOCK_D=block_d, BLOCK_DM=_bdm(d))
     return out

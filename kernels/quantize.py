@@ -4,6 +4,7 @@ nearest_code: a program owns BLOCK_N rows; it walks the codebook in BLOCK_K tile
 ||c||^2 - 2 x.c with tl.dot in fp32 (IEEE, not TF32, so ranks match the reference), keeps a running
 argmin (strict '<' across tiles and tie_break_left inside a tile: ties go to the lowest index), and
 finally recomputes the exact squared distance of the winner. The N x K matrix never exists.
+A NaN row never beats the start value, so it gets code 0 and a NaN distance, as in every backend.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastrec.kernels import device_guard
 
 
 @triton.jit
@@ -40,6 +42,7 @@ def nearest_code_kernel(x_ptr, c_ptr, norm_ptr, index_ptr, dist_ptr, N, K, D,
         dot = _dot_tile(x_ptr, c_ptr, rows, ks, N, K, D, BLOCK_N, BLOCK_K, BLOCK_D)
         norms = tl.load(norm_ptr + ks, mask=ks < K, other=float("inf"))
         dist = norms[None, :] - 2.0 * dot
+        dist = tl.where(dist == dist, dist, float("inf"))  # NaN never wins (a NaN row keeps code 0)
         tile_best = tl.min(dist, axis=1)
         tile_k = tl.argmin(dist, axis=1, tie_break_left=True).to(tl.int64) + k0
         take = tile_best < best
@@ -79,8 +82,9 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor,
     norms = codebook.float().pow(2).sum(1).contiguous()
     block_n, block_k, block_d = _blocks(D, os.environ.get("TRITON_INTERPRET") == "1")
     grid = (triton.cdiv(N, block_n),)
-    nearest_code_kernel[grid](x, codebook, norms, index, dist, N, K, D,
-                              BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
+    with device_guard(x):
+        nearest_code_kernel[grid](x, codebook, norms, index, dist, N, K, D,
+                                  BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
     return index, dist
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from fastrec.kernels import device_guard
 
 
 @triton.jit
@@ -27,6 +28,15 @@ def _find(tokens_ptr, lo, hi, token, STEPS: tl.constexpr):
 
 
 @triton.jit
+def _edges(indptr_ptr, node, E):
+    """Edge range of `node` clamped into [0, E]: a malformed indptr (unchecked under validate=False or
+    torch.compile) gives a shorter or empty range, never an out-of-bounds read."""
+    lo = tl.minimum(tl.maximum(tl.load(indptr_ptr + node), 0), E)
+    hi = tl.minimum(tl.maximum(tl.load(indptr_ptr + node + 1), lo), E)
+    return lo, hi
+
+
+@triton.jit
 def trie_mask_kernel(scores_ptr, gen_ptr, indptr_ptr, tokens_ptr, children_ptr, out_ptr, V, G, S, E, fill,
                      STEPS: tl.constexpr, BLOCK_V: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
@@ -35,17 +45,17 @@ def trie_mask_kernel(scores_ptr, gen_ptr, indptr_ptr, tokens_ptr, children_ptr, 
         tok = tl.load(gen_ptr + r * G + i + tl.zeros([1], dtype=tl.int64)).to(tl.int64)
         alive = node >= 0
         safe = tl.where(alive, node, 0)
-        lo = tl.load(indptr_ptr + safe)
-        hi = tl.load(indptr_ptr + safe + 1)
+        lo, hi = _edges(indptr_ptr, safe, E)
         pos = _find(tokens_ptr, lo, hi, tok, STEPS)
         inside = alive & (pos < hi)
         found = inside & (tl.load(tokens_ptr + pos, mask=inside, other=-1) == tok)
         nxt = tl.load(children_ptr + pos, mask=found, other=-1)
-        node = tl.where(found & (nxt < S), nxt, -1)
+        node = tl.where(found & (nxt >= 0) & (nxt < S), nxt, -1)
     alive = node >= 0
     safe = tl.where(alive, node, 0)
-    lo0 = tl.where(alive, tl.load(indptr_ptr + safe), 0)
-    hi0 = tl.where(alive, tl.load(indptr_ptr + safe + 1), 0)
+    lo0, hi0 = _edges(indptr_ptr, safe, E)
+    lo0 = tl.where(alive, lo0, 0)
+    hi0 = tl.where(alive, hi0, 0)
     for v0 in range(0, V, BLOCK_V):
         vs = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         vmask = vs < V
@@ -72,6 +82,7 @@ def trie_mask(scores: torch.Tensor, generated: torch.Tensor, indptr: torch.Tenso
         return out
     steps = max(1, tokens.numel().bit_length())  # enough halvings for any node degree, without a host sync
     block_v = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
-    trie_mask_kernel[(R,)](scores, generated, indptr, tokens, children, out, V, generated.shape[1],
-                           indptr.numel() - 1, tokens.numel(), fill, STEPS=steps, BLOCK_V=block_v)
+    with device_guard(out):
+        trie_mask_kernel[(R,)](scores, generated, indptr, tokens, children, out, V, generated.shape[1],
+                               indptr.numel() - 1, tokens.numel(), fill, STEPS=steps, BLOCK_V=block_v)
     return out

@@ -24,6 +24,10 @@ FASTREC_GHD bool in_range(index_t j, int64_t ncols) {
   return static_cast<uint64_t>(static_cast<int64_t>(j)) < static_cast<uint64_t>(ncols);
 }
 
+// An indptr entry clamped into [0, nnz], so a malformed indptr cannot make a kernel read outside the
+// edge arrays (an inverted range [e0, e1) with e1 < e0 is then simply empty).
+FASTREC_GHD int64_t clamp_edge(int64_t p, int64_t nnz) { return p < 0 ? 0 : (p > nnz ? nnz : p); }
+
 // The fused LightGCN epilogue for one element: out = (first ? w0 * x0 : out) + w * acc.
 FASTREC_GHD float accumulate(bool first, float out, float x0, float w0, float w, float acc) {
   return (first ? w0 * x0 : out) + w * acc;

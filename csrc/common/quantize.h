@@ -13,6 +13,10 @@ FASTREC_HD bool better(float dist, int64_t idx, float best_dist, int64_t best_id
   return dist < best_dist || (dist == best_dist && idx < best_idx);
 }
 
+// Rows with NaN: every distance is NaN, no code beats another, and every backend returns code 0 with a
+// NaN distance (the start value of the running argmin below is code 0, never an out-of-range index).
+// D = 0: every distance is 0, so code 0 (the lowest index) wins with distance 0.
+
 // Exact squared distance of the chosen code, accumulated in fp32. The search itself ranks codes by
 // ||c||^2 - 2 x.c (the ||x||^2 term is the same for every code); recomputing the winner directly avoids
 // the cancellation that expanded form suffers when x is close to c.

@@ -270,9 +270,12 @@ at::Tensor semantic_fusion_weight_grad_cpu(const at::Tensor& rows_in, const at::
   const int64_t* rp = rows.data_ptr<int64_t>();
   for (int64_t i = 0; i < U; ++i)
     TORCH_CHECK_INDEX(rp[i] >= 0 && rp[i] < I, "rows[", i, "] = ", rp[i], " is not in [0, ", I, ")");
-  if (U == I && sem.scalar_type() == at::kFloat && rp[0] == 0 && rp[U - 1] == U - 1) {
-    return at::mm(g.t(), sem);  // whole table in order (rows are sorted and unique)
-  }
+  if (D == 0) return grad;
+  // the whole table in order: one GEMM on the table itself. Every row is compared (O(U) next to the
+  // O(U d D) GEMM): sorted, unique rows are not guaranteed here (e.g. rows [0, 2, 1, 3])
+  bool identity = U == I && sem.scalar_type() == at::kFloat;
+  for (int64_t i = 0; identity && i < U; ++i) identity = rp[i] == i;
+  if (identity) return at::mm(g.t(), sem);
   const int64_t block_rows = std::max<int64_t>(256, kScratchBytes / (D * (int64_t)sizeof(float)));
   auto block = at::empty({std::min(block_rows, U), D}, g.options());
   for (int64_t r0 = 0; r0 < U; r0 += block_rows) {

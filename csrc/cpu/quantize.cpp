@@ -75,6 +75,7 @@ PackedCodebooks pack(const at::Tensor& codebooks) {  // [L, K, D], contiguous
 // Codes per cache block: the transposed block [D][kb] stays in L1 while every row tile of the
 // row block streams past it.
 inline int64_t codes_per_block(const PackedCodebooks& p) {
+  if (p.D == 0) return p.Kp;  // D = 0: every distance is 0, one block holds every code
   int64_t kb = kL1Bytes / (p.D * (int64_t)sizeof(float));
   kb = std::max<int64_t>(kTileCodes, kb / kTileCodes * kTileCodes);
   return std::min(kb, p.Kp);

@@ -36,6 +36,7 @@ template <typename scalar_t, typename id_t>
 void trie_mask_impl(const at::Tensor& scores, const at::Tensor& generated, const at::Tensor& indptr,
                     const at::Tensor& tokens, const at::Tensor& children, double fill, at::Tensor& out) {
   const int64_t R = scores.size(0), V = scores.size(1), G = generated.size(1), S = indptr.size(0) - 1;
+  const int64_t E = tokens.size(0);
   const scalar_t* sp = scores.data_ptr<scalar_t>();
   const id_t* gp = generated.data_ptr<id_t>();
   const int64_t* ip = indptr.data_ptr<int64_t>();
@@ -46,7 +47,7 @@ void trie_mask_impl(const at::Tensor& scores, const at::Tensor& generated, const
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, V));
   at::parallel_for(0, R, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t node = trie_walk(gp + r * G, G, ip, tp, cp, S);
+      const int64_t node = trie_walk(gp + r * G, G, ip, tp, cp, S, E);
       scalar_t* o = op + r * V;
       std::fill(o, o + V, f);
       if (node < 0) continue;

@@ -40,8 +40,11 @@ __global__ void residual_encode_kernel(const T* __restrict__ x, const T* __restr
 
   for (int64_t l = 0; l < L; ++l) {
     const T* cb = codebooks + l * K * D;
+    // start at code 0 (not an out-of-range sentinel): a NaN row, whose distances never compare, keeps it
     float best = INFINITY;
-    int64_t best_k = std::numeric_limits<int64_t>::max();
+    int64_t best_k = 0;
+    bool nan = false;
+    for (int64_t d = lane; d < D; d += kWarp) nan |= isnan(res[d]);
     for (int64_t k = lane; k < K; k += kWarp) {
       const T* c = cb + k * D;
       float acc = 0.f;
@@ -64,6 +67,8 @@ __global__ void residual_encode_kernel(const T* __restrict__ x, const T* __restr
     }
     best_k = __shfl_sync(0xffffffffu, best_k, 0);
     best = __shfl_sync(0xffffffffu, best, 0);
+    if (__any_sync(0xffffffffu, nan)) best = NAN;  // the distance of a NaN row is NaN, as in every backend
+    CUDA_KERNEL_ASSERT(best_k >= 0 && best_k < K);
     if (lane == 0) {
       codes[row * L + l] = best_k;
       if (sqdist != nullptr) sqdist[row] = best;
@@ -88,7 +93,8 @@ void launch(const at::Tensor& x, const at::Tensor& codebooks, at::Tensor& codes,
             at::Tensor* sqdist) {
   const int64_t N = x.size(0), D = x.size(1), L = codebooks.size(0), K = codebooks.size(1);
   if (N == 0) return;
-  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
+  // D = 0 needs no shared memory; one byte per row keeps the warp count arithmetic defined
+  const int64_t row_bytes = std::max<int64_t>(1, D * static_cast<int64_t>(sizeof(float)));
   TORCH_CHECK_VALUE(row_bytes <= kSharedBytes, "x has D=", D, "; the CUDA kernel keeps one row in shared ",
                     "memory and supports D <= ", kSharedBytes / sizeof(float));
   const int warps = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(8, kSharedBytes / row_bytes)));
@@ -97,7 +103,7 @@ void launch(const at::Tensor& x, const at::Tensor& codebooks, at::Tensor& codes,
   const c10::cuda::CUDAGuard guard(x.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "residual_encode_cuda", [&] {
-    residual_encode_kernel<scalar_t><<<blocks, warps * kWarp, warps * row_bytes, stream>>>(
+    residual_encode_kernel<scalar_t><<<blocks, warps * kWarp, warps * D * sizeof(float), stream>>>(
         x.data_ptr<scalar_t>(), codebooks.data_ptr<scalar_t>(), N, K, D, L, codes.data_ptr<int64_t>(),
         quantized ? quantized->data_ptr<scalar_t>() : nullptr, sqdist ? sqdist->data_ptr<float>() : nullptr);
   });

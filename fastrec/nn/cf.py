@@ -81,16 +81,17 @@ class MF(_Collab):
 class LightGCN(_Collab):
     """LightGCN: the mean of ``num_layers + 1`` propagation layers over the normalised user-item graph.
 
-    The propagation is ``fastrec.ops.lightgcn_propagate`` (fused layer mean, backward over the same
-    symmetric graph). The graph is held with int32 indices when it fits (half the index traffic) and
-    is not part of the state dict: pass it to the constructor or :meth:`set_graph`.
+    The propagation is ``fastrec.ops.lightgcn_propagate`` (fused layer mean; its backward runs over the
+    transpose, which is the graph itself when the graph is symmetric: an InteractionGraph is, a CSR tensor
+    is checked once in :meth:`set_graph`). The graph is held with int32 indices when it fits (half the index
+    traffic) and is not part of the state dict: pass it to the constructor or :meth:`set_graph`.
 
     Args:
         num_users, num_items: sizes (graph nodes are users then items).
         dim: embedding width (64 in LightGCN's paper).
         num_layers: propagation layers (3).
         graph: a :class:`fastrec.data.InteractionGraph` over the training interactions, or a square
-            ``torch.sparse_csr_tensor`` of the same node count (assumed symmetric).
+            ``torch.sparse_csr_tensor`` of the same node count (symmetric or not).
     """
 
     def __init__(self, num_users: int, num_items: int, dim: int = 64, num_layers: int = 3, graph: Any = None,
@@ -110,7 +111,7 @@ class LightGCN(_Collab):
         """Use ``graph`` (InteractionGraph or square sparse CSR tensor) for propagation."""
         from fastrec.ops.graph import unpack_graph
 
-        indptr, indices, values, _ = unpack_graph(graph)
+        indptr, indices, values, symmetric = unpack_graph(graph)
         n = self.num_users + self.num_items
         if indptr.numel() != n + 1:
             raise ValueError(f"graph has {indptr.numel() - 1} nodes but the model has {n} (users + items)")
@@ -119,6 +120,9 @@ class LightGCN(_Collab):
         self.graph_indptr = indptr.to(device=device, dtype=dtype)
         self.graph_indices = indices.to(device=device, dtype=dtype)
         self.graph_values = values.to(device=device, dtype=torch.float32)
+        # a graph that does not say it is symmetric is compared with its transpose once, here: the backward
+        # over a non-symmetric graph needs the real transpose (lightgcn_propagate builds it per call)
+        self._symmetric = symmetric or _is_symmetric(self.graph_indptr, self.graph_indices, self.graph_values)
         self._has_graph = True
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,17 +130,33 @@ class LightGCN(_Collab):
         if not self._has_graph:
             raise RuntimeError("LightGCN has no graph: pass graph= to the constructor or call set_graph()")
         graph = _CSR(self.graph_indptr, self.graph_indices, self.graph_values)
-        out = lightgcn_propagate(graph, self.embedding.weight, self.num_layers)
+        out = lightgcn_propagate(graph, self.embedding.weight, self.num_layers, symmetric=self._symmetric)
         return out[: self.num_users], out[self.num_users:]
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_layers": self.num_layers}
 
 
-class _CSR:
-    """The minimal graph object lightgcn_propagate accepts: a symmetric CSR."""
+def _is_symmetric(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> bool:
+    """A == A^T, exactly: the transpose's CSR (column ids sorted within each row) equals the graph's."""
+    from fastrec.ops.graph import csr_transpose
 
-    is_symmetric = True
+    n = indptr.numel() - 1
+    t_indptr, t_indices, t_values = csr_transpose(indptr, indices, values, n)
+    if not torch.equal(t_indptr, indptr):
+        return False
+    counts = (indptr[1:] - indptr[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(n, device=indptr.device), counts)
+    # both sides sorted by (row, column), so the comparison does not depend on the order inside a row
+    mine = torch.argsort(rows * max(n, 1) + indices.long(), stable=True)
+    theirs = torch.argsort(rows * max(n, 1) + t_indices.long(), stable=True)
+    return bool(torch.equal(indices[mine], t_indices[theirs]) and torch.equal(values[mine], t_values[theirs]))
+
+
+class _CSR:
+    """The minimal graph object lightgcn_propagate accepts (symmetry is passed to it separately)."""
+
+    is_symmetric = False
 
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> None:
         self.indptr, self.indices, self.values = indptr, indices, values

@@ -92,7 +92,7 @@ def _check_splice(input_ids, token_weight, placeholder_ids, validate: bool) -> N
     _checks.same_device(input_ids=input_ids, token_weight=token_weight, placeholder_ids=placeholder_ids)
     if token_weight.shape[0] == 0:
         raise ValueError("token_weight has no rows (V = 0)")
-    if _may_sync(placeholder_ids, True):
+    if _may_sync(placeholder_ids, validate):
         _check_ids_range("placeholder_ids", placeholder_ids, token_weight.shape[0], "the vocabulary")
         if placeholder_ids.unique().numel() != placeholder_ids.numel():
             raise ValueError(f"placeholder_ids has repeated ids: {placeholder_ids.tolist()}")
@@ -125,8 +125,10 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
         placeholder_ids: [S] the token ids that mark slots (distinct, inside the vocabulary).
         slot_values: [N, H], same dtype and device as token_weight, one row per placeholder occurrence in
             row-major order of input_ids. N must equal the number of occurrences.
-        validate: on CUDA, check ids and the occurrence count (one host sync); skipped automatically
-            under torch.compile and CUDA-graph capture. On CPU the kernel checks for free.
+        validate: on CUDA, check the placeholder ids, the input ids and the occurrence count (host
+            syncs); False skips them all, so a forward never waits on the device (the kernels clamp every
+            id, so bad input still reads nothing out of bounds). Skipped automatically under
+            torch.compile and CUDA-graph capture. On CPU the checks are free and always run.
 
     Differentiable in slot_values and token_weight (scatter-add over the non-placeholder positions).
     """

@@ -33,8 +33,12 @@ def _triton_lookup(item_ids, id_table, semantic_table, weight, bias, fuse_weight
                    strategy):
     from fastrec.kernels import fusion as kernels
 
+    # Padding only where a padding_idx is set (-1 means none, so the id -1 is just out of range). Ids outside
+    # [0, I) are clamped before any gather: the checked entry point raises IndexError for them, but under
+    # torch.compile or CUDA-graph capture that check is gone and the kernels must not read out of bounds.
     flat = item_ids.long().reshape(-1)
-    valid = flat != padding_idx
+    valid = flat != padding_idx if padding_idx >= 0 else torch.ones_like(flat, dtype=torch.bool)
+    flat = flat.clamp(0, id_table.shape[0] - 1)
     rows, inv_valid = fusion_rows(strategy, flat[valid], id_table.shape[0])
     inverse = torch.full_like(flat, -1)
     inverse[valid] = inv_valid

@@ -41,7 +41,7 @@ def _(indptr, indices, values, dense):
 
 @torch.library.register_fake("fastrec::lightgcn_propagate")
 def _(indptr, indices, values, t_indptr, t_indices, t_values, emb, layer_weights):
-    return torch.empty_like(emb)
+    return emb.new_empty(emb.shape)  # contiguous, as every kernel returns it
 
 
 @torch.library.register_fake("fastrec::topk_scores")
@@ -221,7 +221,7 @@ def lightgcn_propagate(
     if indptr.numel() != n + 1:
         raise ValueError(f"graph has {indptr.numel() - 1} nodes but emb has {n} rows")
     _check_csr("graph ", indptr, indices, n, n)
-    _checks.same_device(graph=indptr, emb=emb)
+    _checks.same_device(graph_indptr=indptr, graph_indices=indices, graph_values=values, emb=emb)
     if sym or not (emb.requires_grad and torch.is_grad_enabled()):
         t_indptr, t_indices, t_values = indptr, indices, values
     else:
@@ -271,7 +271,7 @@ def topk_scores(
     ex_indptr, ex_indices = _unpack_exclude(exclude)
     if ex_indptr is not None:
         _check_csr("exclude_", ex_indptr, ex_indices, queries.shape[0], items.shape[0])
-        _checks.same_device(queries=queries, exclude=ex_indptr)
+        _checks.same_device(queries=queries, exclude_indptr=ex_indptr, exclude_indices=ex_indices)
     _checks.finite("queries", queries)
     _checks.finite("items", items)
     return torch.ops.fastrec.topk_scores(queries, items, k, ex_indptr, ex_indices)

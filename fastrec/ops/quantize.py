@@ -38,7 +38,8 @@ def _(x, codebook):
 
 @torch.library.register_fake("fastrec::residual_encode")
 def _(x, codebooks):
-    return x.new_empty(x.shape[0], codebooks.shape[0], dtype=torch.int64), torch.empty_like(x)
+    # the kernels return contiguous tensors whatever x's strides
+    return x.new_empty(x.shape[0], codebooks.shape[0], dtype=torch.int64), x.new_empty(x.shape)
 
 
 # Autograd. The indices are piecewise constant; the distance is differentiable in x and the codebook

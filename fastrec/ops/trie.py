@@ -94,7 +94,7 @@ def trie_mask(scores: torch.Tensor, generated: torch.Tensor, indptr: torch.Tenso
     _checks.tensor("generated", generated, 2, _checks.INDEX_DTYPES)
     if generated.shape[0] != scores.shape[0]:
         raise ValueError(f"generated has {generated.shape[0]} rows but scores has {scores.shape[0]}")
-    _checks.same_device(scores=scores, generated=generated, indptr=indptr)
+    _checks.same_device(scores=scores, generated=generated, indptr=indptr, tokens=tokens, children=children)
     if validate:
         check_trie(indptr, tokens, children, scores.shape[1])
     return torch.ops.fastrec.trie_mask(scores, generated, indptr, tokens, children, float(fill))

@@ -1,0 +1,374 @@
+"""GPU benchmark cases (`fastrec bench --device cuda`), one group per op family, at the target shapes of the
+GPU work (issue 10) where they fit a short run: every op against the GPU peers one would otherwise use, in
+the same process: torch eager, `torch.compile` of the same eager code, torch.sparse CSR (cuSPARSE),
+torch_geometric on CUDA, Hugging Face generate. Timed with CUDA events (core.time_ms_cuda), medians.
+
+Inputs are built on the device once per case; `quick` keeps one shape per op (the whole quick set is sized
+to take a few minutes on one H200, compile time of the torch.compile peers included).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from fastrec.bench.core import Case
+from fastrec.ops import (
+    collab_inputs_embeds,
+    lightgcn_propagate,
+    residual_encode,
+    semantic_fusion_lookup,
+    splice_collab_tokens,
+    topk_scores,
+    trie_mask,
+)
+
+
+def _no_grad(fn):
+    @functools.wraps(fn)
+    def run(i):
+        with torch.no_grad():
+            return fn(i)
+    return run
+
+
+@functools.cache
+def _compiled(fn):
+    """torch.compile of an eager peer, built once per function (the first call compiles: warm-up)."""
+    return torch.compile(fn, dynamic=False)
+
+
+# ------------------------------------------------------------------------------------------ quantize
+
+
+def eager_residual_encode(x: torch.Tensor, codebooks: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Per level and row chunk: ||c||^2 - 2 x c^T by addmm, argmin (what one writes without fastrec)."""
+    residual = x.float().clone()
+    codes = torch.empty(x.shape[0], codebooks.shape[0], dtype=torch.int64, device=x.device)
+    for level, cb in enumerate(codebooks.float()):
+        norms = cb.pow(2).sum(1)
+        for start in range(0, x.shape[0], chunk):
+            part = residual[start:start + chunk]
+            codes[start:start + chunk, level] = torch.addmm(norms, part, cb.t(), alpha=-2.0).argmin(1)
+        residual -= cb[codes[:, level]]
+    return codes
+
+
+def _encode_level(residual: torch.Tensor, cb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.addmm(cb.pow(2).sum(1), residual, cb.t(), alpha=-2.0).argmin(1)
+    return index, residual - cb[index]
+
+
+def compiled_residual_encode(x: torch.Tensor, codebooks: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    step = _compiled(_encode_level)
+    residual = x.float().clone()
+    codes = torch.empty(x.shape[0], codebooks.shape[0], dtype=torch.int64, device=x.device)
+    for level, cb in enumerate(codebooks.float()):
+        for start in range(0, x.shape[0], chunk):
+            stop = min(start + chunk, x.shape[0])
+            codes[start:stop, level], residual[start:stop] = step(residual[start:stop], cb)
+    return codes
+
+
+def quantize_cases(device: str, quick: bool) -> list[Case]:
+    out = []
+    shapes = [(1_000_000, 64, 512, 4)] + ([] if quick else [(1_000_000, 32, 256, 4)])
+    for n, d, k, levels in shapes:
+        def make(n=n, d=d, k=k, levels=levels):
+            g = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(n, d, generator=g, device=device)
+            scale = torch.logspace(0, -1, levels, device=device)[:, None, None]
+            return {"x": x, "cb": torch.randn(levels, k, d, generator=g, device=device) * scale}
+
+        impls = {"fastrec": lambda i: residual_encode(i["x"], i["cb"])[0],
+                 "torch eager (addmm+argmin)": lambda i: eager_residual_encode(i["x"], i["cb"]),
+                 "torch.compile eager": lambda i: compiled_residual_encode(i["x"], i["cb"])}
+        out.append(Case("residual_encode", f"N={n:,} D={d} K={k} L={levels} fp32", make, impls,
+                        {"torch eager (addmm+argmin)": 3.0, "torch.compile eager": 2.0}))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- graph
+
+
+class _SymSparseMM(torch.autograd.Function):
+    """A @ x whose backward is A @ grad (A symmetric): the best plain-PyTorch composition."""
+
+    @staticmethod
+    def forward(ctx, adj, x):
+        ctx.adj = adj
+        return torch.sparse.mm(adj, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, torch.sparse.mm(ctx.adj, grad)
+
+
+def torch_propagate(adj: torch.Tensor, emb: torch.Tensor, layers: int, symmetric_fn: bool) -> torch.Tensor:
+    out, x = emb, emb
+    for _ in range(layers):
+        x = _SymSparseMM.apply(adj, x) if symmetric_fn else torch.sparse.mm(adj, x)
+        out = out + x
+    return out / (layers + 1)
+
+
+class _Graph:
+    def __init__(self, indptr, indices, values):
+        self.indptr, self.indices, self.values, self.is_symmetric = indptr, indices, values, True
+
+
+def _graph_inputs(name: str, device: str, dim: int = 64) -> dict:
+    from fastrec.bench.graph import make_graph
+
+    g = make_graph(name)
+    n = g.num_nodes
+    gen = torch.Generator().manual_seed(0)
+    emb = (torch.randn(n, dim, generator=gen) * 0.1).to(device).requires_grad_(True)
+    indptr, indices, values = g.indptr.to(device), g.indices.to(device), g.values.to(device)
+    inputs = {"g32": _Graph(indptr.int(), indices.int(), values), "emb": emb,
+              "adj": torch.sparse_csr_tensor(indptr, indices, values, (n, n)),
+              "grad": torch.randn(n, dim, generator=gen).to(device)}
+    try:
+        from torch_geometric.nn import LGConv
+
+        inputs["lgconv"] = LGConv(normalize=False).to(device)
+    except ImportError:  # pragma: no cover - torch_geometric is optional
+        pass
+    return inputs
+
+
+def _lgconv(i, x):
+    out, h = x, x
+    for _ in range(3):
+        h = i["lgconv"](h, i["adj"])  # symmetric: adj_t == adj
+        out = out + h
+    return out / 4
+
+
+def _fwd_bwd(fn):
+    def run(i):
+        emb = i["emb"]
+        emb.grad = None
+        fn(i, emb).backward(i["grad"])
+        return emb.grad
+    return run
+
+
+def graph_cases(device: str, quick: bool) -> list[Case]:
+    out = []
+    for name in ["Amazon-Book"] + ([] if quick else ["MovieLens-1M"]):
+        make = functools.partial(_graph_inputs, name, device)
+        shape = f"{name} d=64 L=3"
+        fwd = {"fastrec": _no_grad(lambda i: lightgcn_propagate(i["g32"], i["emb"], 3)),
+               "torch.sparse.mm CSR (cuSPARSE)": _no_grad(lambda i: torch_propagate(i["adj"], i["emb"], 3, False)),
+               "torch_geometric LGConv": _no_grad(lambda i: _lgconv(i, i["emb"]))}
+        bwd = {"fastrec": _fwd_bwd(lambda i, e: lightgcn_propagate(i["g32"], e, 3)),
+               "torch sym autograd.Function": _fwd_bwd(lambda i, e: torch_propagate(i["adj"], e, 3, True)),
+               "torch.sparse.mm CSR autograd": _fwd_bwd(lambda i, e: torch_propagate(i["adj"], e, 3, False)),
+               "torch_geometric LGConv": _fwd_bwd(_lgconv)}
+        out.append(Case("lightgcn_propagate fwd", shape, make, fwd, {"torch.sparse.mm CSR (cuSPARSE)": 1.5}))
+        out.append(Case("lightgcn_propagate fwd+bwd", shape, make, bwd, {"torch sym autograd.Function": 2.0}))
+    return out
+
+
+def _topk_inputs(device: str, users: int, items: int, dim: int = 64, k: int = 20) -> dict:
+    from fastrec.bench.graph import power_law_pairs
+    from fastrec.data import seen_csr
+
+    gen = torch.Generator().manual_seed(0)
+    u, seen = power_law_pairs(users, items, users * 50, seed=1)
+    indptr, indices = seen_csr(u, seen, users, items)
+    return {"q": torch.randn(users, dim, generator=gen).to(device), "k": k,
+            "items": torch.randn(items, dim, generator=gen).to(device),
+            "indptr": indptr.to(device), "indices": indices.to(device)}
+
+
+def torch_chunked_topk(i: dict, chunk: int = 1024):
+    """Per user chunk: mm + masked_fill(seen) + topk, all on the device."""
+    q, items, k, indptr, indices = i["q"], i["items"], i["k"], i["indptr"], i["indices"]
+    rows = torch.repeat_interleave(torch.arange(q.shape[0], device=q.device), indptr[1:] - indptr[:-1])
+    lo_hi = indptr[::chunk].tolist() + [int(indptr[-1])]
+    scores_out, ids_out = [], []
+    for c, s in enumerate(range(0, q.shape[0], chunk)):
+        scores = q[s:s + chunk] @ items.t()
+        lo, hi = lo_hi[c], lo_hi[c + 1]
+        scores[rows[lo:hi] - s, indices[lo:hi]] = float("-inf")
+        top = scores.topk(k, dim=1)
+        scores_out.append(top.values)
+        ids_out.append(top.indices)
+    return torch.cat(scores_out), torch.cat(ids_out)
+
+
+def topk_cases(device: str, quick: bool) -> list[Case]:
+    users, items = (32_768, 1_000_000)
+    impls = {"fastrec": lambda i: topk_scores(i["q"], i["items"], i["k"], (i["indptr"], i["indices"])),
+             "torch chunked mm+topk": torch_chunked_topk}
+    return [Case("topk_scores", f"U={users:,} I={items:,} d=64 k=20 seen~50",
+                 functools.partial(_topk_inputs, device, users, items), impls, {"torch chunked mm+topk": 3.0})]
+
+
+# -------------------------------------------------------------------------------------------- collab
+
+
+def _splice_inputs(device: str, b: int, t: int, h: int, dtype: torch.dtype, vocab: int = 32_000) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ph = torch.tensor([vocab - 3, vocab - 2, vocab - 1])
+    ids = torch.randint(0, vocab - 3, (b, t), generator=g)
+    for row in range(b):
+        ids[row, torch.randperm(t, generator=g)[:3]] = ph
+    weight = (torch.randn(vocab, h, generator=g) * 0.02).to(dtype)
+    return {"ids": ids.to(device), "ph": ph.to(device), "weight": weight.to(device),
+            "values": torch.randn(3 * b, h, generator=g).to(dtype).to(device),
+            "copy_src": torch.empty(b * t, h, dtype=dtype, device=device).normal_()}
+
+
+def splice_eager(i: dict) -> torch.Tensor:
+    """Embed, mask, index_put (nonzero inside): what one writes without fastrec."""
+    e = F.embedding(i["ids"], i["weight"])
+    e[torch.isin(i["ids"], i["ph"])] = i["values"]
+    return e
+
+
+def _splice_compiled(i: dict) -> torch.Tensor:
+    return _compiled(splice_eager)(i)
+
+
+def _collab_inputs(device: str, dtype: torch.dtype) -> dict:
+    from fastrec.bench.collab import _inputs
+
+    i = _inputs(4096, dtype, False)
+    move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return {k: ([move(t) for t in v] if isinstance(v, list) else (move(v) if k != "projs" else v))
+            for k, v in i.items()} | {"projs": [tuple(move(t) for t in p) for p in i["projs"]]}
+
+
+def collab_cases(device: str, quick: bool) -> list[Case]:
+    from fastrec.bench.collab import eager_embeds
+
+    impls = {"fastrec": _no_grad(lambda i: splice_collab_tokens(i["ids"], i["weight"], i["ph"], i["values"],
+                                                                validate=False)),
+             "torch eager (embed+mask+index_put)": _no_grad(splice_eager),
+             "torch.compile eager": _no_grad(_splice_compiled),
+             "device-to-device copy (bound)": lambda i: i["copy_src"].clone()}
+    out = [Case("splice_collab_tokens fwd", "B=16 T=2048 H=4096 bf16",
+                functools.partial(_splice_inputs, device, 16, 2048, 4096, torch.bfloat16), impls,
+                {"torch eager (embed+mask+index_put)": 2.0, "device-to-device copy (bound)": 0.7})]
+    out.append(Case("collab_inputs_embeds fwd", "B=16 T=256 H=4096 bf16",
+                    functools.partial(_collab_inputs, device, torch.bfloat16),
+                    {"fastrec": _no_grad(lambda i: collab_inputs_embeds(i["ids"], i["weight"], i["ph"], i["slot_ids"],
+                                                                        i["tables"], i["projs"], validate=False)),
+                     "torch eager (mask)": _no_grad(eager_embeds)}))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- fusion
+
+
+def _fusion_inputs(device: str, num_items: int, D: int, b: int, length: int, d: int = 64) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    ids = torch.randint(1, num_items, (b, length), generator=gen, device=device)
+    ids[:, : length // 4] = 0  # left padding, as in SASRec batches
+    param = lambda *s, scale: (torch.randn(*s, generator=gen, device=device) * scale).requires_grad_()  # noqa: E731
+    return {"ids": ids, "id_table": param(num_items, d, scale=0.02),
+            "semantic_table": torch.randn(num_items, D, generator=gen, device=device, dtype=torch.bfloat16),
+            "weight": param(d, D, scale=D ** -0.5), "bias": param(d, scale=0.0),
+            "fuse_weight": param(d, 2 * d, scale=(2 * d) ** -0.5), "fuse_bias": param(d, scale=0.0)}
+
+
+def _fusion_fastrec(i: dict) -> torch.Tensor:
+    return semantic_fusion_lookup(i["ids"], i["id_table"], i["semantic_table"], i["weight"], i["bias"], "gate",
+                                  i["fuse_weight"], i["fuse_bias"], padding_idx=0)
+
+
+def _fusion_eager(i: dict) -> torch.Tensor:
+    from fastrec.reference import semantic_fusion
+
+    return semantic_fusion(i["ids"], i["id_table"], i["semantic_table"], i["weight"], i["bias"], i["fuse_weight"],
+                           i["fuse_bias"], "gate", 0)
+
+
+def _fusion_compiled(i: dict) -> torch.Tensor:
+    return _compiled(_fusion_eager)(i)
+
+
+def _train_step(fn):
+    params = ("id_table", "weight", "bias", "fuse_weight", "fuse_bias")
+
+    def run(i):
+        return torch.autograd.grad(fn(i).float().sum(), [i[p] for p in params])[1]
+    return run
+
+
+def fusion_cases(device: str, quick: bool) -> list[Case]:
+    make = functools.partial(_fusion_inputs, device, 1_000_000, 4096, 256, 200)
+    impls = {"fastrec": _train_step(_fusion_fastrec), "torch eager": _train_step(_fusion_eager),
+             "torch.compile eager": _train_step(_fusion_compiled)}
+    return [Case("semantic_fusion fwd+bwd", "I=1,000,000 D=4096 (bf16 table) B=256 L=200 d=64 gate", make, impls,
+                 {"torch eager": 3.0})]
+
+
+# --------------------------------------------------------------------------------------------- lcrec
+
+
+def _trie_inputs(device: str, items: int = 10_000, levels: int = 4, codes: int = 256, rows: int = 320,
+                 vocab: int = 33_024) -> dict:
+    import random
+
+    from fastrec.ops import build_trie
+
+    rng = random.Random(0)
+    seqs = {tuple(32_000 + lv * codes + rng.randrange(codes) for lv in range(levels)) for _ in range(items)}
+    indptr, tokens, children = build_trie(sorted(seqs), end_tokens=[2], pad_tokens=[0], device=device)
+    chosen = sorted(seqs)
+    # every beam two tokens deep into an existing item (the typical mid-generation state)
+    generated = torch.tensor([list(chosen[rng.randrange(len(chosen))][:2]) for _ in range(rows)], device=device)
+    return {"scores": torch.randn(rows, vocab, device=device), "generated": generated, "indptr": indptr,
+            "tokens": tokens, "children": children}
+
+
+def _trie_reference(i: dict) -> torch.Tensor:
+    from fastrec import reference
+
+    return reference.trie_mask(i["scores"], i["generated"], i["indptr"], i["tokens"], i["children"],
+                               float("-inf"))
+
+
+def _lm_inputs(device: str) -> dict:
+    from fastrec.bench.lcrec import _lm_setup
+
+    s = _lm_setup()
+    s["model"] = s["model"].to(device)
+    s["batch"] = s["batch"].to(device)
+    return s
+
+
+def lcrec_cases(device: str, quick: bool) -> list[Case]:
+    from fastrec.bench import lcrec
+
+    out = [Case("trie_mask", "rows=320 (16 x 20 beams) V=33,024 items=10,000 L=4",
+                functools.partial(_trie_inputs, device),
+                {"fastrec": lambda i: trie_mask(i["scores"], i["generated"], i["indptr"], i["tokens"], i["children"],
+                                                validate=False),
+                 "torch reference": _trie_reference})]
+    impls = {"fastrec": lambda s: lcrec._generate(s, 20, [s["proc"]]),
+             "HF generate unconstrained": lambda s: lcrec._generate(s, 20)}
+    out.append(Case("lcrec generate", "tiny Llama items=10,000 L=4 batch=8 beams=20",
+                    functools.partial(_lm_inputs, device), impls, {"HF generate unconstrained": round(1 / 1.02, 3)}))
+    return out
+
+
+FAMILIES = {"quantize": [quantize_cases], "graph": [graph_cases, topk_cases], "collab": [collab_cases],
+            "fusion": [fusion_cases], "lcrec": [lcrec_cases]}
+
+
+def cases(device: str = "cuda", quick: bool = True, families: list[str] | None = None) -> list[Case]:
+    """Every GPU case of the chosen families (all by default), inputs built on `device`."""
+    out = []
+    for family in families or list(FAMILIES):
+        if family not in FAMILIES:
+            raise ValueError(f"unknown benchmark family {family!r}; choose from {list(FAMILIES)}")
+        for fn in FAMILIES[family]:
+            out += fn(device, quick)
+    return out
