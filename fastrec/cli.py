@@ -8,25 +8,52 @@ from pathlib import Path
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import time
+
     from tqdm import tqdm
 
     from fastrec import backends
     from fastrec.bench import all_cases, format_table, markdown, plot, run_case, write_csv
 
     families = args.ops.split(",") if args.ops else None
-    cases = all_cases(quick=args.quick, families=families)
-    print(f"fastrec bench: {len(cases)} cases; backends: {backends()['cpu']}", flush=True)
-    rows = []
+    device = getattr(args, "device", "cpu")
+    budget = getattr(args, "budget_s", 0.0) or float("inf")
+    cuda = device.startswith("cuda")
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("fastrec bench: --device cuda but no CUDA device is visible", file=sys.stderr)
+            return 2
+    cases = all_cases(quick=args.quick, families=families, device=device)
+    info = backends()
+    where = f"{torch.cuda.get_device_name(device)}, backends {info['cuda']}" if cuda else f"backends {info['cpu']}"
+    print(f"fastrec bench: {len(cases)} cases on {device}; {where}", flush=True)
+    rows, failed, skipped = [], [], []
+    start = time.monotonic()
     with tqdm(cases, desc="bench", unit="case") as bar:
         for case in bar:
-            rows += run_case(case, min_time=0.2 if args.quick else 0.5, progress=bar.set_postfix_str)
+            if time.monotonic() - start > budget:
+                skipped.append(case.name)
+                continue
+            try:
+                rows += run_case(case, min_time=0.2 if args.quick else 0.5, progress=bar.set_postfix_str,
+                                 rounds=1 if cuda else 3, device=device)
+            except Exception as exc:  # one case failing must not lose the others' numbers
+                failed.append(f"{case.name}: {type(exc).__name__}: {exc}")
+                print(f"fastrec bench: {case.name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     print(format_table(rows))
     out = Path(args.out)
     write_csv(rows, out / "bench.csv")
     (out / "bench.md").write_text(markdown(rows))
-    plot(rows, out / "bench.png")
+    if rows:
+        plot(rows, out / "bench.png")
     print(f"wrote {out / 'bench.csv'}, {out / 'bench.md'} and {out / 'bench.png'}")
-    return 0
+    for name in skipped:
+        print(f"fastrec bench: {name} skipped (the --budget-s of {budget:g} s was spent)")
+    for line in failed:
+        print(f"fastrec bench: FAILED {line}")
+    return 1 if failed else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -37,7 +64,7 @@ def _demo(args: argparse.Namespace) -> int:
     sellarec.demo(str(Path(args.out) / "sellarec"))
     kirec.run_demo(args.out)
     lcrec.demo(args.out)
-    return _bench(argparse.Namespace(quick=True, ops="", out=args.out))
+    return _bench(argparse.Namespace(quick=True, ops="", out=args.out, device="cpu", budget_s=0.0))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="the small shapes only (about a minute)")
     bench.add_argument("--ops", default="", help="comma-separated op families (default: all)")
     bench.add_argument("--out", default="results/bench", help="folder for bench.csv and bench.png")
+    bench.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU cases against GPU peers, "
+                       "timed with CUDA events")
+    bench.add_argument("--budget-s", type=float, default=0.0,
+                       help="stop starting new cases after this many seconds (0: no limit)")
     bench.set_defaults(func=_bench)
     demo = sub.add_parser("demo", help="end-to-end demo on the embedded data set, then quick benchmarks")
     demo.add_argument("--out", default="results/demo", help="folder for everything the demo writes")

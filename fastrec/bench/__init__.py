@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
 from fastrec.bench.core import Case, Row, format_table, markdown, plot, run_case, write_csv
 
 # One module per op family, each exposing `cases(quick: bool) -> list[Case]`.
 FAMILIES = ["quantize", "graph", "collab", "fusion", "lcrec"]
 
 
-def all_cases(quick: bool = False, families: list[str] | None = None) -> list[Case]:
+def all_cases(quick: bool = False, families: list[str] | None = None, device: str = "cpu") -> list[Case]:
+    """The cases of `families` (all by default); on a CUDA device the GPU cases of fastrec.bench.gpu."""
+    if torch.device(device).type == "cuda":
+        from fastrec.bench import gpu
+
+        return gpu.cases(device, quick, families)
     out = []
     for family in families or FAMILIES:
         if family not in FAMILIES:

@@ -3,6 +3,8 @@
 A `Case` is one op at one shape with its implementations: fastrec's first, then the peers it is judged
 against, all run in the same process, interleaved over rounds. Time is the best round's median of
 repeated calls after a warm-up; memory is the peak resident-set growth during one call beyond the bytes of its outputs.
+On a CUDA device (`device="cuda"`) time is the median of CUDA-event timings (triton.testing.do_bench, which
+also flushes the L2 cache between calls) and memory the peak of the caching allocator beyond the outputs.
 """
 
 from __future__ import annotations
@@ -100,28 +102,67 @@ def time_ms(fn: Callable[[], Any], min_time: float = 0.3, max_reps: int = 20, wa
     return statistics.median(times)
 
 
+def time_ms_cuda(fn: Callable[[], Any], min_time: float = 0.3) -> float:
+    """Median GPU time of `fn` in ms from CUDA events (triton's do_bench when present; L2 flushed per call)."""
+    try:
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=max(1, int(min_time * 250)), rep=max(1, int(min_time * 1000)),
+                              return_mode="median"))
+    except ImportError:  # pragma: no cover - triton ships with CUDA torch
+        pass
+    fn()
+    torch.cuda.synchronize()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < min_time and len(times) < 100):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end))
+    return statistics.median(times)
+
+
+def peak_extra_cuda_mb(fn: Callable[[], Any]) -> float:
+    """Peak of the CUDA caching allocator while `fn` runs, beyond what it held before and what it returns."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    return max(0.0, (torch.cuda.max_memory_allocated() - base - _output_bytes(out)) / 2**20)
+
+
 def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] | None = None,
-             rounds: int = 3) -> list[Row]:
+             rounds: int = 3, device: str = "cpu") -> list[Row]:
     """Time every implementation of one case in this process; speedups relative to 'fastrec'.
 
     The implementations are interleaved over `rounds` rounds and each keeps its best round's median, so
-    that a slow spell of the (shared, virtual) machine does not land on one implementation only.
+    that a slow spell of the (shared, virtual) machine does not land on one implementation only. With
+    `device="cuda"` the timings come from CUDA events (see time_ms_cuda); the inputs are the case's own.
     """
+    cuda = torch.device(device).type == "cuda"
     inputs = case.make()
     calls = {impl: (lambda fn=fn: fn(inputs)) for impl, fn in case.impls.items()}
     mem, best = {}, {}
     for impl, call in calls.items():
         if progress:
             progress(f"{case.name} {impl}")
-        mem[impl] = peak_extra_memory_mb(call)
+        mem[impl] = peak_extra_cuda_mb(call) if cuda else peak_extra_memory_mb(call)
     for _ in range(rounds):
         for impl, call in calls.items():
-            best[impl] = min(best.get(impl, float("inf")), time_ms(call, min_time / rounds))
+            ms = time_ms_cuda(call, min_time / rounds) if cuda else time_ms(call, min_time / rounds)
+            best[impl] = min(best.get(impl, float("inf")), ms)
     rows = [Row(case.op, case.shape, impl, best[impl], mem[impl], target=case.targets.get(impl)) for impl in calls]
     base = best["fastrec"]
     for r in rows:
         r.speedup = r.ms / base
+    inputs = calls = None  # free the device inputs before the next case builds its own
     gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
     return rows
 
 

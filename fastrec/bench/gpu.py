@@ -25,6 +25,12 @@ from fastrec.ops import (
     trie_mask,
 )
 
+_TINY = False  # set by cases(tiny=True): the same cases at toy sizes, to dry-run them on any device
+
+
+def _n(full, tiny):
+    return tiny if _TINY else full
+
 
 def _no_grad(fn):
     @functools.wraps(fn)
@@ -74,7 +80,7 @@ def compiled_residual_encode(x: torch.Tensor, codebooks: torch.Tensor, chunk: in
 
 def quantize_cases(device: str, quick: bool) -> list[Case]:
     out = []
-    shapes = [(1_000_000, 64, 512, 4)] + ([] if quick else [(1_000_000, 32, 256, 4)])
+    shapes = [(_n(1_000_000, 333), _n(64, 12), _n(512, 37), 4)] + ([] if quick else [(1_000_000, 32, 256, 4)])
     for n, d, k, levels in shapes:
         def make(n=n, d=d, k=k, levels=levels):
             g = torch.Generator(device=device).manual_seed(0)
@@ -120,9 +126,10 @@ class _Graph:
 
 
 def _graph_inputs(name: str, device: str, dim: int = 64) -> dict:
-    from fastrec.bench.graph import make_graph
+    from fastrec.bench.graph import make_graph, power_law_pairs
+    from fastrec.data import InteractionGraph
 
-    g = make_graph(name)
+    g = InteractionGraph(*power_law_pairs(50, 70, 400), 50, 70) if _TINY else make_graph(name)
     n = g.num_nodes
     gen = torch.Generator().manual_seed(0)
     emb = (torch.randn(n, dim, generator=gen) * 0.1).to(device).requires_grad_(True)
@@ -189,7 +196,9 @@ def torch_chunked_topk(i: dict, chunk: int = 1024):
     """Per user chunk: mm + masked_fill(seen) + topk, all on the device."""
     q, items, k, indptr, indices = i["q"], i["items"], i["k"], i["indptr"], i["indices"]
     rows = torch.repeat_interleave(torch.arange(q.shape[0], device=q.device), indptr[1:] - indptr[:-1])
-    lo_hi = indptr[::chunk].tolist() + [int(indptr[-1])]
+    lo_hi = indptr[::chunk].tolist()
+    if len(lo_hi) == len(range(0, q.shape[0], chunk)):
+        lo_hi.append(int(indptr[-1]))
     scores_out, ids_out = [], []
     for c, s in enumerate(range(0, q.shape[0], chunk)):
         scores = q[s:s + chunk] @ items.t()
@@ -202,7 +211,7 @@ def torch_chunked_topk(i: dict, chunk: int = 1024):
 
 
 def topk_cases(device: str, quick: bool) -> list[Case]:
-    users, items = (32_768, 1_000_000)
+    users, items = (_n(32_768, 70), _n(1_000_000, 3_000))
     impls = {"fastrec": lambda i: topk_scores(i["q"], i["items"], i["k"], (i["indptr"], i["indices"])),
              "torch chunked mm+topk": torch_chunked_topk}
     return [Case("topk_scores", f"U={users:,} I={items:,} d=64 k=20 seen~50",
@@ -238,7 +247,7 @@ def _splice_compiled(i: dict) -> torch.Tensor:
 def _collab_inputs(device: str, dtype: torch.dtype) -> dict:
     from fastrec.bench.collab import _inputs
 
-    i = _inputs(4096, dtype, False)
+    i = _inputs(_n(4096, 24), dtype, False)
     move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
     return {k: ([move(t) for t in v] if isinstance(v, list) else (move(v) if k != "projs" else v))
             for k, v in i.items()} | {"projs": [tuple(move(t) for t in p) for p in i["projs"]]}
@@ -253,7 +262,7 @@ def collab_cases(device: str, quick: bool) -> list[Case]:
              "torch.compile eager": _no_grad(_splice_compiled),
              "device-to-device copy (bound)": lambda i: i["copy_src"].clone()}
     out = [Case("splice_collab_tokens fwd", "B=16 T=2048 H=4096 bf16",
-                functools.partial(_splice_inputs, device, 16, 2048, 4096, torch.bfloat16), impls,
+                functools.partial(_splice_inputs, device, 16, _n(2048, 40), _n(4096, 24), torch.bfloat16), impls,
                 {"torch eager (embed+mask+index_put)": 2.0, "device-to-device copy (bound)": 0.7})]
     out.append(Case("collab_inputs_embeds fwd", "B=16 T=256 H=4096 bf16",
                     functools.partial(_collab_inputs, device, torch.bfloat16),
@@ -302,7 +311,7 @@ def _train_step(fn):
 
 
 def fusion_cases(device: str, quick: bool) -> list[Case]:
-    make = functools.partial(_fusion_inputs, device, 1_000_000, 4096, 256, 200)
+    make = functools.partial(_fusion_inputs, device, _n(1_000_000, 500), _n(4096, 40), _n(256, 4), _n(200, 9))
     impls = {"fastrec": _train_step(_fusion_fastrec), "torch eager": _train_step(_fusion_eager),
              "torch.compile eager": _train_step(_fusion_compiled)}
     return [Case("semantic_fusion fwd+bwd", "I=1,000,000 D=4096 (bf16 table) B=256 L=200 d=64 gate", make, impls,
@@ -314,6 +323,7 @@ def fusion_cases(device: str, quick: bool) -> list[Case]:
 
 def _trie_inputs(device: str, items: int = 10_000, levels: int = 4, codes: int = 256, rows: int = 320,
                  vocab: int = 33_024) -> dict:
+    items, rows = _n(items, 50), _n(rows, 7)
     import random
 
     from fastrec.ops import build_trie
@@ -338,7 +348,7 @@ def _trie_reference(i: dict) -> torch.Tensor:
 def _lm_inputs(device: str) -> dict:
     from fastrec.bench.lcrec import _lm_setup
 
-    s = _lm_setup()
+    s = _lm_setup(num_items=_n(10_000, 300))
     s["model"] = s["model"].to(device)
     s["batch"] = s["batch"].to(device)
     return s
@@ -363,8 +373,12 @@ FAMILIES = {"quantize": [quantize_cases], "graph": [graph_cases, topk_cases], "c
             "fusion": [fusion_cases], "lcrec": [lcrec_cases]}
 
 
-def cases(device: str = "cuda", quick: bool = True, families: list[str] | None = None) -> list[Case]:
-    """Every GPU case of the chosen families (all by default), inputs built on `device`."""
+def cases(device: str = "cuda", quick: bool = True, families: list[str] | None = None,
+          tiny: bool = False) -> list[Case]:
+    """Every GPU case of the chosen families (all by default), inputs built on `device`; `tiny` shrinks every
+    shape to a toy size (a dry run of the whole GPU bench on the CPU, e.g. in the tests)."""
+    global _TINY
+    _TINY = tiny
     out = []
     for family in families or list(FAMILIES):
         if family not in FAMILIES:

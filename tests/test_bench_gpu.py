@@ -1,0 +1,48 @@
+"""The GPU benchmark (`fastrec bench --device cuda`, run by `make gpu-check`) dry-run at toy sizes: every case
+builds its inputs and every implementation runs once and agrees with fastrec where outputs are comparable,
+so the GPU run cannot die on a typo. The torch.compile peers are skipped on the CPU (an inductor C++ build
+each); their eager code is the peer next to them. On a GPU the same dry run runs on CUDA."""
+
+import pytest
+import torch
+
+from fastrec.bench import core, gpu
+
+CASES = gpu.cases("cpu", quick=True, tiny=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_gpu_bench_case_runs_at_toy_size(case, device):
+    if device.type == "cuda":
+        case = next(c for c in gpu.cases("cuda", quick=True, tiny=True) if c.name == case.name)
+    inputs = case.make()
+    assert "fastrec" in case.impls
+    for impl, fn in case.impls.items():
+        if "torch.compile" in impl and device.type == "cpu":
+            continue
+        out = fn(inputs)
+        if impl == "fastrec":
+            first = out
+        elif isinstance(out, torch.Tensor) and isinstance(first, torch.Tensor) and out.shape == first.shape \
+                and out.dtype == first.dtype and out.is_floating_point() and "bound" not in impl:
+            torch.testing.assert_close(out.float(), first.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_cuda_timer_needs_a_gpu_and_cpu_rows_come_back():
+    case = next(c for c in CASES if c.op == "residual_encode")
+    rows = core.run_case(core.Case(case.op, case.shape, case.make, {k: v for k, v in case.impls.items()
+                                                                    if "compile" not in k}),
+                         min_time=0.01, rounds=1, device="cpu")
+    assert [r.impl for r in rows][0] == "fastrec" and all(r.ms > 0 for r in rows)
+
+
+def test_sanitizer_driver_calls_every_op(device):
+    """scripts/gpu_sanitize.py (stage 2 of make gpu-check) runs through on every available device."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_sanitize.py"
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--device", str(device)]) == 0
