@@ -6,7 +6,7 @@ PYTHON ?= python3
 export CUDA_HOME ?= /usr/local/cuda
 SOURCES := $(wildcard setup.py pyproject.toml csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean gpu-check
 
 $(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-only -q
 
 lint: install
-	$(VENV)/bin/ruff check fastrec kernels tests benchmarks setup.py
+	$(VENV)/bin/ruff check fastrec kernels tests benchmarks scripts setup.py
+
+# On a machine with one CUDA GPU, with its own python3 (no venv, no network): build fastrec._C in place for
+# that GPU, pytest -m cuda, compute-sanitizer memcheck, fastrec bench --device cuda --quick; writes
+# gpu-check.md, bench.csv and gpu-check.log under $$OUT (default results/gpu-check/). See docs/gpu.md.
+gpu-check:
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf build fastrec/_C*.so $(VENV)/.built

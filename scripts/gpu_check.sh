@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# `make gpu-check`: build fastrec._C in place for the visible GPU, then
+#   1. pytest -m cuda            (every CUDA test case)
+#   2. compute-sanitizer memcheck over scripts/gpu_sanitize.py (every op, forward + backward, odd shapes)
+#   3. fastrec bench --device cuda --quick   (GPU peers, CUDA-event medians, ratios in the same run)
+#   4. gpu-check.md (tables), bench.csv and gpu-check.log under $OUT (default results/gpu-check/)
+# Uses the machine's own python3 (no venv, no network). Each stage's failure is reported and the next stage
+# still runs; the exit code is non-zero when any stage failed. Without a GPU: one line, exit 2.
+# The whole run keeps to GPU_CHECK_DEADLINE_S (default 470 s, under 8 minutes): each stage's time limit is
+# cut to what is left, and the benchmark's budget with it. Knobs: PYTHON (default python3),
+# GPU_CHECK_DEADLINE_S, GPU_CHECK_BENCH_S (most the bench may take, default 200), GPU_CHECK_SKIP_BUILD=1.
+set -u -o pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+OUT="${OUT:-$ROOT/results/gpu-check}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+LOG="$OUT/gpu-check.log"
+STATUS="$OUT/stages.tsv"
+: > "$LOG"
+: > "$STATUS"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+FAILED=0
+DEADLINE="${GPU_CHECK_DEADLINE_S:-470}"
+
+WHY="$("$PY" -c "
+try:
+    import torch
+except Exception as exc:
+    print(f'$PY cannot import torch ({type(exc).__name__}: {exc})')
+else:
+    if not torch.cuda.is_available():
+        print(f'no CUDA GPU visible to $PY (torch {torch.__version__}: torch.cuda.is_available() is False)')
+" 2>&1)"
+if [ -n "$WHY" ]; then
+  echo "gpu-check: $WHY; nothing was checked" | tee -a "$LOG"
+  exit 2
+fi
+
+# stage NAME TIMEOUT_S CMD...: run CMD with a time limit, its output into the log (and on screen), and
+# record "NAME<TAB>ok|FAILED (rc)|skipped<TAB>seconds" in stages.tsv.
+stage() {
+  local name="$1" limit="$2"
+  shift 2
+  local left=$((DEADLINE - SECONDS - 15))  # 15 s kept for the report
+  if [ "$left" -lt 20 ]; then
+    echo "gpu-check: $name not run: the ${DEADLINE}s deadline is spent" | tee -a "$LOG"
+    printf '%s\tnot run (deadline)\t0\n' "$name" >> "$STATUS"
+    FAILED=1
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== gpu-check: $name ($(date -u +%H:%M:%S), limit ${limit}s) ===" | tee -a "$LOG"
+  local t0=$SECONDS rc
+  timeout --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  local took=$((SECONDS - t0))
+  if [ "$rc" -eq 0 ]; then
+    printf '%s\tok\t%s\n' "$name" "$took" >> "$STATUS"
+  elif [ "$rc" -eq 3 ]; then  # a stage that could not run here (e.g. compute-sanitizer cannot attach)
+    printf '%s\tskipped\t%s\n' "$name" "$took" >> "$STATUS"
+  else
+    [ "$rc" -eq 124 ] && echo "gpu-check: $name ran past ${limit}s" | tee -a "$LOG"
+    printf '%s\tFAILED (rc %s)\t%s\n' "$name" "$rc" "$took" >> "$STATUS"
+    FAILED=1
+  fi
+  return 0
+}
+
+"$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
+import platform, torch
+print(f"gpu-check: {torch.cuda.get_device_name(0)} (sm_{''.join(map(str, torch.cuda.get_device_capability(0)))}), "
+      f"torch {torch.__version__}, CUDA {torch.version.cuda}, python {platform.python_version()}")
+EOF
+
+# 0. build fastrec._C in place for this GPU's architecture
+ARCH="$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))")"
+JOBS="$(nproc 2>/dev/null || echo 8)"
+if [ "${GPU_CHECK_SKIP_BUILD:-0}" = "1" ]; then
+  echo "gpu-check: GPU_CHECK_SKIP_BUILD=1, using the fastrec._C already built" | tee -a "$LOG"
+else
+  stage build 300 env FASTREC_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$JOBS" \
+    CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" "$PY" setup.py build_ext --inplace -j "$JOBS"
+fi
+stage import 120 "$PY" -c "
+import fastrec, fastrec.kernels
+info = fastrec.backends()
+print('gpu-check: backends', info['cuda'])
+assert info['extension_cuda_kernels'], 'fastrec._C was built without its CUDA kernels'
+"
+
+# 1. every CUDA test case
+stage pytest 180 "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q \
+  --junitxml="$OUT/pytest.xml"
+
+# 2. compute-sanitizer memcheck over the op driver (exit 3 = the tool is missing or cannot attach: skipped)
+sanitize() {
+  local tool
+  tool="$(command -v compute-sanitizer || true)"
+  [ -z "$tool" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" ] && tool="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+  if [ -z "$tool" ]; then
+    echo "gpu-check: compute-sanitizer not found (PATH, \$CUDA_HOME/bin): memcheck skipped"
+    return 3
+  fi
+  local out="$OUT/sanitizer.log"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$tool" --tool memcheck --error-exitcode 99 --print-limit 50 \
+    "$PY" scripts/gpu_sanitize.py > "$out" 2>&1
+  local rc=$?
+  tail -n 40 "$out"
+  if grep -q "ERROR SUMMARY: 0 errors" "$out" && [ "$rc" -eq 0 ]; then return 0; fi
+  if ! grep -q "ERROR SUMMARY" "$out" && ! grep -q "gpu_sanitize:.* ok" "$out"; then
+    echo "gpu-check: compute-sanitizer could not run the driver (rc $rc, no error summary): memcheck skipped"
+    return 3
+  fi
+  return 1
+}
+export -f sanitize
+export OUT PY
+stage sanitizer 150 bash -c sanitize
+
+# 3. the GPU benchmark against the GPU peers: no new case starts after BENCH_S; a case in flight may finish
+BENCH_S=$((DEADLINE - SECONDS - 100))
+[ "$BENCH_S" -gt "${GPU_CHECK_BENCH_S:-200}" ] && BENCH_S="${GPU_CHECK_BENCH_S:-200}"
+[ "$BENCH_S" -lt 30 ] && BENCH_S=30
+stage bench $((BENCH_S + 90)) "$PY" -m fastrec bench --device cuda --quick --out "$OUT/bench" --budget-s "$BENCH_S"
+[ -f "$OUT/bench/bench.csv" ] && cp "$OUT/bench/bench.csv" "$OUT/bench.csv"
+
+# 4. the report (gpu-check.md); its short table, ending with the verdict, is the last thing printed
+"$PY" scripts/gpu_report.py "$OUT" 2>&1 | tee -a "$LOG"
+[ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
+exit "$FAILED"

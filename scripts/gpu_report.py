@@ -1,0 +1,124 @@
+"""Stage 4 of `make gpu-check`: gpu-check.md from what the stages left in OUT, and the short table last.
+
+    python3 scripts/gpu_report.py OUT
+
+Reads OUT/stages.tsv (stage, status, seconds), OUT/pytest.xml, OUT/sanitizer.log and OUT/bench.csv; writes
+OUT/gpu-check.md (environment, stages, test counts, sanitizer summary, the benchmark table); prints the
+stages and the benchmark ratios, then the verdict. Exit 1 when a stage did not pass (skipped is a pass
+with a note: e.g. compute-sanitizer missing).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import platform
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def environment() -> list[tuple[str, str]]:
+    rows = [("date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")),
+            ("python", platform.python_version())]
+    try:
+        import torch
+
+        rows += [("GPU", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible"),
+                 ("torch", torch.__version__), ("CUDA (torch)", str(torch.version.cuda))]
+        import triton
+
+        rows.append(("triton", triton.__version__))
+    except Exception as exc:  # the report must come out even from a broken install
+        rows.append(("environment", f"incomplete: {type(exc).__name__}: {exc}"))
+    return rows
+
+
+def stages(out: Path) -> list[tuple[str, str, str]]:
+    path = out / "stages.tsv"
+    if not path.is_file():
+        return []
+    return [tuple(line.split("\t")) for line in path.read_text().splitlines() if line.count("\t") == 2]
+
+
+def pytest_counts(out: Path) -> str:
+    path = out / "pytest.xml"
+    if not path.is_file():
+        return "no pytest.xml (pytest did not finish)"
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+    text = f"{passed} passed, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped"
+    failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+              if case.find("failure") is not None or case.find("error") is not None]
+    return text + "".join(f"\n    - {name}" for name in failed[:30])
+
+
+def sanitizer_summary(out: Path) -> str:
+    path = out / "sanitizer.log"
+    if not path.is_file():
+        return "not run"
+    text = path.read_text(errors="replace")
+    summary = re.findall(r"ERROR SUMMARY: .*", text)
+    calls = re.findall(r"gpu_sanitize: (\d+) calls ok", text)
+    return (summary[-1] if summary else "no error summary") + (f"; driver: {calls[-1]} calls ok" if calls else "")
+
+
+def bench_rows(out: Path) -> list[dict]:
+    path = out / "bench.csv"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def verdict(rows: list[dict], row: dict) -> str:
+    if not row["target"]:
+        return ""
+    return "met" if float(row["peer_ms_over_fastrec_ms"]) >= float(row["target"]) else "missed"
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1] if len(argv) > 1 else "results/gpu-check")
+    env, done, bench = environment(), stages(out), bench_rows(out)
+    ok = bool(done) and all(status in ("ok", "skipped") for _, status, _ in done)
+    md = ["# make gpu-check", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env]
+    md += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    md += [f"| {name} | {status} | {secs} |" for name, status, secs in done]
+    md += ["", "## pytest -m cuda", "", pytest_counts(out), "", "## compute-sanitizer memcheck", "",
+           sanitizer_summary(out), "", "## Benchmark (`fastrec bench --device cuda --quick`)", "",
+           "Medians of CUDA-event timings, all implementations in the same run; ratio = peer ms / fastrec ms "
+           "(above 1: fastrec is faster); target = the ratio asked of fastrec.", ""]
+    if bench:
+        md += ["| op | shape | impl | ms | ratio | target | extra MB |", "|---|---|---|---|---|---|---|"]
+        for r in bench:
+            ratio = "-" if r["impl"] == "fastrec" else f"{float(r['peer_ms_over_fastrec_ms']):.2f}x"
+            target = f"{float(r['target']):g}x {verdict(bench, r)}" if r["target"] else ""
+            md.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {float(r['ms']):.3f} | {ratio} | {target} | "
+                      f"{float(r['peak_extra_mb']):.1f} |")
+    else:
+        md.append("no bench.csv (the benchmark did not run or failed before its first case)")
+    md += ["", f"Verdict: {'all stages passed' if ok else 'FAILED'}; full log: gpu-check.log", ""]
+    (out / "gpu-check.md").write_text("\n".join(md))
+
+    # the short table, printed last
+    print("\n" + "=" * 100)
+    print("gpu-check summary  " + "  ".join(f"{k}: {v}" for k, v in env if k in ("GPU", "torch", "date (UTC)")))
+    for name, status, secs in done:
+        print(f"  {name:<10} {status:<22} {secs:>5} s")
+    print(f"  tests      {pytest_counts(out).splitlines()[0]}")
+    print(f"  memcheck   {sanitizer_summary(out)}")
+    for r in bench:
+        if r["impl"] == "fastrec":
+            print(f"  {r['op'][:30]:<30} {r['shape'][:44]:<44} fastrec {float(r['ms']):9.3f} ms")
+        else:
+            target = f"(target {float(r['target']):g}x: {verdict(bench, r)})" if r["target"] else ""
+            print(f"      vs {r['impl'][:36]:<36} {float(r['peer_ms_over_fastrec_ms']):7.2f}x {target}")
+    print(f"gpu-check: {'all stages passed' if ok else 'FAILED'} -> {out / 'gpu-check.md'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
