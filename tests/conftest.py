@@ -34,6 +34,18 @@ def device(request) -> torch.device:
 
 
 @pytest.fixture
+def on_device(device):
+    """`device`, also torch's default device while the test runs, so every factory call (randn, tensor,
+    arange, ...) lands there and one test body serves every device. Generators must be made on it too."""
+    if device.type != "cpu":
+        torch.set_default_device(device)
+    try:
+        yield device
+    finally:
+        torch.set_default_device(None)
+
+
+@pytest.fixture
 def cuda_device() -> torch.device:
     """A CUDA device, or a clean skip. Tests that only make sense on a GPU also carry @pytest.mark.cuda."""
     if not HAS_CUDA:

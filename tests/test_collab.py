@@ -3,7 +3,7 @@ dtypes, opcheck, torch.compile(fullgraph=True), Triton under the interpreter, pr
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastrec import reference
@@ -15,7 +15,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def make(b, t, v, h, ph=(3, 7, 11), per_row=(1, 1, 1), dtype=torch.float32, seed=0, index_dtype=torch.int64):
     """input_ids with `per_row[s]` occurrences of placeholder s per row, at random positions."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     ph_t = torch.tensor(ph)
     ids = torch.randint(0, v, (b, t), generator=g)
     while torch.isin(ids, ph_t).any():  # no accidental placeholders
@@ -32,7 +32,7 @@ def make(b, t, v, h, ph=(3, 7, 11), per_row=(1, 1, 1), dtype=torch.float32, seed
 
 @pytest.mark.parametrize("b,t,v,h", [(1, 1, 12, 1), (3, 17, 40, 5), (4, 64, 300, 129)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_splice_matches_reference(b, t, v, h, dtype):
+def test_splice_matches_reference(b, t, v, h, dtype, on_device):
     per_row = (1, 0, 0) if t == 1 else (1, 1, 1)
     ids, w, ph, vals = make(b, t, v, h, per_row=per_row, dtype=dtype)
     out = splice_collab_tokens(ids, w, ph, vals)
@@ -41,7 +41,7 @@ def test_splice_matches_reference(b, t, v, h, dtype):
     assert torch.equal(out, ref)  # a copy: exact in every dtype
 
 
-def test_int32_ids_and_many_slots_per_prompt():
+def test_int32_ids_and_many_slots_per_prompt(on_device):
     ids, w, ph, vals = make(5, 40, 60, 9, per_row=(1, 10, 2), index_dtype=torch.int32)
     out = splice_collab_tokens(ids, w, ph, vals)
     assert torch.equal(out, reference.splice_collab_tokens(ids, w, ph, vals)[0])
@@ -54,7 +54,7 @@ def test_int32_ids_and_many_slots_per_prompt():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gradients_match_reference(dtype):
+def test_gradients_match_reference(dtype, on_device):
     ids, w, ph, vals = make(3, 21, 50, 7, per_row=(2, 1, 1), dtype=dtype)
     w.requires_grad_(True)
     vals.requires_grad_(True)
@@ -67,7 +67,7 @@ def test_gradients_match_reference(dtype):
     assert torch.all(got[0][ph] == 0)
 
 
-def test_gradients_duplicates_accumulate_in_fp32():
+def test_gradients_duplicates_accumulate_in_fp32(on_device):
     ids = torch.full((4, 300), 5)
     ids[:, 0] = 1
     w = torch.randn(8, 3, dtype=torch.bfloat16, requires_grad=True)
@@ -77,8 +77,8 @@ def test_gradients_duplicates_accumulate_in_fp32():
     assert gw[5].float().tolist() == [1200.0] * 3 and gw[1].float().abs().sum() == 0
 
 
-def test_collab_inputs_embeds_matches_reference_with_grads():
-    g = torch.Generator().manual_seed(1)
+def test_collab_inputs_embeds_matches_reference_with_grads(on_device):
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)
     ids, w, ph, _ = make(4, 30, 80, 16, per_row=(1, 3, 1))
     d, mid, hw = 6, 10, 5
     tables = [torch.randn(9, d, generator=g), torch.randn(13, d, generator=g), torch.randn(13, hw, generator=g)]
@@ -100,7 +100,7 @@ def test_collab_inputs_embeds_matches_reference_with_grads():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_empty_inputs_give_empty_outputs():
+def test_empty_inputs_give_empty_outputs(on_device):
     w = torch.randn(10, 4)
     out = splice_collab_tokens(torch.empty(0, 5, dtype=torch.int64), w, torch.tensor([2]), torch.empty(0, 4))
     assert out.shape == (0, 5, 4)
@@ -111,7 +111,7 @@ def test_empty_inputs_give_empty_outputs():
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
-def test_opcheck():
+def test_opcheck(on_device):
     ids, w, ph, vals = make(2, 9, 20, 5, per_row=(1, 2, 0))
     w.requires_grad_(True)
     vals.requires_grad_(True)
@@ -120,7 +120,7 @@ def test_opcheck():
     torch.library.opcheck(op, (ids, w, ph, vals, [2, 4, 0]), test_utils=OPCHECK_UTILS)
 
 
-def test_torch_compile_fullgraph_forward_and_backward():
+def test_torch_compile_fullgraph_forward_and_backward(on_device):
     ids, w, ph, _ = make(3, 12, 30, 8, per_row=(1, 1, 1))
     table = torch.randn(10, 4, requires_grad=True)
     proj = (torch.randn(8, 4, requires_grad=True), torch.randn(8, requires_grad=True))
@@ -155,11 +155,11 @@ def test_triton_kernel_under_interpreter(dtype, counts):
     assert out.shape == ref.shape and torch.isfinite(out.float()).all()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(b=st.integers(0, 5), t=st.integers(1, 20), h=st.integers(1, 24), s=st.integers(1, 3),
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1), boundary=st.booleans())
-def test_property_against_reference(b, t, h, s, dtype, seed, boundary):
-    g = torch.Generator().manual_seed(seed)
+def test_property_against_reference(b, t, h, s, dtype, seed, boundary, on_device):
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     v = 12
     ph = torch.tensor([v - 1, 0, 5][:s]) if boundary else torch.randperm(v, generator=g)[:s]
     ids = torch.randint(0, v, (b, t), generator=g)  # placeholders anywhere, any number, adjacent
@@ -260,7 +260,7 @@ def test_triton_fused_gather_projection_under_interpreter(dtype):
 
     from fastrec.ops.collab import project_rows
 
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator(torch.get_default_device()).manual_seed(3)
     table = torch.randn(30, 20, generator=g).to(dtype)
     ids = torch.tensor([0, 29, 5, 5, 17, 3, 8])
     mlp = tuple(t.to(dtype) for t in (torch.randn(40, 20, generator=g) / 4, torch.randn(40, generator=g),

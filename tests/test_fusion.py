@@ -3,7 +3,7 @@ opcheck, torch.compile, bad input; SemanticFusionEmbedding and SASRec."""
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastrec import reference
@@ -14,7 +14,7 @@ MODES = ("add", "gate", "concat")
 
 
 def make(num_items=37, D=50, d=8, dtype=torch.float32, sem_dtype=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     t = dict(
         id_table=torch.randn(num_items, d, generator=g).to(dtype).requires_grad_(),
         semantic_table=torch.randn(num_items, D, generator=g).to(sem_dtype or dtype),
@@ -46,7 +46,7 @@ def check_against_reference(ids, t, mode, padding_idx, strategy="auto", tol=2e-5
     assert out.shape == (*ids.shape, kw["id_table"].shape[1]) and out.dtype == kw["id_table"].dtype
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
     params = [p for p in kw.values() if p is not None and p.requires_grad]
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    grad = torch.randn(out.shape, generator=torch.Generator(torch.get_default_device()).manual_seed(1)).to(out.dtype)
     got = torch.autograd.grad((out.float() * grad.float()).sum(), params, allow_unused=True)
     want = torch.autograd.grad((ref.float() * grad.float()).sum(), params, allow_unused=True)
     for g_got, g_want in zip(got, want, strict=True):
@@ -57,7 +57,7 @@ def check_against_reference(ids, t, mode, padding_idx, strategy="auto", tol=2e-5
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("strategy", ["auto", "unique", "table"])
 @pytest.mark.parametrize("shape", [(5, 7), (1, 1), (3, 50)])
-def test_matches_eager_composition(mode, strategy, shape):
+def test_matches_eager_composition(mode, strategy, shape, on_device):
     t = make()
     ids = torch.randint(0, 37, shape)
     ids[0, 0] = 0  # padding
@@ -66,7 +66,7 @@ def test_matches_eager_composition(mode, strategy, shape):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_odd_sizes_and_no_padding(mode):
+def test_odd_sizes_and_no_padding(mode, on_device):
     t = make(num_items=1001, D=131, d=13)  # d not a multiple of the tile width, D odd
     ids = torch.randint(0, 1001, (9, 11))
     check_against_reference(ids, t, mode, None, "unique")
@@ -75,19 +75,19 @@ def test_odd_sizes_and_no_padding(mode):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
-def test_half_dtypes(dtype, mode):
+def test_half_dtypes(dtype, mode, on_device):
     t = make(num_items=64, D=40, d=16, dtype=dtype)
     ids = torch.randint(0, 64, (6, 9))
     check_against_reference(ids, t, mode, 0, tol=TOL[dtype])
 
 
-def test_semantic_table_in_another_dtype_and_int32_ids():
+def test_semantic_table_in_another_dtype_and_int32_ids(on_device):
     t = make(num_items=64, D=40, d=16, sem_dtype=torch.bfloat16)
     ids = torch.randint(0, 64, (4, 5), dtype=torch.int32)
     check_against_reference(ids, t, "gate", 0)
 
 
-def test_large_catalogue_sort_path_and_duplicates():
+def test_large_catalogue_sort_path_and_duplicates(on_device):
     # catalogue >> lookups takes the sort-based dedup; many repeats of a few ids exercise the grad sums
     t = make(num_items=100_000, D=24, d=16)
     ids = torch.tensor([[5, 99_999, 5, 0, 5], [77, 77, 99_999, 1, 0]])
@@ -110,7 +110,7 @@ def test_strategies_choose_by_coverage():
     assert inverse[0, :3].tolist() == [-1, 1, 2]  # padding id 0 maps to -1
 
 
-def test_padding_gets_no_gradient_and_frozen_semantic_table():
+def test_padding_gets_no_gradient_and_frozen_semantic_table(on_device):
     t = make()
     ids = torch.tensor([[0, 0, 3], [0, 4, 4]])
     out = semantic_fusion_lookup(ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"], "gate",
@@ -121,7 +121,7 @@ def test_padding_gets_no_gradient_and_frozen_semantic_table():
     assert t["semantic_table"].grad is None
 
 
-def test_weight_grad_op_matches_reference():
+def test_weight_grad_op_matches_reference(on_device):
     sem = torch.randn(300, 70)
     rows = torch.tensor([3, 7, 250, 299])
     g = torch.randn(4, 9)
@@ -132,7 +132,7 @@ def test_weight_grad_op_matches_reference():
     assert torch.all(semantic_fusion_weight_grad(rows[:0], g[:0], sem) == 0)
 
 
-def test_empty_ids_give_empty_output():
+def test_empty_ids_give_empty_output(on_device):
     t = make()
     for shape in [(0, 5), (3, 0)]:
         out = semantic_fusion_lookup(torch.zeros(shape, dtype=torch.int64), t["id_table"], t["semantic_table"],
@@ -141,7 +141,7 @@ def test_empty_ids_give_empty_output():
         out.sum().backward()
 
 
-def test_non_contiguous_tables():
+def test_non_contiguous_tables(on_device):
     t = make(num_items=30, D=20, d=8)
     sem = torch.randn(20, 30).t()  # [30, 20] non-contiguous
     idt = torch.randn(8, 30).t().requires_grad_()
@@ -151,7 +151,7 @@ def test_non_contiguous_tables():
     torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
 
 
-def test_opcheck():
+def test_opcheck(on_device):
     t = make(num_items=20, D=12, d=4)
     ids = torch.randint(0, 20, (3, 4))
     args = (ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"], t["fuse_weight"], t["fuse_bias"],
@@ -164,7 +164,7 @@ def test_opcheck():
                           (rows, torch.randn(3, 4), t["semantic_table"]))
 
 
-def test_torch_compile_forward_backward():
+def test_torch_compile_forward_backward(on_device):
     t = make(num_items=20, D=12, d=4)
 
     @torch.compile(fullgraph=True, backend="aot_eager")
@@ -255,15 +255,15 @@ def test_kernel_checks_range_itself():
                                                  torch.randn(4, 6), None, None, None, "add", -1, 0)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     b=st.integers(0, 5), length=st.integers(0, 9), num_items=st.integers(1, 60), D=st.integers(1, 40),
     d=st.integers(1, 20), mode=st.sampled_from(MODES), strategy=st.sampled_from(["auto", "unique", "table"]),
     dtype=st.sampled_from([torch.float32, torch.bfloat16]), pad=st.booleans(), seed=st.integers(0, 2**31 - 1),
 )
-def test_property_against_reference(b, length, num_items, D, d, mode, strategy, dtype, pad, seed):
+def test_property_against_reference(b, length, num_items, D, d, mode, strategy, dtype, pad, seed, on_device):
     t = make(num_items, D, d, dtype=dtype, seed=seed)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     ids = torch.randint(0, num_items, (b, length), generator=g)
     if ids.numel():
         ids.view(-1)[0] = num_items - 1  # boundary id

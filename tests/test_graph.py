@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastrec import reference
@@ -14,19 +14,37 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def random_csr(rows, cols, density=0.3, dtype=torch.int64, seed=0, empty_rows=True):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(rows, cols, generator=g) < density
-    if empty_rows and rows > 2:
-        mask[1] = False  # an empty row
-    vals = torch.randn(rows, cols, generator=g)
-    dense = torch.where(mask, vals, torch.zeros_like(vals))
-    csr = dense.to_sparse_csr()
-    return csr.crow_indices().to(dtype), csr.col_indices().to(dtype), csr.values(), dense
+    """(indptr, indices, values, dense) drawn on the CPU, on torch's default device (see `on_device`)."""
+    with torch.device("cpu"):
+        g = torch.Generator().manual_seed(seed)
+        mask = torch.rand(rows, cols, generator=g) < density
+        if empty_rows and rows > 2:
+            mask[1] = False  # an empty row
+        vals = torch.randn(rows, cols, generator=g)
+        dense = torch.where(mask, vals, torch.zeros_like(vals))
+        csr = dense.to_sparse_csr()
+    to = torch.get_default_device()
+    return csr.crow_indices().to(to, dtype), csr.col_indices().to(to, dtype), csr.values().to(to), dense.to(to)
+
+
+class _OnDevice:
+    """An InteractionGraph's CSR on torch's default device (what lightgcn_propagate reads of a graph)."""
+
+    def __init__(self, g):
+        to = torch.get_default_device()
+        self.indptr, self.indices, self.values = g.indptr.to(to), g.indices.to(to), g.values.to(to)
+        self.is_symmetric, self.num_nodes, self._g = True, g.num_nodes, g
+
+    def to_dense(self):
+        return self._g.to_dense().to(torch.get_default_device())
 
 
 def small_graph(num_users=60, num_items=40, seed=0):
-    data = synthetic(num_users=num_users, num_items=num_items, seed=seed, mean_len=6.0, min_len=2)
-    return InteractionGraph.from_interactions(data)
+    """A synthetic interaction graph, built on the CPU; on another default device, its CSR moved there."""
+    with torch.device("cpu"):
+        data = synthetic(num_users=num_users, num_items=num_items, seed=seed, mean_len=6.0, min_len=2)
+        g = InteractionGraph.from_interactions(data)
+    return g if torch.get_default_device().type == "cpu" else _OnDevice(g)
 
 
 # ----------------------------------------------------------------------------------------- spmm
@@ -34,7 +52,7 @@ def small_graph(num_users=60, num_items=40, seed=0):
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("rows,cols,d", [(1, 1, 1), (7, 5, 3), (33, 50, 16), (64, 129, 64), (20, 30, 100)])
-def test_spmm_matches_dense(index_dtype, rows, cols, d):
+def test_spmm_matches_dense(index_dtype, rows, cols, d, on_device):
     indptr, indices, values, dense_a = random_csr(rows, cols, dtype=index_dtype)
     x = torch.randn(cols, d)
     out = spmm(indptr, indices, values, x)
@@ -43,7 +61,7 @@ def test_spmm_matches_dense(index_dtype, rows, cols, d):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_spmm_dtypes(dtype):
+def test_spmm_dtypes(dtype, on_device):
     indptr, indices, values, dense_a = random_csr(31, 47)
     x = torch.randn(47, 80).to(dtype)
     out = spmm(indptr, indices, values.to(dtype), x)
@@ -52,7 +70,7 @@ def test_spmm_dtypes(dtype):
     torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype])
 
 
-def test_spmm_gradients_dense_and_values():
+def test_spmm_gradients_dense_and_values(on_device):
     indptr, indices, values, _ = random_csr(23, 17, density=0.4)
     x = torch.randn(17, 19, dtype=torch.float64).float().requires_grad_(True)
     v = values.clone().requires_grad_(True)
@@ -64,7 +82,7 @@ def test_spmm_gradients_dense_and_values():
     torch.testing.assert_close(v.grad, v2.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_spmm_duplicate_column_entries_add_up():
+def test_spmm_duplicate_column_entries_add_up(on_device):
     indptr = torch.tensor([0, 3, 3])
     indices = torch.tensor([1, 1, 0])
     values = torch.tensor([1.0, 2.0, 4.0])
@@ -77,7 +95,7 @@ def test_spmm_duplicate_column_entries_add_up():
 
 @pytest.mark.parametrize("layers", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("d", [1, 16, 64, 70])
-def test_propagate_interaction_graph_matches_dense(layers, d):
+def test_propagate_interaction_graph_matches_dense(layers, d, on_device):
     g = small_graph()
     emb = torch.randn(g.num_nodes, d)
     out = lightgcn_propagate(g, emb, num_layers=layers)
@@ -91,7 +109,7 @@ def test_propagate_interaction_graph_matches_dense(layers, d):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
-def test_propagate_sparse_csr_tensor_dtypes_and_weights(dtype, index_dtype):
+def test_propagate_sparse_csr_tensor_dtypes_and_weights(dtype, index_dtype, on_device):
     indptr, indices, values, dense_a = random_csr(37, 37, density=0.2, dtype=index_dtype)
     csr = torch.sparse_csr_tensor(indptr, indices, values, size=(37, 37))
     emb = torch.randn(37, 24).to(dtype)
@@ -102,7 +120,7 @@ def test_propagate_sparse_csr_tensor_dtypes_and_weights(dtype, index_dtype):
     torch.testing.assert_close(out.float(), ref.float(), rtol=TOL[dtype], atol=TOL[dtype] * 4)
 
 
-def test_propagate_gradient_symmetric_graph():
+def test_propagate_gradient_symmetric_graph(on_device):
     g = small_graph()
     emb = torch.randn(g.num_nodes, 20, requires_grad=True)
     grad = torch.randn(g.num_nodes, 20)
@@ -113,7 +131,7 @@ def test_propagate_gradient_symmetric_graph():
     torch.testing.assert_close(emb.grad, emb2.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_propagate_gradient_non_symmetric_graph_uses_transpose():
+def test_propagate_gradient_non_symmetric_graph_uses_transpose(on_device):
     indptr, indices, values, dense_a = random_csr(29, 29, density=0.25, seed=3)
     assert not torch.equal(dense_a, dense_a.t())
     csr = torch.sparse_csr_tensor(indptr, indices, values, size=(29, 29))
@@ -151,7 +169,7 @@ def assert_topk(queries, items, k, exclude, scores, ids):
 
 @pytest.mark.parametrize("users,num_items,d,k", [(1, 1, 1, 1), (5, 33, 7, 4), (70, 257, 64, 20),
                                                  (300, 1000, 32, 50), (9, 64, 100, 64)])
-def test_topk_matches_reference(users, num_items, d, k):
+def test_topk_matches_reference(users, num_items, d, k, on_device):
     q, it = torch.randn(users, d), torch.randn(num_items, d)
     ex = None
     if num_items > 3:
@@ -172,14 +190,14 @@ def test_topk_matches_reference(users, num_items, d, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_topk_dtypes(dtype):
+def test_topk_dtypes(dtype, on_device):
     q, it = torch.randn(40, 24).to(dtype), torch.randn(300, 24).to(dtype)
     s, i = topk_scores(q, it, 10)
     assert s.dtype == torch.float32
     assert_topk(q, it, 10, None, s, i)
 
 
-def test_topk_exact_ties_go_to_lowest_id():
+def test_topk_exact_ties_go_to_lowest_id(on_device):
     it = torch.randn(100, 8)
     it[[70, 90]] = it[5].clone()  # three identical items
     q = it[[5]].clone() * 10
@@ -189,7 +207,7 @@ def test_topk_exact_ties_go_to_lowest_id():
     assert ids.tolist() == [list(range(7))] * 3
 
 
-def test_topk_excluded_fill_when_too_few_items_remain():
+def test_topk_excluded_fill_when_too_few_items_remain(on_device):
     it = torch.randn(10, 4)
     q = torch.randn(2, 4)
     ex = (torch.tensor([0, 8, 8]), torch.tensor([9, 0, 1, 2, 3, 4, 5, 6]))
@@ -199,7 +217,7 @@ def test_topk_excluded_fill_when_too_few_items_remain():
     assert torch.isfinite(s[1]).all()
 
 
-def test_topk_gradients():
+def test_topk_gradients(on_device):
     q = torch.randn(6, 5, requires_grad=True)
     it = torch.randn(30, 5, requires_grad=True)
     ex = (torch.tensor([0, 2, 2, 2, 3, 3, 3]), torch.tensor([1, 2, 7]))
@@ -254,7 +272,7 @@ def test_select_rows():
 # ----------------------------------------------------------------------------- opcheck / compile
 
 
-def test_opcheck():
+def test_opcheck(on_device):
     indptr, indices, values, _ = random_csr(9, 9, density=0.4)
     x = torch.randn(9, 5, requires_grad=True)
     torch.library.opcheck(torch.ops.fastrec.spmm, (indptr, indices, values, x))
@@ -266,7 +284,7 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastrec.topk_scores, (q, it, 3, None, None))
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(on_device):
     g = small_graph(20, 15)
     emb = torch.randn(g.num_nodes, 8)
     ip, ix, v = g.indptr, g.indices, g.values
@@ -287,13 +305,13 @@ def test_torch_compile_fullgraph():
 # ------------------------------------------------------------------------------------- property
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.integers(0, 40), d=st.integers(1, 40), density=st.floats(0.0, 1.0),
        index_dtype=st.sampled_from([torch.int32, torch.int64]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 1000))
-def test_property_propagate_and_spmm(rows, d, density, index_dtype, dtype, seed):
+def test_property_propagate_and_spmm(rows, d, density, index_dtype, dtype, seed, on_device):
     indptr, indices, values, _ = random_csr(rows, rows, density=density, dtype=index_dtype, seed=seed)
-    emb = torch.randn(rows, d, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    emb = torch.randn(rows, d, generator=torch.Generator().manual_seed(seed), device="cpu").to(on_device, dtype)
     w = [0.4, 0.3, 0.2, 0.1]
     out = lightgcn_propagate(torch.sparse_csr_tensor(indptr, indices, values, size=(rows, rows)), emb,
                              layer_weights=w)

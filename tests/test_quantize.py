@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastrec
@@ -14,6 +14,7 @@ TOL = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 1e-3}
 
 def assert_nearest(x, codebook, index, sqdist):
     """The chosen code is a nearest one (up to fp32 rounding of near ties), and sqdist is its distance."""
+    x, codebook, index, sqdist = x.cpu(), codebook.cpu(), index.cpu(), sqdist.cpu()
     ref_index, ref_dist = reference.nearest_code(x, codebook)
     chosen = (x.float() - codebook.float()[index]).pow(2).sum(1)
     scale = 1.0 + ref_dist.abs()
@@ -36,7 +37,7 @@ def _second_gap(x, codebook):
 @pytest.mark.parametrize("n", [1, 7, 1000])
 @pytest.mark.parametrize("d", [3, 32, 64])
 @pytest.mark.parametrize("k", [1, 2, 256, 512])
-def test_nearest_code_matches_reference(n, d, k):
+def test_nearest_code_matches_reference(n, d, k, on_device):
     x, codebook = torch.randn(n, d), torch.randn(k, d)
     index, sqdist = nearest_code(x, codebook)
     assert index.dtype == torch.int64 and sqdist.dtype == torch.float32
@@ -45,13 +46,13 @@ def test_nearest_code_matches_reference(n, d, k):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_nearest_code_dtypes(dtype):
+def test_nearest_code_dtypes(dtype, on_device):
     x, codebook = torch.randn(333, 48).to(dtype), torch.randn(100, 48).to(dtype)
     index, sqdist = nearest_code(x, codebook)
     assert_nearest(x, codebook, index, sqdist)
 
 
-def test_nearest_code_exact_ties_go_to_lowest_index():
+def test_nearest_code_exact_ties_go_to_lowest_index(on_device):
     codebook = torch.randn(64, 16)
     codebook[40] = codebook[7]  # duplicate code: 7 and 40 always tie
     codebook[50] = codebook[7]
@@ -66,7 +67,7 @@ def test_nearest_code_exact_ties_go_to_lowest_index():
     assert index.tolist() == [5, 5, 5]
 
 
-def test_ties_across_tiles_and_threads():
+def test_ties_across_tiles_and_threads(on_device):
     # every code identical: the winner must be 0 whichever lane, tile or thread saw it first
     codebook = torch.ones(777, 8)
     index, _ = nearest_code(torch.randn(513, 8), codebook)
@@ -75,7 +76,7 @@ def test_ties_across_tiles_and_threads():
     assert torch.all(codes == 0)
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(on_device):
     x = torch.randn(200, 64)[:, ::2]
     codebook = torch.randn(32, 90).t()[:50]  # [50, 32] with strides (1, 50)
     assert not x.is_contiguous() and not codebook.is_contiguous()
@@ -88,7 +89,7 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(q, ref_q)
 
 
-def test_empty_input_gives_empty_outputs():
+def test_empty_input_gives_empty_outputs(on_device):
     index, sqdist = nearest_code(torch.randn(0, 5), torch.randn(3, 5))
     assert index.shape == (0,) and sqdist.shape == (0,)
     codes, q = residual_encode(torch.randn(0, 5), torch.randn(2, 3, 5))
@@ -97,11 +98,12 @@ def test_empty_input_gives_empty_outputs():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 3, 1, 2), (1000, 32, 256, 4), (77, 64, 512, 3)])
-def test_residual_encode_matches_reference(dtype, shape):
+def test_residual_encode_matches_reference(dtype, shape, on_device):
     n, d, k, levels = shape
     x = torch.randn(n, d).to(dtype)
     codebooks = (torch.randn(levels, k, d) * torch.logspace(0, -1.5, levels)[:, None, None]).to(dtype)
     codes, quantized = residual_encode(x, codebooks)
+    x, codebooks, codes, quantized = x.cpu(), codebooks.cpu(), codes.cpu(), quantized.cpu()
     ref_codes, ref_q = reference.residual_encode(x, codebooks)
     assert codes.shape == (n, levels) and quantized.dtype == dtype
     # greedy levels: one near tie flips every later level, so compare the first level strictly and the
@@ -130,7 +132,7 @@ def test_agrees_with_faiss_index_flat_l2():
     torch.testing.assert_close(sqdist, torch.from_numpy(dist[:, 0]), rtol=1e-3, atol=1e-3)
 
 
-def test_gradients_match_reference_autograd():
+def test_gradients_match_reference_autograd(on_device):
     x = torch.randn(50, 12, requires_grad=True)
     codebook = torch.randn(20, 12, requires_grad=True)
     _, sqdist = nearest_code(x, codebook)
@@ -155,14 +157,14 @@ def test_gradients_match_reference_autograd():
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
-def test_opcheck():
+def test_opcheck(on_device):
     x, codebook = torch.randn(37, 16, requires_grad=True), torch.randn(9, 16, requires_grad=True)
     torch.library.opcheck(torch.ops.fastrec.nearest_code.default, (x, codebook), test_utils=OPCHECK_UTILS)
     codebooks = torch.randn(3, 9, 16, requires_grad=True)
     torch.library.opcheck(torch.ops.fastrec.residual_encode.default, (x, codebooks), test_utils=OPCHECK_UTILS)
 
 
-def test_torch_compile_backward():
+def test_torch_compile_backward(on_device):
     @torch.compile(fullgraph=True, backend="aot_eager")
     def loss(x, codebook, codebooks):
         _, dist = nearest_code(x, codebook)
@@ -177,7 +179,7 @@ def test_torch_compile_backward():
         torch.testing.assert_close(got, want)
 
 
-def test_torch_compile_fullgraph():
+def test_torch_compile_fullgraph(on_device):
     @torch.compile(fullgraph=True, backend="aot_eager")
     def encode(x, codebooks):
         codes, q = residual_encode(x, codebooks)
@@ -209,6 +211,24 @@ def test_triton_kernels_under_interpreter():
     codes, q = tk.residual_encode(x, codebooks)
     ref_codes, ref_q = reference.residual_encode(x, codebooks)
     assert (codes == ref_codes).all(1).float().mean() > 0.97
+
+
+@pytest.mark.cuda
+def test_triton_kernels_in_their_gpu_block_configs(cuda_device):
+    """The Triton kernels on the GPU (the op itself runs the CUDA C++ kernel there), GPU block sizes."""
+    pytest.importorskip("triton")
+    from fastrec.kernels import quantize as tk
+
+    for n, d, k in [(1, 3, 1), (1000, 32, 256), (777, 64, 513), (65, 100, 70)]:
+        x, codebook = torch.randn(n, d, device=cuda_device), torch.randn(k, d, device=cuda_device)
+        index, sqdist = tk.nearest_code(x, codebook)
+        assert_nearest(x, codebook, index, sqdist)
+        xb, cb = x.bfloat16(), codebook.bfloat16()
+        assert_nearest(xb, cb, *tk.nearest_code(xb, cb))
+    x, codebooks = torch.randn(300, 20, device=cuda_device), torch.randn(3, 40, 20, device=cuda_device)
+    codes, _ = tk.residual_encode(x, codebooks)
+    ref_codes, _ = reference.residual_encode(x.cpu(), codebooks.cpu())
+    assert (codes.cpu() == ref_codes).all(1).float().mean() > 0.97
 
 
 BAD = [
@@ -247,18 +267,18 @@ def test_nan_rows_rejected_by_the_kernel_itself():
         torch.ops.fastrec.residual_encode(x, torch.randn(1, 4, 7))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(0, 70), d=st.integers(1, 40), k=st.integers(1, 70), levels=st.integers(1, 4),
     dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
     duplicates=st.booleans(), seed=st.integers(0, 2**31 - 1),
 )
-def test_property_against_reference(n, d, k, levels, dtype, duplicates, seed):
-    g = torch.Generator().manual_seed(seed)
-    codebooks = torch.randn(levels, k, d, generator=g)
+def test_property_against_reference(n, d, k, levels, dtype, duplicates, seed, on_device):
+    g = torch.Generator(device=on_device).manual_seed(seed)
+    codebooks = torch.randn(levels, k, d, generator=g, device=on_device)
     if duplicates:  # boundary: repeated codes and rows equal to codes
         codebooks[:, -1] = codebooks[:, 0]
-    x = torch.randn(n, d, generator=g)
+    x = torch.randn(n, d, generator=g, device=on_device)
     if duplicates and n:
         x[0] = codebooks[0, -1]
     x, codebooks = x.to(dtype), codebooks.to(dtype)

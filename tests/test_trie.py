@@ -5,7 +5,7 @@ import random
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastrec import reference
@@ -35,7 +35,7 @@ def random_generated(seqs, rows, depth, vocab, seed=0):
 
 @pytest.mark.parametrize("depth", [0, 1, 2, 3, 4, 6])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_matches_reference(depth, dtype):
+def test_matches_reference(depth, dtype, on_device):
     seqs, trie = random_trie()
     scores = torch.randn(37, 41).to(dtype)
     gen = random_generated(seqs, 37, depth, 41)
@@ -45,7 +45,7 @@ def test_matches_reference(depth, dtype):
     assert torch.equal(trie_mask(scores, gen.int(), *trie), want)
 
 
-def test_semantics_by_hand():
+def test_semantics_by_hand(on_device):
     seqs = [[5, 6, 7], [5, 8, 7], [9, 6, 7]]
     trie = build_trie(seqs, end_tokens=[0])
     scores = torch.arange(10, dtype=torch.float32).repeat(6, 1)
@@ -63,7 +63,7 @@ def test_semantics_by_hand():
     assert bool((out[5] == NEG).all())
 
 
-def test_duplicates_share_a_path_and_ends_loop():
+def test_duplicates_share_a_path_and_ends_loop(on_device):
     indptr, tokens, children = build_trie([[4, 5], [4, 5], [4, 6]], end_tokens=[1], pad_tokens=[2])
     # root, 4, 4-5, 4-6, end
     assert indptr.numel() - 1 == 5
@@ -77,7 +77,7 @@ def test_duplicates_share_a_path_and_ends_loop():
     assert bool((out == NEG).all())  # pad straight after an index is not an ending
 
 
-def test_tokens_beyond_vocab_are_never_written():
+def test_tokens_beyond_vocab_are_never_written(on_device):
     indptr, tokens, children = build_trie([[3], [50]])
     out = torch.ops.fastrec.trie_mask(torch.zeros(2, 10), torch.zeros(2, 0, dtype=torch.long),
                                       indptr, tokens, children, NEG)
@@ -86,14 +86,14 @@ def test_tokens_beyond_vocab_are_never_written():
         trie_mask(torch.zeros(2, 10), torch.zeros(2, 0, dtype=torch.long), indptr, tokens, children)
 
 
-def test_empty_and_fill():
+def test_empty_and_fill(on_device):
     _, trie = random_trie()
     assert trie_mask(torch.zeros(0, 40), torch.zeros(0, 2, dtype=torch.long), *trie).shape == (0, 40)
     out = trie_mask(torch.ones(2, 40), torch.zeros(2, 0, dtype=torch.long), *trie, fill=-7.0)
     assert set(out.flatten().tolist()) == {1.0, -7.0}
 
 
-def test_gradient_passes_only_allowed_tokens():
+def test_gradient_passes_only_allowed_tokens(on_device):
     seqs, trie = random_trie()
     scores = torch.randn(9, 41, requires_grad=True)
     gen = random_generated(seqs, 9, 2, 41)
@@ -105,7 +105,7 @@ def test_gradient_passes_only_allowed_tokens():
     torch.testing.assert_close(grad, torch.where(allowed, g, torch.zeros_like(g)))
 
 
-def test_opcheck_and_compile():
+def test_opcheck_and_compile(on_device):
     seqs, trie = random_trie()
     scores = torch.randn(7, 41, requires_grad=True)
     gen = random_generated(seqs, 7, 2, 41)
@@ -132,15 +132,15 @@ def test_triton_kernel_under_interpreter():
     assert torch.equal(tk.trie_mask(bf, gen, *trie, NEG), reference.trie_mask(bf, gen, *trie, NEG))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n_items=st.integers(1, 40), levels=st.integers(1, 4), codes=st.integers(1, 9), rows=st.integers(0, 12),
        depth=st.integers(0, 6), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
        seed=st.integers(0, 10_000))
-def test_property_against_reference(n_items, levels, codes, rows, depth, dtype, seed):
+def test_property_against_reference(n_items, levels, codes, rows, depth, dtype, seed, on_device):
     seqs, trie = random_trie(n_items, levels, codes, offset=3, seed=seed)
     vocab = 3 + levels * codes + 2  # the last codes sit on the vocabulary boundary
     check_trie(*trie, vocab_size=vocab)
-    scores = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    scores = torch.randn(rows, vocab, generator=torch.Generator(torch.get_default_device()).manual_seed(seed)).to(dtype)
     gen = random_generated(seqs, rows, depth, vocab, seed=seed)
     assert torch.equal(trie_mask(scores, gen, *trie), reference.trie_mask(scores, gen, *trie, NEG))
 

@@ -32,9 +32,17 @@ def same_dtype(**tensors: torch.Tensor) -> None:
         raise ValueError(f"tensors differ in dtype: {dtypes}")
 
 
+def can_read(value: torch.Tensor) -> bool:
+    """Whether a host-side value check may read `value`: not while torch.compile traces, nor while a CUDA
+    graph is being captured (a sync there breaks the capture); the kernels bound-check themselves then."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (value.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
 def finite(name: str, value: torch.Tensor) -> None:
-    """Reject NaN/Inf. A value check needs a host sync, so it is skipped while torch.compile traces."""
-    if torch.compiler.is_compiling() or value.numel() == 0:
+    """Reject NaN/Inf. A value check needs a host sync, so it is skipped while tracing or capturing."""
+    if value.numel() == 0 or not can_read(value):
         return
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or Inf")

@@ -39,9 +39,13 @@ def _triton_lookup(item_ids, id_table, semantic_table, weight, bias, fuse_weight
     flat = item_ids.long().reshape(-1)
     valid = flat != padding_idx if padding_idx >= 0 else torch.ones_like(flat, dtype=torch.bool)
     flat = flat.clamp(0, id_table.shape[0] - 1)
-    rows, inv_valid = fusion_rows(strategy, flat[valid], id_table.shape[0])
-    inverse = torch.full_like(flat, -1)
-    inverse[valid] = inv_valid
+    if strategy == 2:  # the whole table: no data-dependent shape, so no host sync (CUDA-graph capture works)
+        rows = torch.arange(id_table.shape[0], device=flat.device)
+        inverse = torch.where(valid, flat, -1)
+    else:
+        rows, inv_valid = fusion_rows(strategy, flat[valid], id_table.shape[0])
+        inverse = torch.full_like(flat, -1)
+        inverse[valid] = inv_valid
     reduced = kernels.gather_reduce(semantic_table, rows, weight, bias)
     out = kernels.fuse_gather(inverse, rows, id_table, reduced, fuse_weight, fuse_bias, mode)
     return out.view(*item_ids.shape, -1), rows, inverse.view(item_ids.shape), reduced
@@ -181,7 +185,7 @@ def _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_b
         if name in params:
             _checks.finite(name, params[name])
     compiled = item_ids.device.type == "cpu" and cpu_is_compiled("semantic_fusion_lookup")
-    if not compiled and item_ids.numel() and not torch.compiler.is_compiling():
+    if not compiled and item_ids.numel() and _checks.can_read(item_ids):
         lo, hi = int(item_ids.min()), int(item_ids.max())  # the C++ kernel checks this in its pass
         if lo < 0 or hi >= num_items:
             raise IndexError(f"item_ids out of range: values in [{lo}, {hi}] but the catalogue is [0, {num_items})")
@@ -226,7 +230,7 @@ def semantic_fusion_lookup(
         STRATEGIES[strategy])
     # The semantic table is too large to scan every call; the rows actually used are checked through their
     # reduction (U x d values), which is non-finite when a used row, the weight or the bias is.
-    if not torch.compiler.is_compiling() and reduced.numel() and not bool(torch.isfinite(reduced).all()):
+    if reduced.numel() and _checks.can_read(reduced) and not bool(torch.isfinite(reduced).all()):
         for name, t in (("weight", weight), ("bias", bias)):
             if t is not None:
                 _checks.finite(name, t)

@@ -1,0 +1,142 @@
+"""CUDA-only: CUDA-graph capture and replay of the splice, fusion and LightGCN forwards, no host sync with
+validate=False, and the Triton kernels in their GPU block configurations. All skip without a GPU."""
+
+import pytest
+import torch
+
+from fastrec import reference
+from fastrec.ops import lightgcn_propagate, semantic_fusion_lookup, splice_collab_rows, splice_collab_tokens
+
+pytestmark = pytest.mark.cuda
+
+
+def _capture(fn):
+    """Warm `fn` up on a side stream (Triton compiles, the allocator settles), then capture it once."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def _splice_inputs(device):
+    ids = torch.tensor([[5, 1, 6, 5, 2], [6, 2, 5, 3, 6]], device=device)
+    weight = torch.randn(9, 33, device=device, dtype=torch.bfloat16)
+    ph = torch.tensor([5, 6], device=device)
+    values = [torch.randn(3, 33, device=device, dtype=torch.bfloat16),
+              torch.randn(3, 33, device=device, dtype=torch.bfloat16)]
+    return ids, weight, ph, values
+
+
+def test_splice_rows_with_type_counts_capture_and_replay(cuda_device):
+    ids, weight, ph, values = _splice_inputs(cuda_device)
+    graph, out = _capture(lambda: splice_collab_rows(ids, weight, ph, values, validate=False))
+    for _ in range(2):
+        for v in values:
+            v.copy_(torch.randn_like(v))
+        graph.replay()
+        want, _ = reference.splice_collab_tokens(ids.cpu(), weight.cpu(), ph.cpu(), torch.cat(values).cpu(), [3, 3])
+        torch.testing.assert_close(out.cpu(), want)
+
+
+def test_splice_validate_false_never_syncs(cuda_device):
+    ids, weight, ph, values = _splice_inputs(cuda_device)
+    splice_collab_tokens(ids, weight, ph, torch.cat(values), validate=False)  # warm-up (Triton compile)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        splice_collab_tokens(ids, weight, ph, torch.cat(values), validate=False)
+        splice_collab_rows(ids, weight, ph, values, validate=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_fusion_forward_capture_and_replay(cuda_device):
+    g = torch.Generator(device=cuda_device).manual_seed(0)
+    n, D, d = 41, 24, 8
+    tables = dict(id_table=torch.randn(n, d, device=cuda_device, generator=g),
+                  semantic_table=torch.randn(n, D, device=cuda_device, generator=g),
+                  weight=torch.randn(d, D, device=cuda_device, generator=g),
+                  bias=torch.randn(d, device=cuda_device, generator=g),
+                  fuse_weight=torch.randn(d, 2 * d, device=cuda_device, generator=g),
+                  fuse_bias=torch.randn(d, device=cuda_device, generator=g))
+    ids = torch.randint(0, n, (4, 7), device=cuda_device, generator=g)
+    ids[:, :2] = 0
+
+    def forward():
+        return semantic_fusion_lookup(ids, mode="gate", padding_idx=0, strategy="table", **tables)
+
+    with torch.no_grad():
+        graph, out = _capture(forward)
+        ids.copy_(torch.randint(0, n, ids.shape, device=cuda_device, generator=g))
+        graph.replay()
+    want = reference.semantic_fusion(ids, tables["id_table"], tables["semantic_table"], tables["weight"],
+                                     tables["bias"], tables["fuse_weight"], tables["fuse_bias"], "gate", 0)
+    torch.testing.assert_close(out, want, rtol=2e-5, atol=2e-5)
+
+
+def test_lightgcn_forward_capture_and_replay(cuda_device):
+    a = (torch.rand(50, 50, device=cuda_device) < 0.1).float()
+    a = a + a.t()
+    csr = a.to_sparse_csr()
+    emb = torch.randn(50, 20, device=cuda_device)
+    graph, out = _capture(lambda: lightgcn_propagate(csr, emb, num_layers=3, symmetric=True))
+    emb.copy_(torch.randn_like(emb))
+    graph.replay()
+    want, x = emb / 4, emb
+    for _ in range(3):
+        x = a @ x
+        want = want + x / 4
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["add", "gate", "concat"])
+def test_triton_fusion_kernels_in_their_gpu_block_configs(cuda_device, mode):
+    from fastrec.kernels import fusion as tk
+
+    g = torch.Generator(device=cuda_device).manual_seed(1)
+    for n, D, d in [(1, 1, 1), (300, 70, 17), (1000, 384, 64)]:
+        sem = torch.randn(n, D, device=cuda_device, generator=g)
+        w, b = torch.randn(d, D, device=cuda_device, generator=g), torch.randn(d, device=cuda_device, generator=g)
+        rows = torch.randperm(n, device=cuda_device)[: max(1, n // 2)]
+        torch.testing.assert_close(tk.gather_reduce(sem, rows, w, b), sem[rows] @ w.t() + b, rtol=5e-4, atol=5e-4)
+        grad = torch.randn(rows.numel(), d, device=cuda_device, generator=g)
+        torch.testing.assert_close(tk.weight_grad(rows, grad, sem), grad.t() @ sem[rows], rtol=5e-4, atol=5e-4)
+        id_table = torch.randn(n, d, device=cuda_device, generator=g)
+        ids = torch.randint(0, n, (5, 9), device=cuda_device, generator=g)
+        fw = torch.randn(d, 2 * d, device=cuda_device, generator=g) if mode != "add" else None
+        fb = torch.randn(d, device=cuda_device, generator=g) if mode != "add" else None
+        from fastrec.ops.fusion import _triton_lookup
+
+        out = _triton_lookup(ids, id_table, sem, w, b, fw, fb, mode, -1, 1)[0]
+        want = reference.semantic_fusion(ids, id_table, sem, w, b, fw, fb, mode, -1)
+        torch.testing.assert_close(out, want, rtol=5e-4, atol=5e-4)
+
+
+def test_triton_splice_and_trie_kernels_in_their_gpu_block_configs(cuda_device):
+    from fastrec.kernels import collab as kc
+    from fastrec.kernels import trie as kt
+
+    from fastrec.ops import build_trie
+
+    ids = torch.randint(0, 3000, (7, 300), device=cuda_device)
+    ph = torch.tensor([2998, 2999], device=cuda_device)
+    ids[:, ::37] = 2999
+    weight = torch.randn(3000, 1100, device=cuda_device, dtype=torch.bfloat16)
+    n = int(torch.isin(ids, ph).sum())
+    values = torch.randn(n, 1100, device=cuda_device, dtype=torch.bfloat16)
+    out, _ = kc.splice_collab_tokens(ids, weight, ph, values)
+    want, _ = reference.splice_collab_tokens(ids, weight, ph, values)
+    assert torch.equal(out, want)
+    seqs = [[100 + i % 7, 200 + i % 11, 300 + i] for i in range(500)]
+    indptr, tokens, children = build_trie(seqs, end_tokens=[1], device=cuda_device)
+    scores = torch.randn(40, 2100, device=cuda_device)
+    gen = torch.tensor([seqs[i][:2] for i in range(40)], device=cuda_device)
+    got = kt.trie_mask(scores, gen, indptr, tokens, children, float("-inf"))
+    want = reference.trie_mask(scores, gen, indptr, tokens, children, float("-inf"))
+    assert torch.equal(got, want)
