@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import importlib.util
 import statistics
 import threading
 import time
@@ -48,6 +49,16 @@ class Row:
     peak_extra_mb: float
     speedup: float = float("nan")  # this impl's time / fastrec's time (peers) ; 1.0 for fastrec
     target: float | None = None
+
+
+def have(module: str) -> bool:
+    """Whether an optional peer's package is installed (faiss, torch_geometric, vector_quantize_pytorch)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def available(impls: dict[str, Callable[[Any], Any]], needs: dict[str, str]) -> dict[str, Callable[[Any], Any]]:
+    """`impls` without the peers whose package (`needs[impl]`) is missing: they are skipped, not failed."""
+    return {name: fn for name, fn in impls.items() if name not in needs or have(needs[name])}
 
 
 def case_impls(cases: list[Case]) -> tuple[list[tuple[Case, str]], list[str]]:

@@ -14,7 +14,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from fastrec.bench.core import Case
+from fastrec.bench.core import Case, available
 from fastrec.ops import (
     collab_inputs_embeds,
     lightgcn_propagate,
@@ -175,6 +175,8 @@ def graph_cases(device: str, quick: bool) -> list[Case]:
                "torch sym autograd.Function": _fwd_bwd(lambda i, e: torch_propagate(i["adj"], e, 3, True)),
                "torch.sparse.mm CSR autograd": _fwd_bwd(lambda i, e: torch_propagate(i["adj"], e, 3, False)),
                "torch_geometric LGConv": _fwd_bwd(_lgconv)}
+        pyg = {"torch_geometric LGConv": "torch_geometric"}
+        fwd, bwd = available(fwd, pyg), available(bwd, pyg)
         out.append(Case("lightgcn_propagate fwd", shape, make, fwd, {"torch.sparse.mm CSR (cuSPARSE)": 1.5}))
         out.append(Case("lightgcn_propagate fwd+bwd", shape, make, bwd, {"torch sym autograd.Function": 2.0}))
     return out

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from fastrec.bench.core import Case, time_ms
+from fastrec.bench.core import Case, available, time_ms
 from fastrec.ops import lightgcn_propagate, topk_scores
 
 GRAPH_SHAPES = {
@@ -155,6 +155,8 @@ def propagate_cases(quick: bool) -> list[Case]:
             "torch_geometric LGConv adj_t": lambda i: fwd_bwd(lambda e: _lgconv(i, e), i["emb"], i["grad"]),
             "torch_geometric LightGCN": lambda i: _pyg_bwd(i),
         }
+        pyg = {"torch_geometric LGConv adj_t": "torch_geometric", "torch_geometric LightGCN": "torch_geometric"}
+        fwd, bwd = available(fwd, pyg), available(bwd, pyg)
         make = lambda name=name: _graph_inputs(name)
         out.append(Case("lightgcn_propagate fwd", shape, make, fwd,
                         {"torch.sparse.mm CSR": 1.5}, quick=is_quick))
@@ -245,6 +247,7 @@ def topk_cases(quick: bool) -> list[Case]:
         "torch chunked mm+topk": lambda i: torch_chunked_topk(i, i["chunk"]),
         "faiss IndexFlatIP k+max_seen": faiss_topk,
     }
+    impls = available(impls, {"faiss IndexFlatIP k+max_seen": "faiss"})
     return [Case("topk_scores", "U=4,096 I=100,000 d=64 k=20 seen~50", _topk_inputs, impls,
                  {"torch chunked mm+topk": 3.0, "faiss IndexFlatIP k+max_seen": 1.3}, quick=True)]
 

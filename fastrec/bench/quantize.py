@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastrec.bench.core import Case, time_ms
+from fastrec.bench.core import Case, available, have, time_ms
 from fastrec.ops import nearest_code, residual_encode
 
 SHAPES = [(100_000, 32, 256, 4), (100_000, 64, 512, 4), (1_000_000, 32, 256, 4), (1_000_000, 64, 512, 4)]
@@ -91,13 +91,16 @@ def cases(quick: bool = False) -> list[Case]:
     shapes = SHAPES[:1] if quick else SHAPES
     for n, d, k, levels in shapes:
         def make(n=n, d=d, k=k, levels=levels):
-            import faiss
-
-            faiss.omp_set_num_threads(torch.get_num_threads())
             x, codebooks = _inputs(n, d, k, levels)
-            return {"x": x, "cb": codebooks, "chunk": best_eager_chunk(x, codebooks),
-                    "rq": faiss_residual_quantizer(codebooks), "rvq": vqtorch_residual_vq(codebooks),
-                    "gemm_out": torch.empty(n, k)}
+            inputs = {"x": x, "cb": codebooks, "chunk": best_eager_chunk(x, codebooks), "gemm_out": torch.empty(n, k)}
+            if have("faiss"):
+                import faiss
+
+                faiss.omp_set_num_threads(torch.get_num_threads())
+                inputs["rq"] = faiss_residual_quantizer(codebooks)
+            if have("vector_quantize_pytorch"):
+                inputs["rvq"] = vqtorch_residual_vq(codebooks)
+            return inputs
 
         impls = {
             "fastrec": lambda i: residual_encode(i["x"], i["cb"]),
@@ -108,6 +111,8 @@ def cases(quick: bool = False) -> list[Case]:
         }
         if n <= 100_000:  # ResidualVQ materialises N x K distances per level; it is slow at 1M
             impls["vector-quantize-pytorch RVQ"] = lambda i: i["rvq"](i["x"][None])
+        impls = available(impls, {"faiss IndexFlatL2 per level": "faiss", "faiss ResidualQuantizer b=1": "faiss",
+                                  "vector-quantize-pytorch RVQ": "vector_quantize_pytorch"})
         targets = {"faiss IndexFlatL2 per level": 2.0, "torch eager (best chunk)": 5.0}
         if (n, d, k) == (100_000, 32, 256):
             # "within 1.4x of sgemm": sgemm time / fastrec time must be at least 1 / 1.4
