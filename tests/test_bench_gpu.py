@@ -46,3 +46,15 @@ def test_sanitizer_driver_calls_every_op(device):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--device", str(device)]) == 0
+
+
+def test_optional_peers_are_skipped_when_their_package_is_missing(monkeypatch):
+    """faiss is absent on the GPU machine: its peers drop out of the CPU cases instead of failing them."""
+    from fastrec.bench import graph, quantize
+
+    monkeypatch.setattr(core, "have", lambda module: module != "faiss")
+    assert core.available({"fastrec": 1, "faiss X": 2, "pyg": 3}, {"faiss X": "faiss", "pyg": "torch_geometric"}) \
+        == {"fastrec": 1, "pyg": 3}
+    monkeypatch.setattr("fastrec.bench.core.importlib.util.find_spec", lambda name: None if name == "faiss" else 1)
+    names = [impl for c in quantize.cases(quick=True) + graph.topk_cases(quick=True) for impl in c.impls]
+    assert names and not any("faiss" in n for n in names)
