@@ -1,7 +1,7 @@
 """The GPU benchmark (`fastrec bench --device cuda`, run by `make gpu-check`) dry-run at toy sizes: every case
 builds its inputs and every implementation runs once and agrees with fastrec where outputs are comparable,
-so the GPU run cannot die on a typo. The torch.compile peers are skipped on the CPU (an inductor C++ build
-each); their eager code is the peer next to them. On a GPU the same dry run runs on CUDA."""
+so the GPU run cannot die on a typo. The torch.compile peers are skipped here (an inductor build each);
+their eager code is the peer next to them. On a GPU the same dry run runs on CUDA."""
 
 import pytest
 import torch
@@ -18,7 +18,7 @@ def test_gpu_bench_case_runs_at_toy_size(case, device):
     inputs = case.make()
     assert "fastrec" in case.impls
     for impl, fn in case.impls.items():
-        if "torch.compile" in impl and device.type == "cpu":
+        if "torch.compile" in impl:  # an inductor build each (tens of seconds); timed in the bench itself
             continue
         out = fn(inputs)
         if impl == "fastrec":
