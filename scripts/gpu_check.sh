@@ -24,6 +24,8 @@ STATUS="$OUT/stages.tsv"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
+# the Makefile exports CUDA_HOME=/usr/local/cuda; where that does not exist, let torch find nvcc on PATH
+if [ -n "${CUDA_HOME:-}" ] && [ ! -d "$CUDA_HOME" ]; then unset CUDA_HOME; fi
 FAILED=0
 DEADLINE="${GPU_CHECK_DEADLINE_S:-470}"
 
