@@ -42,7 +42,7 @@ def can_read(value: torch.Tensor) -> bool:
 
 def finite(name: str, value: torch.Tensor) -> None:
     """Reject NaN/Inf. A value check needs a host sync, so it is skipped while tracing or capturing."""
-    if value.numel() == 0 or not can_read(value):
+    if not can_read(value) or value.numel() == 0:  # numel() may be data-dependent while tracing
         return
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or Inf")

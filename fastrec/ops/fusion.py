@@ -185,7 +185,7 @@ def _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_b
         if name in params:
             _checks.finite(name, params[name])
     compiled = item_ids.device.type == "cpu" and cpu_is_compiled("semantic_fusion_lookup")
-    if not compiled and item_ids.numel() and _checks.can_read(item_ids):
+    if not compiled and _checks.can_read(item_ids) and item_ids.numel():
         lo, hi = int(item_ids.min()), int(item_ids.max())  # the C++ kernel checks this in its pass
         if lo < 0 or hi >= num_items:
             raise IndexError(f"item_ids out of range: values in [{lo}, {hi}] but the catalogue is [0, {num_items})")
@@ -230,7 +230,7 @@ def semantic_fusion_lookup(
         STRATEGIES[strategy])
     # The semantic table is too large to scan every call; the rows actually used are checked through their
     # reduction (U x d values), which is non-finite when a used row, the weight or the bias is.
-    if reduced.numel() and _checks.can_read(reduced) and not bool(torch.isfinite(reduced).all()):
+    if _checks.can_read(reduced) and reduced.numel() and not bool(torch.isfinite(reduced).all()):
         for name, t in (("weight", weight), ("bias", bias)):
             if t is not None:
                 _checks.finite(name, t)
