@@ -140,3 +140,21 @@ def test_triton_splice_and_trie_kernels_in_their_gpu_block_configs(cuda_device):
     got = kt.trie_mask(scores, gen, indptr, tokens, children, float("-inf"))
     want = reference.trie_mask(scores, gen, indptr, tokens, children, float("-inf"))
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_fused_gather_projection_in_its_gpu_block_config(cuda_device, dtype):
+    from fastrec.kernels import collab as kc
+
+    from fastrec.ops.collab import project_rows
+
+    g = torch.Generator(device=cuda_device).manual_seed(2)
+    table = torch.randn(500, 96, device=cuda_device, generator=g).to(dtype)
+    ids = torch.randint(0, 500, (77,), device=cuda_device, generator=g)
+    proj = [torch.randn(130, 96, device=cuda_device, generator=g).to(dtype) / 10, None,
+            torch.randn(1030, 130, device=cuda_device, generator=g).to(dtype) / 10,
+            torch.randn(1030, device=cuda_device, generator=g).to(dtype)]
+    got = kc.project_gathered(table, ids, proj)
+    want = project_rows(table.float()[ids], [None if p is None else p.float() for p in proj])
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)

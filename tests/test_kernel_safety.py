@@ -318,3 +318,19 @@ def test_cpu_spmm_bad_csr_raises(indptr, indices):
     with pytest.raises((IndexError, ValueError)):
         torch.ops.fastrec.spmm(torch.tensor(indptr), torch.tensor(indices), torch.ones(len(indices)),
                                torch.randn(4, 3))
+
+
+@pytest.mark.cuda
+def test_cuda_splice_bad_ids_without_validation_are_clamped(cuda_device):
+    """validate=False skips the host checks on CUDA: out-of-range token ids and a short slot list are clamped
+    inside the kernel (a defined result, nothing read out of bounds); validate=True raises."""
+    ids = torch.tensor([[3, 98, 700, -5]], device=cuda_device)
+    weight = torch.randn(100, 7, device=cuda_device)
+    ph = torch.tensor([98], device=cuda_device)
+    values = torch.randn(1, 7, device=cuda_device)
+    out = splice_collab_tokens(ids, weight, ph, values, validate=False)
+    torch.cuda.synchronize()
+    want = torch.stack([weight[3], values[0], weight[99], weight[0]])[None]
+    torch.testing.assert_close(out, want)
+    with pytest.raises(IndexError):
+        splice_collab_tokens(ids, weight, ph, values, validate=True)
