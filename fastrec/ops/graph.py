@@ -154,7 +154,10 @@ def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, dens
 
     int32 or int64 indices (indptr of the same dtype); dense fp32/fp16/bf16, values any float dtype;
     fp32 accumulation; the output has dense's dtype. Differentiable in ``dense`` (through ``A^T``) and in
-    ``values`` when it requires grad. Column indices outside ``[0, C)`` raise IndexError.
+    ``values`` when it requires grad. Column indices outside ``[0, C)`` raise IndexError and a malformed
+    indptr ValueError; where the host check cannot run on CUDA (torch.compile, CUDA-graph capture) the
+    kernel skips such entries, clamps the edge range and raises a device-side assert, as ATen's embedding
+    does, so bad input is an error on every device and nothing is read out of bounds.
     """
     _checks.tensor("dense", dense, 2, _checks.FLOAT_DTYPES)
     _checks.tensor("values", values, 1, _checks.FLOAT_DTYPES)

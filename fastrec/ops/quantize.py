@@ -106,6 +106,12 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor,
 
     fp32/fp16/bf16 inputs (same dtype), fp32 accumulation; ties go to the lowest index; N = 0 gives
     empty outputs. `sqdist` is the exact ||x - codebook[index]||^2 and is differentiable.
+
+    Defined results, the same in every backend: D = 0 gives code 0 at distance 0 (every distance is 0).
+    A NaN/Inf in x raises ValueError here wherever the values may be read (always on the CPU, whose
+    kernel checks inside its pass; on CUDA unless compiling or capturing a CUDA graph); where they are
+    not, a NaN row gets code 0 and a NaN distance (CUDA C++, Triton and the reference alike), never an
+    out-of-range index.
     """
     _check(x, codebook, "codebook", 2)
     return torch.ops.fastrec.nearest_code(x, codebook)
