@@ -111,6 +111,8 @@ def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
     out = torch.empty(U, d, dtype=torch.float32, device=sem.device)
     if U == 0:
         return out
+    if D == 0:  # an empty product: the bias alone (and no empty tensor's pointer goes to the launch)
+        return out.copy_(bias.float().expand(U, d)) if bias is not None else out.zero_()
     block_u = 64 if _interpret() else 32
     grid = (triton.cdiv(U, block_u),)
     with device_guard(sem):

@@ -77,8 +77,8 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor,
     K = codebook.shape[0]
     index = torch.empty(N, dtype=torch.int64, device=x.device)
     dist = torch.empty(N, dtype=torch.float32, device=x.device)
-    if N == 0:
-        return index, dist
+    if N == 0 or D == 0:  # D = 0: every distance is 0, code 0 wins (and an empty row has no pointer to pass)
+        return index.zero_(), dist.zero_()
     norms = codebook.float().pow(2).sum(1).contiguous()
     block_n, block_k, block_d = _blocks(D, os.environ.get("TRITON_INTERPRET") == "1")
     grid = (triton.cdiv(N, block_n),)
