@@ -4,6 +4,7 @@ Environment switches:
   FASTREC_SKIP_CUDA=1   never build the CUDA kernels
   FASTREC_CUDA=1        require the CUDA build (fail loudly without a toolkit)
   FASTREC_PORTABLE=1    no -march=native (a wheel for other x86-64 machines)
+  FASTREC_NO_NINJA=1    build without ninja (what happens where ninja is missing; sources still compile in parallel)
 """
 
 import glob
@@ -72,7 +73,44 @@ def _extension():
     )
 
 
+class _BuildExtension(cpp_extension.BuildExtension):
+    """torch's BuildExtension; without ninja (a bare GPU machine may lack it) setuptools would compile one
+    source at a time, so the C++ sources compile in parallel (MAX_JOBS, default all cores) and the few
+    CUDA ones after them, one by one (torch swaps the compiler executable per CUDA file: not thread-safe)."""
+
+    def build_extensions(self):
+        if not self.use_ninja:
+            self._compile_cpp_in_parallel()
+        super().build_extensions()
+
+    def _compile_cpp_in_parallel(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        compiler = self.compiler
+        jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+
+        def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0, extra_preargs=None,
+                    extra_postargs=None, depends=None):
+            macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+                output_dir, macros, include_dirs, sources, depends, extra_postargs)
+            cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+            todo = [obj for obj in objects if obj in build]
+
+            def one(obj):
+                src, ext = build[obj]
+                compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+            with ThreadPoolExecutor(jobs) as pool:
+                list(pool.map(one, [o for o in todo if not build[o][0].endswith(".cu")]))
+            for obj in todo:
+                if build[obj][0].endswith(".cu"):
+                    one(obj)
+            return objects
+
+        compiler.compile = compile
+
+
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExtension.with_options(use_ninja=os.environ.get("FASTREC_NO_NINJA") != "1")},
 )
