@@ -6,6 +6,7 @@ CUDA cases use the `device` fixture (marked `cuda`, skipped without a GPU); a de
 the CUDA context, so those run in a subprocess.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,19 @@ from fastrec.ops import (
 
 triton = pytest.importorskip("triton")
 
+# The Triton kernels called directly: on CUDA tensors (marked `cuda`), or on CPU ones under the interpreter.
+TRITON_DEVICES = [
+    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                                           reason="Triton on the CPU needs TRITON_INTERPRET=1")),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
+                                          pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
+
+
+@pytest.fixture(params=TRITON_DEVICES)
+def triton_device(request) -> torch.device:
+    return torch.device(request.param)
+
 
 # ------------------------------------------------------------------------------------- quantization
 
@@ -43,10 +57,10 @@ def test_zero_dim_rows_give_code_zero_at_distance_zero(device):
     assert ref_index.tolist() == index.tolist() and ref_dist.tolist() == sqdist.tolist()
 
 
-def test_zero_dim_in_the_triton_kernels():
+def test_zero_dim_in_the_triton_kernels(triton_device):
     from fastrec.kernels import quantize as tk
 
-    x = torch.randn(9, 0, device="cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.randn(9, 0, device=triton_device)
     index, sqdist = tk.nearest_code(x, x.new_empty(4, 0).normal_())
     assert index.tolist() == [0] * 9 and sqdist.tolist() == [0.0] * 9
 
@@ -58,14 +72,13 @@ def _nan_rows(device):
     return x, torch.randn(40, 12, device=device)
 
 
-def test_nan_rows_have_one_defined_result_in_every_backend():
+def test_nan_rows_have_one_defined_result_in_every_backend(triton_device):
     """A NaN row: code 0 and a NaN distance (the reference, the Triton kernel, the CUDA kernel)."""
     from fastrec.kernels import quantize as tk
 
     x, codebook = _nan_rows("cpu")
     ref_index, ref_dist = reference.nearest_code(x, codebook)
-    tri_index, tri_dist = tk.nearest_code(x.to("cuda" if torch.cuda.is_available() else "cpu"),
-                                          codebook.to("cuda" if torch.cuda.is_available() else "cpu"))
+    tri_index, tri_dist = tk.nearest_code(x.to(triton_device), codebook.to(triton_device))
     for index, dist in ((ref_index, ref_dist), (tri_index.cpu(), tri_dist.cpu())):
         assert index[3] == 0 and index[41] == 0
         assert torch.isnan(dist[[3, 41]]).all()
@@ -121,11 +134,11 @@ def _fusion_tables(device, n_items=9, d=5, D=7):
             torch.randn(d, D, device=device), torch.randn(d, device=device))
 
 
-def test_triton_lookup_clamps_ids_and_pads_only_with_a_padding_idx():
+def test_triton_lookup_clamps_ids_and_pads_only_with_a_padding_idx(triton_device):
     """Id -1 was taken as padding when no padding_idx was set, and ids were not clamped before the gathers."""
     from fastrec.ops.fusion import _triton_lookup
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = triton_device
     id_table, sem, w, b = _fusion_tables(dev)
     ids = torch.tensor([[-1, 3, 8], [0, -1, 2]], device=dev)
     out = _triton_lookup(ids, id_table, sem, w, b, None, None, "add", -1, 1)[0]
@@ -263,10 +276,10 @@ def _bad_trie(device):
     return indptr, tokens, children
 
 
-def test_triton_trie_mask_clamps_a_bad_indptr():
+def test_triton_trie_mask_clamps_a_bad_indptr(triton_device):
     from fastrec.kernels import trie as tk
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = triton_device
     indptr, tokens, children = _bad_trie(dev)
     scores = torch.randn(3, 8, device=dev)
     generated = torch.tensor([[3], [4], [3]], device=dev)
