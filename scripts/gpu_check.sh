@@ -104,7 +104,7 @@ assert info['extension_cuda_kernels'] or '$DEVICE' == 'cpu', 'fastrec._C was bui
 "
 
 # 1. every CUDA test case
-stage pytest 180 "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q \
+stage pytest 240 "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q \
   --junitxml="$OUT/pytest.xml"
 
 # 2. compute-sanitizer memcheck over the op driver (exit 3 = the tool is missing or cannot attach: skipped)
