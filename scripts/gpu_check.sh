@@ -39,7 +39,7 @@ except Exception as exc:
 else:
     if not torch.cuda.is_available():
         print(f'no CUDA GPU visible to $PY (torch {torch.__version__}: torch.cuda.is_available() is False)')
-" 2>&1)"
+" 2>>"$LOG")" || WHY="${WHY:-$PY could not run (see $LOG)}"  # stdout only: import warnings go to the log
 DEVICE=cuda
 if [ "${GPU_CHECK_DRY_RUN:-0}" = "1" ]; then
   echo "gpu-check: GPU_CHECK_DRY_RUN=1: the flow only, on the CPU (${WHY:-a GPU is visible}); nothing is measured" | tee -a "$LOG"
