@@ -19,18 +19,30 @@ import torch
 
 from fastrec import reference
 from fastrec.ops import _checks
-from fastrec.ops._library import cpu_is_compiled, define
+from fastrec.ops._library import HAS_TRITON, cpu_is_compiled, define
 
 _LIGHTGCN_SCHEMA = (
     "(Tensor indptr, Tensor indices, Tensor values, Tensor t_indptr, Tensor t_indices, Tensor t_values, "
     "Tensor emb, float[] layer_weights) -> Tensor"
 )
+
+
+def _triton_topk(queries, items, k, exclude_indptr, exclude_indices):
+    """The Triton top-K (kernels/topk.py) where it applies: k <= 128 and d > 0; else the reference."""
+    from fastrec.kernels import topk as kernels
+
+    if not kernels.supports(queries, items, k):
+        return reference.topk_scores(queries, items, k, exclude_indptr, exclude_indices)
+    return kernels.topk_scores(queries, items, k, exclude_indptr, exclude_indices)
+
+
 define("spmm", "(Tensor indptr, Tensor indices, Tensor values, Tensor dense) -> Tensor", reference.spmm)
 define("lightgcn_propagate", _LIGHTGCN_SCHEMA, reference.lightgcn_propagate)
 define(
     "topk_scores",
     "(Tensor queries, Tensor items, int k, Tensor? exclude_indptr, Tensor? exclude_indices) -> (Tensor, Tensor)",
     reference.topk_scores,
+    _triton_topk if HAS_TRITON else None,
 )
 
 
@@ -262,6 +274,9 @@ def topk_scores(
         ``(scores fp32 [U, k], ids int64 [U, k])`` ranked by score, equal scores by lower item id.
         Excluded items score ``-inf`` and appear only when fewer than ``k`` items remain. Memory is
         bounded by one users x items tile per thread, never ``U x I``. Scores are differentiable.
+        On CUDA the Triton kernel (kernels/topk.py) runs for ``k <= 128``: fp32 IEEE dots by default
+        (``FASTREC_TF32=1`` opts into TF32), native tensor-core dots for fp16/bf16, fp32 scores; larger
+        ``k`` runs the reference (a matmul and a stable sort per 1024 queries).
     """
     _checks.tensor("queries", queries, 2, _checks.FLOAT_DTYPES)
     _checks.tensor("items", items, 2, _checks.FLOAT_DTYPES)

@@ -1,0 +1,193 @@
+"""Triton full-ranking top-K: the query x item score GEMM tiled on tensor cores, never U x I in memory.
+
+A program owns BLOCK_U queries and one contiguous chunk of the items. It walks its chunk in BLOCK_I
+tiles: the tile's scores come from tl.dot (fp32 accumulation), each query's excluded items (its CSR
+segment, sorted once per call so a per-query pointer only moves forward) become -inf inside the tile,
+and a running top-k per query (registers, [BLOCK_U, KP]) takes in the tile's items that beat its worst
+entry, best first. After the first tiles almost no item beats the worst entry, so most tiles cost the
+dot and one comparison. Each program writes its chunk's k best (unsorted) to a [U, chunks, k] buffer and
+a small merge sorts those by (score desc, id asc): memory is O(U * chunks * k + tiles).
+
+Order is the reference's: higher score first, equal scores by lower item id; excluded items score -inf and
+appear (by lowest id) only when fewer than k others remain.
+
+Precision: fp32 inputs use IEEE fp32 dots by default, so scores match the reference's fp32 matmul up to
+summation order (about 1e-6 relative) and ids match wherever scores are not that close. FASTREC_TF32=1
+opts fp32 into TF32 tensor cores (scores within about 1e-3 relative; near-ties may reorder). bf16/fp16
+inputs use native tensor-core dots with fp32 accumulation: their products are exact in fp32, so scores
+again differ from the reference (which upcasts first) by summation order only.
+
+Larger k than MAX_K (the register budget of the running top-k) or catalogues near 2^31 items fall back
+to the reference (a matmul and a stable sort, 1024 queries at a time).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from fastrec.kernels import device_guard
+
+MAX_K = 128
+_NO_ID = 2**31 - 1  # "no exclusion left" for the per-query exclusion pointer (beyond every tile)
+
+
+@triton.jit
+def _worst(rs, ri):
+    """The worst entry of each query's running top-k: lowest score, then highest id."""
+    ws = tl.min(rs, axis=1)
+    wi = tl.max(tl.where(rs == ws[:, None], ri, -1), axis=1)
+    return ws, wi
+
+
+@triton.jit
+def _beats(s, ids, ws, wi):
+    return (s > ws[:, None]) | ((s == ws[:, None]) & (ids[None, :] < wi[:, None]))
+
+
+@triton.jit
+def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, chunk, C, k,
+                HAS_EX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
+                BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr, KP: tl.constexpr):
+    c = tl.program_id(1)
+    us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    umask = us < U
+    lo = c * chunk
+    hi = tl.minimum(lo + chunk, NI)
+    slots = tl.arange(0, KP)
+    # empty slots hold (-inf, NI = item count), worse than any item; slots past k hold (+inf, -1), never replaced
+    zero = tl.zeros([BLOCK_U, KP], dtype=tl.float32)
+    rs = tl.where(slots[None, :] < k, zero - float("inf"), zero + float("inf"))
+    ri = tl.where(slots[None, :] < k, zero.to(tl.int32) + NI, zero.to(tl.int32) - 1)
+    if HAS_EX:
+        # this query's exclusion segment, clamped to the index array (a bad indptr reads nothing outside it)
+        p = tl.load(exp_ptr + us, mask=umask, other=0).to(tl.int64)
+        e = tl.load(exp_ptr + us + 1, mask=umask, other=0).to(tl.int64)
+        p = tl.minimum(tl.maximum(p, 0), nnz)
+        e = tl.minimum(tl.maximum(e, p), nnz)
+        x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+        while tl.max((x < lo).to(tl.int32)) > 0:  # skip the exclusions before this chunk
+            p = tl.where(x < lo, p + 1, p)
+            x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+    for i0 in range(lo, hi, BLOCK_I):
+        ids = i0 + tl.arange(0, BLOCK_I)
+        imask = ids < hi
+        acc = tl.zeros([BLOCK_U, BLOCK_I], dtype=tl.float32)
+        for d0 in range(0, d, BLOCK_D):
+            dims = d0 + tl.arange(0, BLOCK_D)
+            dmask = dims < d
+            qa = tl.load(q_ptr + us[:, None] * d + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
+            ib = tl.load(it_ptr + ids.to(tl.int64)[:, None] * d + dims[None, :], mask=imask[:, None] & dmask[None, :],
+                         other=0.0)
+            if UPCAST:
+                qa = qa.to(tl.float32)
+                ib = ib.to(tl.float32)
+            acc = tl.dot(qa, tl.trans(ib), acc, input_precision=PRECISION)
+        s = tl.where(imask[None, :], acc, float("-inf"))
+        ids = tl.where(imask, ids, NI)  # positions past the chunk: (-inf, NI), never better than an empty slot
+        if HAS_EX:
+            end = i0 + BLOCK_I
+            while tl.max((x < end).to(tl.int32)) > 0:  # the exclusions inside this tile, one per query a round
+                hit = x < end
+                s = tl.where(hit[:, None] & (ids[None, :] == x[:, None]), float("-inf"), s)
+                p = tl.where(hit, p + 1, p)
+                x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+        ws, wi = _worst(rs, ri)
+        better = _beats(s, ids, ws, wi)
+        n = tl.max(tl.sum(better.to(tl.int32), axis=1))
+        while n > 0:  # take the best item that beats the worst entry, per query, until none does
+            cs = tl.where(better, s, float("-inf"))
+            bs = tl.max(cs, axis=1)
+            bi = tl.min(tl.where(better & (cs == bs[:, None]), ids[None, :], NI), axis=1)
+            has = tl.sum(better.to(tl.int32), axis=1) > 0
+            slot = tl.min(tl.where((rs == ws[:, None]) & (ri == wi[:, None]), slots[None, :], KP), axis=1)
+            put = has[:, None] & (slots[None, :] == slot[:, None])
+            rs = tl.where(put, bs[:, None], rs)
+            ri = tl.where(put, bi[:, None], ri)
+            ws, wi = _worst(rs, ri)
+            better = better & (ids[None, :] != bi[:, None]) & _beats(s, ids, ws, wi)
+            n = tl.max(tl.sum(better.to(tl.int32), axis=1))
+    out = (us[:, None] * C + c) * k + slots[None, :]
+    omask = umask[:, None] & (slots[None, :] < k)
+    tl.store(ps_ptr + out, rs, mask=omask)
+    tl.store(pi_ptr + out, ri, mask=omask)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def precision(dtype: torch.dtype) -> str:
+    """The dot precision: IEEE fp32 unless FASTREC_TF32=1 (fp32 only; half inputs use native dots)."""
+    return "tf32" if dtype == torch.float32 and os.environ.get("FASTREC_TF32") == "1" else "ieee"
+
+
+def sorted_exclusions(indptr: torch.Tensor, indices: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
+    """Each query's excluded ids in ascending order (int32, clamped to [-1, I]), by one device sort of
+    (row, id) keys: no host sync, and an out-of-range id matches no item instead of reading anything."""
+    pos = torch.arange(indices.numel(), device=indices.device)
+    rows = (torch.searchsorted(indptr.long(), pos, right=True) - 1).clamp(0, num_users)
+    key = rows * (num_items + 2) + indices.long().clamp(-1, num_items) + 1
+    return (torch.sort(key).values % (num_items + 2) - 1).to(torch.int32)
+
+
+def _config(u: int, kp: int) -> tuple[int, int]:
+    """(BLOCK_U, BLOCK_I): small under the interpreter; on a GPU, fewer queries per program for a large k so
+    the running top-k stays in registers."""
+    if _interpret():
+        return 16, 32
+    return (64 if kp <= 32 else 32 if kp <= 64 else 16), 64
+
+
+def _num_chunks(blocks_u: int, num_items: int, block_i: int, device: torch.device) -> int:
+    """Item chunks per query block: enough programs to fill the GPU (about 4 per SM) when U is small."""
+    tiles = triton.cdiv(num_items, block_i)
+    if _interpret():
+        return min(3, tiles)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return max(1, min(tiles, triton.cdiv(4 * sms, blocks_u)))
+
+
+def supports(queries: torch.Tensor, items: torch.Tensor, k: int) -> bool:
+    """Whether the kernel takes this call (else the caller runs the reference)."""
+    return 0 < k <= MAX_K and queries.shape[1] > 0 and items.shape[0] + 1024 < _NO_ID
+
+
+def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
+                exclude_indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores fp32 [U, k], ids int64 [U, k]) as reference.topk_scores; requires supports(...)."""
+    queries, items = queries.contiguous(), items.contiguous()
+    (U, d), NI = queries.shape, items.shape[0]
+    kp = max(16, triton.next_power_of_2(k))
+    block_u, block_i = _config(U, kp)
+    blocks_u = triton.cdiv(U, block_u)
+    chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
+    chunk = triton.cdiv(triton.cdiv(NI, chunks), block_i) * block_i
+    chunks = triton.cdiv(NI, chunk)
+    part_s = torch.empty(U, chunks, k, dtype=torch.float32, device=queries.device)
+    part_i = torch.empty(U, chunks, k, dtype=torch.int32, device=queries.device)
+    if U == 0:
+        return part_s.view(U, -1)[:, :k], part_i.view(U, -1)[:, :k].long()
+    has_ex = exclude_indptr is not None and exclude_indices.numel() > 0
+    if has_ex:
+        ex_indptr = exclude_indptr.contiguous()
+        ex_sorted = sorted_exclusions(ex_indptr, exclude_indices, U, NI)
+    else:
+        ex_indptr = ex_sorted = part_i  # unused pointers
+    upcast = _interpret() or queries.dtype == torch.float32
+    with device_guard(queries):
+        topk_kernel[(blocks_u, chunks)](
+            queries, items, ex_indptr, ex_sorted, part_s, part_i, U, NI, d, ex_sorted.numel() if has_ex else 0,
+            chunk, chunks, k, HAS_EX=has_ex, UPCAST=upcast, PRECISION=precision(queries.dtype),
+            BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=min(64, max(16, triton.next_power_of_2(d))), KP=kp)
+    return merge(part_s.view(U, -1), part_i.view(U, -1).long(), k)
+
+
+def merge(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of each row's candidates by (score desc, id asc): a stable sort by id, then by score."""
+    by_id = torch.sort(ids, dim=1, stable=True)
+    scores = scores.gather(1, by_id.indices)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return scores.gather(1, order), by_id.values.gather(1, order)

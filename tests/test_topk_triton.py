@@ -1,0 +1,161 @@
+"""The Triton top-K kernel (kernels/topk.py), called directly: under the interpreter on CPU tensors, and on CUDA
+tensors where a GPU exists, against reference.topk_scores: exclusions, ties, k = 0 / k = I, odd shapes,
+half dtypes, several item chunks, and bad exclusion CSR that must read nothing out of bounds."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastrec import reference
+
+triton = pytest.importorskip("triton")
+from fastrec.kernels import topk as tk  # noqa: E402
+
+from fastrec.ops.graph import _triton_topk  # noqa: E402
+
+TRITON_DEVICES = [
+    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                                           reason="Triton on the CPU needs TRITON_INTERPRET=1")),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
+                                          pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
+
+
+@pytest.fixture(params=TRITON_DEVICES)
+def dev(request) -> torch.device:
+    return torch.device(request.param)
+
+
+def csr(counts, num_items, g, lo=0, hi=None):
+    """A CSR exclusion list with the given per-query counts: random ids (unsorted, duplicates possible)."""
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.as_tensor(counts).cumsum(0)])
+    indices = torch.randint(lo, num_items if hi is None else hi, (int(indptr[-1]),), generator=g)
+    return indptr, indices
+
+
+def check(q, it, k, indptr=None, indices=None, exact=False):
+    """Kernel == reference: scores close, ids equal wherever the reference's neighbours are not near-tied
+    (everywhere when `exact`: integer-valued inputs make every score exact)."""
+    s, i = tk.topk_scores(q, it, k, indptr, indices)
+    rs, ri = reference.topk_scores(q.cpu(), it.cpu(), k, None if indptr is None else indptr.cpu(),
+                                   None if indices is None else indices.cpu())
+    s, i = s.cpu(), i.cpu()
+    assert s.shape == (q.shape[0], k) and s.dtype == torch.float32 and i.dtype == torch.int64
+    torch.testing.assert_close(s, rs, rtol=1e-5, atol=1e-5)
+    if exact:
+        assert torch.equal(i, ri)
+        assert torch.equal(s, rs)
+    elif k:
+        gaps = (rs[:, :-1] - rs[:, 1:]).abs()
+        clear = torch.ones_like(ri, dtype=torch.bool)
+        clear[:, :-1] &= gaps > 1e-4
+        clear[:, 1:] &= gaps > 1e-4
+        assert torch.equal(i[clear], ri[clear])
+    return s, i
+
+
+@pytest.mark.parametrize("users,num_items,d,k", [(1, 1, 1, 1), (17, 70, 5, 4), (33, 200, 13, 10),
+                                                 (5, 40, 3, 40), (20, 90, 70, 33)])
+def test_matches_reference_with_exclusions(users, num_items, d, k, dev):
+    g = torch.Generator().manual_seed(users + num_items)
+    q, it = torch.randn(users, d, generator=g), torch.randn(num_items, d, generator=g)
+    indptr, indices = csr(torch.randint(0, 6, (users,), generator=g), num_items, g)
+    check(q.to(dev), it.to(dev), k, indptr.to(dev), indices.to(dev))
+    check(q.to(dev), it.to(dev), k)  # and without exclusions
+
+
+def test_exact_ties_go_to_the_lower_id_across_chunks(dev):
+    it = torch.randn(100, 8).round()
+    it[[70, 90]] = it[5].clone()  # three identical items, in different item chunks
+    q = torch.cat([it[[5]] * 10, torch.zeros(2, 8), torch.randn(4, 8).round()])
+    _, ids = check(q.to(dev), it.to(dev), 7, exact=True)
+    assert ids[0, :3].tolist() == [5, 70, 90]
+    assert ids[1].tolist() == list(range(7))  # all scores 0: ids in order
+
+
+def test_excluded_items_fill_by_lowest_id_when_too_few_remain(dev):
+    it, q = torch.randn(10, 4).round(), torch.randn(3, 4).round()
+    indptr = torch.tensor([0, 8, 8, 18])
+    indices = torch.tensor([9, 0, 1, 2, 3, 4, 5, 6] + list(range(10))[::-1])  # query 2 excludes everything
+    s, i = check(q.to(dev), it.to(dev), 4, indptr.to(dev), indices.to(dev), exact=True)
+    assert torch.isinf(s[0, 2:]).all() and i[0, 2:].tolist() == [0, 1]
+    assert torch.isinf(s[2]).all() and i[2].tolist() == [0, 1, 2, 3]
+
+
+def test_k_equals_item_count_and_duplicate_exclusions(dev):
+    g = torch.Generator().manual_seed(3)
+    q, it = torch.randn(9, 6, generator=g).round(), torch.randn(50, 6, generator=g).round()
+    indptr = torch.tensor([0, 4, 4, 10, 10, 10, 12, 12, 12, 14])
+    indices = torch.tensor([3, 3, 3, 49, 0, 0, 7, 7, 1, 2, 5, 5, 48, 48])
+    check(q.to(dev), it.to(dev), 50, indptr.to(dev), indices.to(dev), exact=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_give_fp32_scores(dtype, dev):
+    g = torch.Generator().manual_seed(1)
+    q, it = torch.randn(19, 24, generator=g).to(dtype), torch.randn(150, 24, generator=g).to(dtype)
+    indptr, indices = csr(torch.randint(0, 4, (19,), generator=g), 150, g)
+    check(q.to(dev), it.to(dev), 12, indptr.to(dev), indices.to(dev))
+
+
+def test_op_wrapper_falls_back_for_k_zero_and_large_k(dev):
+    q, it = torch.randn(3, 4).round().to(dev), torch.randn(140, 4).round().to(dev)
+    s, i = _triton_topk(q, it, 0, None, None)
+    assert s.shape == (3, 0) and i.shape == (3, 0)
+    assert not tk.supports(q, it, tk.MAX_K + 1) and tk.supports(q, it, tk.MAX_K)
+    s, i = _triton_topk(q, it, 130, None, None)  # the reference, beyond MAX_K
+    rs, ri = reference.topk_scores(q.cpu(), it.cpu(), 130)
+    assert torch.equal(i.cpu(), ri) and torch.equal(s.cpu(), rs)
+    s, i = _triton_topk(q, it, 5, None, None)  # the kernel
+    rs, ri = reference.topk_scores(q.cpu(), it.cpu(), 5)
+    assert torch.equal(i.cpu(), ri)
+
+
+def test_bad_exclusion_csr_reads_nothing_out_of_bounds(dev):
+    """Without the host checks (torch.compile, CUDA graphs), ids outside [0, I) exclude nothing and a bad
+    indptr is clamped to the index array; the result is still a valid ranking of real items."""
+    q, it = torch.randn(4, 5).round(), torch.randn(30, 5).round()
+    indptr = torch.tensor([0, 3, 3, 5, 6])
+    indices = torch.tensor([-7, 2, 30, 1 << 40, 4, 29])  # two negative / too large ids
+    keep = (indices >= 0) & (indices < 30)
+    rows = torch.repeat_interleave(torch.arange(4), indptr[1:] - indptr[:-1])[keep]
+    good_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(rows, minlength=4).cumsum(0)])
+    s, i = tk.topk_scores(q.to(dev), it.to(dev), 6, indptr.to(dev), indices.to(dev))
+    rs, ri = reference.topk_scores(q, it, 6, good_ptr, indices[keep])
+    assert torch.equal(i.cpu(), ri) and torch.equal(s.cpu(), rs)
+    for bad_ptr in (torch.tensor([0, 3, 1, 9, 100]), torch.tensor([-5, 2, 2, 2, 2])):  # decreasing / outside
+        s, i = tk.topk_scores(q.to(dev), it.to(dev), 6, bad_ptr.to(dev), indices.to(dev))
+        assert ((i >= 0) & (i < 30)).all()
+        assert all(row.unique().numel() == 6 for row in i.cpu())
+
+
+def test_sorted_exclusions_sort_within_each_query():
+    indptr, indices = torch.tensor([0, 3, 3, 6]), torch.tensor([5, 1, 5, 9, -2, 0])
+    assert tk.sorted_exclusions(indptr, indices, 3, 8).tolist() == [1, 5, 5, -1, 0, 8]
+
+
+def test_merge_orders_by_score_then_id():
+    s = torch.tensor([[1.0, 3.0, 1.0, float("-inf"), 3.0, float("-inf")]])
+    i = torch.tensor([[9, 4, 2, 7, 1, 3]])
+    ms, mi = tk.merge(s, i, 5)
+    assert mi.tolist() == [[1, 4, 2, 9, 3]] and ms[0, :4].tolist() == [3.0, 3.0, 1.0, 1.0]
+
+
+@settings(max_examples=15, deadline=None)
+@given(users=st.integers(1, 20), num_items=st.integers(1, 70), d=st.integers(1, 20), data=st.data(),
+       ties=st.booleans(), seed=st.integers(0, 1000))
+def test_property_against_reference(users, num_items, d, data, ties, seed):
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("needs the Triton interpreter or a GPU")
+    dev = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    g = torch.Generator().manual_seed(seed)
+    q, it = torch.randn(users, d, generator=g), torch.randn(num_items, d, generator=g)
+    if ties:  # integer-valued, duplicated rows: exact scores and many exact ties
+        it = it[torch.randint(0, num_items, (num_items,), generator=g)].round()
+        q = q.round()
+    k = data.draw(st.integers(1, min(num_items, tk.MAX_K)))
+    indptr, indices = csr(torch.randint(0, num_items + 1, (users,), generator=g), num_items, g)
+    check(q.to(dev), it.to(dev), k, indptr.to(dev), indices.to(dev), exact=ties)
