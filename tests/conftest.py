@@ -19,6 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
@@ -67,3 +68,32 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present on this machine")
     return SHARED_DATA.resolve()
+
+
+# ops that synchronise the host on CUDA (a data-dependent shape or a read of a device value)
+SYNC_OPS = ("nonzero", "_local_scalar_dense", "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim",
+            "masked_select", "bincount", "item", "is_nonzero", "equal")
+
+
+class NoSyncOps(TorchDispatchMode):
+    """Fails on any aten op that would sync the host on CUDA, or a boolean-mask index (a nonzero on CUDA)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name.startswith("aten::"):
+            base = name[len("aten::"):]
+            assert base not in SYNC_OPS, f"{name} syncs the host on CUDA"
+            if base == "repeat_interleave":
+                assert (kwargs or {}).get("output_size") is not None, "repeat_interleave without output_size syncs"
+            if base in ("index", "index_put", "index_put_"):
+                idx = args[1]
+                assert not any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx), \
+                    f"{name} with a boolean mask syncs"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def no_sync_ops():
+    """A context manager that fails on any op that would sync the host on CUDA: the CPU-side check of the
+    zero-sync paths (the cuda-marked tests run them under torch.cuda.set_sync_debug_mode("error"))."""
+    return NoSyncOps

@@ -158,3 +158,74 @@ def test_triton_fused_gather_projection_in_its_gpu_block_config(cuda_device, dty
     want = project_rows(table.float()[ids], [None if p is None else p.float() for p in proj])
     tol = 1e-3 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+
+
+def _fusion_tables(device, n=41, D=24, d=8):
+    g = torch.Generator(device=device).manual_seed(0)
+    t = dict(id_table=torch.randn(n, d, device=device, generator=g),
+             semantic_table=torch.randn(n, D, device=device, generator=g),
+             weight=torch.randn(d, D, device=device, generator=g), bias=torch.randn(d, device=device, generator=g),
+             fuse_weight=torch.randn(d, 2 * d, device=device, generator=g),
+             fuse_bias=torch.randn(d, device=device, generator=g))
+    return {k: (v.requires_grad_() if k != "semantic_table" else v) for k, v in t.items()}
+
+
+@pytest.mark.parametrize("strategy", ["auto", "unique", "table"])
+def test_fusion_forward_backward_validate_false_never_syncs(cuda_device, strategy):
+    t = _fusion_tables(cuda_device)
+    ids = torch.randint(0, 41, (4, 7), device=cuda_device)
+    ids[:, :2] = 0
+    params = [v for k, v in t.items() if k != "semantic_table"]
+
+    def step():
+        out = semantic_fusion_lookup(ids, mode="gate", padding_idx=0, strategy=strategy, validate=False, **t)
+        return torch.autograd.grad(out.pow(2).sum(), params)
+
+    want = step()  # warm-up (Triton compile)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = reference.semantic_fusion(ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"],
+                                    t["fuse_weight"], t["fuse_bias"], "gate", 0)
+    for a, b, c in zip(got, want, torch.autograd.grad(ref.pow(2).sum(), params), strict=True):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_unique_forward_capture_validate_false(cuda_device):
+    t = {k: v.detach() for k, v in _fusion_tables(cuda_device).items()}
+    ids = torch.randint(0, 41, (4, 7), device=cuda_device)
+    with torch.no_grad():
+        graph, out = _capture(lambda: semantic_fusion_lookup(ids, mode="concat", strategy="unique", validate=False,
+                                                             **t))
+        ids.copy_(torch.randint(0, 41, ids.shape, device=cuda_device))
+        graph.replay()
+    want = reference.semantic_fusion(ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"],
+                                     t["fuse_weight"], t["fuse_bias"], "concat", -1)
+    torch.testing.assert_close(out, want, rtol=2e-5, atol=2e-5)
+
+
+def test_lightgcn_forward_backward_validate_false_never_syncs(cuda_device):
+    a = (torch.rand(50, 50, device=cuda_device) < 0.1).float() * torch.rand(50, 50, device=cuda_device)
+    csr = a.to_sparse_csr()  # not symmetric: the backward builds the transpose on the device
+    emb = torch.randn(50, 20, device=cuda_device, requires_grad=True)
+
+    def step():
+        return torch.autograd.grad(lightgcn_propagate(csr, emb, num_layers=3, validate=False).pow(2).sum(), emb)[0]
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    e2 = emb.detach().clone().requires_grad_(True)
+    x, want = e2, e2 / 4
+    for _ in range(3):
+        x = a @ x
+        want = want + x / 4
+    torch.testing.assert_close(got, torch.autograd.grad(want.pow(2).sum(), e2)[0], rtol=1e-4, atol=1e-4)

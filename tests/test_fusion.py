@@ -277,3 +277,105 @@ def test_property_against_reference(b, length, num_items, D, d, mode, strategy, 
     if ids.numel():
         ids.view(-1)[0] = num_items - 1  # boundary id
     check_against_reference(ids, t, mode, 0 if pad else None, strategy, tol=TOL[dtype])
+
+
+# ------------------------------------------------------------------------------ no host sync (validate=False)
+
+
+def test_device_unique_rows_equal_torch_unique():
+    from fastrec.reference.fusion import device_unique_rows
+
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        flat = torch.randint(0, 12, (40,), generator=g)
+        valid = flat != 3
+        rows, inverse = device_unique_rows(flat, valid, 12)
+        want_rows, want_inv = torch.unique(flat[valid], sorted=True, return_inverse=True)
+        u = want_rows.numel()
+        assert rows.shape == (40,) and torch.equal(rows[:u], want_rows)
+        assert (rows[u:] == want_rows.max()).all()  # spare slots repeat a looked-up row
+        assert torch.equal(inverse[valid], want_inv) and (inverse[~valid] == -1).all()
+    rows, inverse = device_unique_rows(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool), 5)
+    assert rows.numel() == 0 and inverse.numel() == 0
+
+
+def _reference_grads(strategy, ids, kw, mode):
+    """Forward and backward of the op's reference with a given strategy code, through the op's own backward."""
+    from types import SimpleNamespace
+
+    from fastrec.ops.fusion import _backward
+
+    args = (kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"], kw["fuse_weight"], kw["fuse_bias"])
+    args = tuple(None if a is None else a.detach() for a in args)
+    out, rows, inverse, reduced = reference.semantic_fusion_lookup(ids, *args, mode, 0, strategy)
+    idt, sem, w, b, fw, fb = args
+    ctx = SimpleNamespace(saved_tensors=(rows, inverse, reduced, idt, sem, fw, fb), mode=mode, num_items=idt.shape[0],
+                          needs_input_grad=[False, True, False, True, True, fw is not None, fb is not None, 0, 0, 0],
+                          dtypes=[None if t is None else t.dtype for t in (idt, w, b, fw, fb)])
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    return out, [g for g in _backward(ctx, grad, None, None, None) if g is not None]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_device_unique_strategy_equals_the_unique_path(mode):
+    t = make(num_items=30, D=20, d=6)
+    ids = torch.randint(0, 30, (4, 9))
+    ids[:, :3] = 0
+    out1, grads1 = _reference_grads(1, ids, args_for(t, mode), mode)
+    out3, grads3 = _reference_grads(3, ids, args_for(t, mode), mode)
+    assert torch.equal(out1, out3)
+    assert len(grads1) == len(grads3) >= 3
+    for a, b in zip(grads1, grads3, strict=True):  # the spare slots add exact zeros
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@INTERPRETER_ONLY
+def test_triton_device_unique_path_equals_unique_path():
+    from fastrec.ops.fusion import DEVICE_UNIQUE, _triton_lookup
+
+    t = make(num_items=50, D=33, d=8)
+    kw = {k: (v.detach() if v is not None else None) for k, v in args_for(t, "gate").items()}
+    ids = torch.randint(0, 50, (3, 11))
+    ids[0, :4] = 0
+    args = (kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"], kw["fuse_weight"], kw["fuse_bias"],
+            "gate", 0)
+    out1, rows1, inv1, red1 = _triton_lookup(ids, *args, 1)
+    out3, rows3, inv3, red3 = _triton_lookup(ids, *args, DEVICE_UNIQUE)
+    assert torch.equal(out1, out3) and torch.equal(inv1, inv3)
+    u = rows1.numel()
+    assert rows3.numel() == ids.numel() and torch.equal(rows3[:u], rows1) and torch.equal(red3[:u], red1)
+
+
+def test_no_sync_ops_catches_a_sync(no_sync_ops):
+    with pytest.raises(AssertionError, match="syncs"), no_sync_ops():
+        torch.unique(torch.tensor([1, 1, 2]))
+    with pytest.raises(AssertionError, match="syncs"), no_sync_ops():
+        torch.arange(4)[torch.tensor([True, False, True, False])]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_device_unique_forward_and_backward_use_no_syncing_op(mode, no_sync_ops):
+    t = make(num_items=30, D=20, d=6)
+    ids = torch.randint(0, 30, (4, 9))
+    with no_sync_ops():
+        _reference_grads(3, ids, args_for(t, mode), mode)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "unique", "table"])
+def test_torch_compile_fullgraph_forward_backward_validate_false(strategy, on_device):
+    t = make(num_items=20, D=12, d=4)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(ids, idt, sem, w, b, fw, fb):
+        out = semantic_fusion_lookup(ids, idt, sem, w, b, "gate", fw, fb, padding_idx=0, strategy=strategy,
+                                     validate=False)
+        return out.pow(2).sum()
+
+    ids = torch.randint(0, 20, (3, 5))
+    params = (t["id_table"], t["weight"], t["bias"], t["fuse_weight"], t["fuse_bias"])
+    args = (ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"], t["fuse_weight"], t["fuse_bias"])
+    got = torch.autograd.grad(loss(*args), params)
+    ref = eager(ids, args_for(t, "gate"), "gate", 0).pow(2).sum()
+    want = torch.autograd.grad(ref, params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -1,5 +1,7 @@
 """spmm, lightgcn_propagate and topk_scores against the reference, under opcheck / torch.compile, bad input."""
 
+from collections import namedtuple
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -300,6 +302,57 @@ def test_torch_compile_fullgraph(on_device):
     y, s, i = f(emb, q, it)
     torch.testing.assert_close(y, spmm(ip, ix, v, lightgcn_propagate(g, emb, 3)))
     torch.testing.assert_close(s, topk_scores(q, it, 3)[0])
+
+
+_Graph = namedtuple("_Graph", "indptr indices values is_symmetric")
+
+
+def _Csr(indptr, indices, values):
+    """A non-symmetric CSR as plain tensors (what lightgcn_propagate reads of a graph object)."""
+    return _Graph(indptr, indices, values, False)
+
+
+def test_csr_transpose_matches_dense_and_uses_no_syncing_op(on_device, no_sync_ops):
+    from fastrec.ops.graph import csr_transpose
+
+    indptr, indices, values, dense_a = random_csr(23, 17, density=0.3, seed=5)
+    with no_sync_ops():
+        t_indptr, t_indices, t_values = csr_transpose(indptr, indices, values, 17)
+    assert t_indptr.dtype == indptr.dtype and t_indices.dtype == indices.dtype
+    back = torch.sparse_csr_tensor(t_indptr.cpu(), t_indices.cpu(), t_values.cpu(), size=(17, 23)).to_dense()
+    assert torch.equal(back, dense_a.cpu().t())
+
+
+def test_propagate_validate_false_forward_backward_use_no_syncing_op(on_device, no_sync_ops):
+    indptr, indices, values, dense_a = random_csr(29, 29, density=0.25, seed=3)
+    emb = torch.randn(29, 8, requires_grad=True)
+    grad = torch.randn(29, 8)
+    with no_sync_ops():
+        out = lightgcn_propagate(_Csr(indptr, indices, values), emb, 2, validate=False)
+        out.backward(grad)
+    emb2 = emb.detach().clone().requires_grad_(True)
+    ((emb2 + dense_a @ emb2 + dense_a @ (dense_a @ emb2)) / 3).backward(grad)
+    torch.testing.assert_close(out, (emb2 + dense_a @ emb2 + dense_a @ (dense_a @ emb2)) / 3, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(emb.grad, emb2.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_propagate_compile_fullgraph_forward_backward_validate_false(on_device):
+    indptr, indices, values, dense_a = random_csr(31, 31, density=0.2, seed=4)
+    indptr, indices, values = indptr.clone(), indices.clone(), values.clone()  # not views of the CSR tensor
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(e, ip, ix, v):  # the transpose for the backward is built inside the graph (no data-dependent shape)
+        return lightgcn_propagate(_Csr(ip, ix, v), e, 3, validate=False).pow(2).sum()
+
+    emb = torch.randn(31, 6, requires_grad=True)
+    (got,) = torch.autograd.grad(loss(emb, indptr, indices, values), emb)
+    emb2 = emb.detach().clone().requires_grad_(True)
+    x, want = emb2, emb2 / 4
+    for _ in range(3):
+        x = dense_a @ x
+        want = want + x / 4
+    (ref,) = torch.autograd.grad(want.pow(2).sum(), emb2)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------- property

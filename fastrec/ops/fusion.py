@@ -23,10 +23,11 @@ import torch
 from fastrec import reference
 from fastrec.ops import _checks
 from fastrec.ops._library import HAS_TRITON, cpu_is_compiled, define
-from fastrec.reference.fusion import fusion_rows
+from fastrec.reference.fusion import device_unique_rows, fusion_rows
 
 MODES = ("add", "gate", "concat")
 STRATEGIES = {"auto": 0, "unique": 1, "table": 2}
+DEVICE_UNIQUE = 3  # "unique" with static shapes (a device sort), chosen when the host may not read the ids
 
 
 def _triton_lookup(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx,
@@ -42,6 +43,8 @@ def _triton_lookup(item_ids, id_table, semantic_table, weight, bias, fuse_weight
     if strategy == 2:  # the whole table: no data-dependent shape, so no host sync (CUDA-graph capture works)
         rows = torch.arange(id_table.shape[0], device=flat.device)
         inverse = torch.where(valid, flat, -1)
+    elif strategy == DEVICE_UNIQUE:  # the unique ids by a device sort, in N static slots: no host sync either
+        rows, inverse = device_unique_rows(flat, valid, id_table.shape[0])
     else:
         rows, inv_valid = fusion_rows(strategy, flat[valid], id_table.shape[0])
         inverse = torch.full_like(flat, -1)
@@ -130,8 +133,9 @@ def _backward(ctx, grad_out, grad_rows, grad_inverse, grad_reduced):
     dt_id, dt_w, dt_b, dt_fw, dt_fb = ctx.dtypes
     out = none
     if needs[1]:
-        # rows are unique: a copy, in place (an out-of-place index_copy would clone the [I, d] zeros)
-        out[1] = torch.zeros(id_table.shape, dtype=dt_id, device=e.device).index_copy_(0, rows, grad_e.to(dt_id))
+        # rows are unique but for DEVICE_UNIQUE's spare slots, whose gradient is exactly zero: adding into
+        # zeros is then exact (and in place: an out-of-place index_add would clone the [I, d] zeros)
+        out[1] = torch.zeros(id_table.shape, dtype=dt_id, device=e.device).index_add_(0, rows, grad_e.to(dt_id))
     if needs[3]:
         out[3] = torch.ops.fastrec.semantic_fusion_weight_grad(rows, grad_s, semantic_table).to(dt_w)
     if needs[4]:
@@ -146,7 +150,8 @@ def _backward(ctx, grad_out, grad_rows, grad_inverse, grad_reduced):
 torch.library.register_autograd("fastrec::semantic_fusion_lookup", _backward, setup_context=_setup)
 
 
-def _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx):
+def _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx,
+           validate=True):
     _checks.tensor("item_ids", item_ids, None, _checks.INDEX_DTYPES)
     _checks.tensor("id_table", id_table, 2, _checks.FLOAT_DTYPES)
     _checks.tensor("semantic_table", semantic_table, 2, _checks.FLOAT_DTYPES)
@@ -181,6 +186,8 @@ def _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_b
         raise ValueError(f"fuse_bias has {fuse_bias.shape[0]} entries, expected d={d}")
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, int) or not -1 <= padding_idx < num_items:
         raise ValueError(f"padding_idx must be an int in [-1, {num_items}), got {padding_idx!r}")
+    if not validate and item_ids.device.type != "cpu":  # no value check reads device memory
+        return
     for name in ("fuse_weight", "fuse_bias"):  # weight and bias are checked through the reduced rows
         if name in params:
             _checks.finite(name, params[name])
@@ -202,6 +209,7 @@ def semantic_fusion_lookup(
     fuse_bias: torch.Tensor | None = None,
     padding_idx: int | None = None,
     strategy: str = "auto",
+    validate: bool = True,
 ) -> torch.Tensor:
     """Fused ID + semantic lookup, reduction and fusion: item_ids [...] -> [..., d] in id_table's dtype.
 
@@ -215,6 +223,11 @@ def semantic_fusion_lookup(
         padding_idx: id whose lookups give zero rows and no gradient (SASRec pads with 0); None for none.
         strategy: "auto" (cost rule), "unique" (reduce the unique ids of the batch) or "table" (reduce
             the whole catalogue); every choice gives the same values.
+        validate: on CUDA, check the ids' range and NaN/Inf in the parameters and the looked-up rows (host
+            syncs). With False (or under torch.compile / CUDA-graph capture) nothing is read on the host:
+            forward and backward run without a sync, "unique" becomes a device sort into N static slots
+            and "auto" decides by shapes only (the table when N >= 7/8 I); out-of-range ids are clamped
+            inside the kernels. On the CPU the checks run inside the C++ pass either way.
 
     Raises:
         IndexError: an id is negative or >= I.
@@ -224,10 +237,14 @@ def semantic_fusion_lookup(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {tuple(STRATEGIES)}, got {strategy!r}")
     padding_idx = -1 if padding_idx is None else padding_idx
-    _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx)
+    _check(item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx, validate)
+    code = STRATEGIES[strategy]
+    if item_ids.device.type != "cpu" and not (validate and _checks.can_read(item_ids)) and code != 2:
+        code = 2 if code == 0 and 8 * item_ids.numel() >= 7 * id_table.shape[0] else DEVICE_UNIQUE
     out, _, _, reduced = torch.ops.fastrec.semantic_fusion_lookup(
-        item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx,
-        STRATEGIES[strategy])
+        item_ids, id_table, semantic_table, weight, bias, fuse_weight, fuse_bias, mode, padding_idx, code)
+    if not validate and item_ids.device.type != "cpu":
+        return out
     # The semantic table is too large to scan every call; the rows actually used are checked through their
     # reduction (U x d values), which is non-finite when a used row, the weight or the bias is.
     if _checks.can_read(reduced) and reduced.numel() and not bool(torch.isfinite(reduced).all()):

@@ -68,12 +68,15 @@ def _(queries, items, k, exclude_indptr, exclude_indices):
 def csr_transpose(
     indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, num_cols: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CSR of ``A^T`` (``num_cols`` rows) with torch ops: a stable sort of the column ids."""
-    counts = (indptr[1:] - indptr[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(counts.numel(), device=indptr.device), counts)
+    """CSR of ``A^T`` (``num_cols`` rows) with torch ops: a stable sort of the column ids. Every shape is
+    known from the inputs' shapes (row ids by searchsorted, column counts by index_add), so nothing syncs
+    the host and it traces under torch.compile(fullgraph=True)."""
+    nnz = indices.numel()
+    rows = torch.searchsorted(indptr.long(), torch.arange(nnz, device=indptr.device), right=True) - 1
     order = torch.sort(indices, stable=True).indices
-    t_indptr = torch.zeros(num_cols + 1, dtype=torch.int64, device=indptr.device)
-    torch.cumsum(torch.bincount(indices.long(), minlength=num_cols), 0, out=t_indptr[1:])
+    counts = torch.zeros(num_cols, dtype=torch.int64, device=indptr.device)
+    counts.index_add_(0, indices.long(), torch.ones(nnz, dtype=torch.int64, device=indptr.device))
+    t_indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     return t_indptr.to(indptr.dtype), rows[order].to(indices.dtype), values[order]
 
 
@@ -139,9 +142,10 @@ torch.library.register_autograd("fastrec::topk_scores", _topk_backward, setup_co
 # -------------------------------------------------------------------------------------------- checks
 
 
-def _check_csr(prefix: str, indptr: Any, indices: Any, num_rows: int | None, num_cols: int) -> None:
+def _check_csr(prefix: str, indptr: Any, indices: Any, num_rows: int | None, num_cols: int,
+               validate: bool = True) -> None:
     """CSR structure checks; the value checks (monotone indptr, index range) run on the host only where
-    the C++ kernel would not do them inside its own pass."""
+    the C++ kernel would not do them inside its own pass, and not with validate=False."""
     _checks.tensor(f"{prefix}indptr", indptr, 1, _checks.INDEX_DTYPES)
     _checks.tensor(f"{prefix}indices", indices, 1, _checks.INDEX_DTYPES)
     if indptr.dtype != indices.dtype:
@@ -151,7 +155,7 @@ def _check_csr(prefix: str, indptr: Any, indices: Any, num_rows: int | None, num
         raise ValueError(f"{prefix}indptr must have num_rows + 1 >= 1 entries")
     if num_rows is not None and indptr.numel() != num_rows + 1:
         raise ValueError(f"{prefix}indptr must have {num_rows + 1} entries (num_rows + 1), got {indptr.numel()}")
-    if (indptr.device.type == "cpu" and cpu_is_compiled("spmm")) or not _checks.can_read(indptr):
+    if (indptr.device.type == "cpu" and cpu_is_compiled("spmm")) or not _checks.can_read(indptr) or not validate:
         return
     if int(indptr[0]) != 0 or int(indptr[-1]) != indices.numel():
         raise ValueError(f"{prefix}indptr must start at 0 and end at len({prefix}indices)={indices.numel()}")
@@ -204,6 +208,7 @@ def lightgcn_propagate(
     num_layers: int = 3,
     layer_weights: list[float] | None = None,
     symmetric: bool | None = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """LightGCN propagation: ``sum_{l=0..L} w_l A^l emb`` with the accumulation fused into the SpMM passes.
 
@@ -216,6 +221,9 @@ def lightgcn_propagate(
         symmetric: whether ``A == A^T``. Default: an InteractionGraph says so itself; a CSR tensor is
             treated as non-symmetric, so its transpose is built (once per call, only when ``emb``
             requires grad) for the backward. Pass True for a symmetric CSR tensor to skip that.
+        validate: check the CSR values on the host (monotone indptr, column range: syncs on CUDA).
+            With False, forward and backward (the transpose included) never sync the host; the CUDA
+            kernel then skips bad entries and raises a device-side assert, as ATen's embedding does.
 
     Returns:
         ``[n, d]`` in ``emb``'s dtype (fp32 accumulation). Differentiable in ``emb``.
@@ -235,7 +243,7 @@ def lightgcn_propagate(
     n = emb.shape[0]
     if indptr.numel() != n + 1:
         raise ValueError(f"graph has {indptr.numel() - 1} nodes but emb has {n} rows")
-    _check_csr("graph ", indptr, indices, n, n)
+    _check_csr("graph ", indptr, indices, n, n, validate)
     _checks.same_device(graph_indptr=indptr, graph_indices=indices, graph_values=values, emb=emb)
     if sym or not (emb.requires_grad and torch.is_grad_enabled()):
         t_indptr, t_indices, t_values = indptr, indices, values

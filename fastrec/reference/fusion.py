@@ -15,13 +15,34 @@ def fusion_rows(strategy: int, valid_ids: torch.Tensor, num_items: int) -> tuple
 
     strategy 1 ("unique") reduces the sorted unique ids looked up; strategy 2 ("table") the whole
     catalogue (rows = 0..I-1); strategy 0 takes the table when the batch touches at least 7/8 of the
-    catalogue (it then costs at most 1/7 more than the unique rows), as every backend does.
+    catalogue (it then costs at most 1/7 more than the unique rows), as every backend does. Strategy 3
+    is "unique" without a host sync (see device_unique_rows); the C++ CPU kernel treats it as 1.
     """
+    if strategy == 3:
+        return device_unique_rows(valid_ids, torch.ones_like(valid_ids, dtype=torch.bool), num_items)
     if strategy != 2:
         rows, inverse = torch.unique(valid_ids, sorted=True, return_inverse=True)
         if strategy == 1 or 8 * rows.numel() < 7 * num_items:
             return rows, inverse
     return torch.arange(num_items, device=valid_ids.device), valid_ids
+
+
+def device_unique_rows(flat: torch.Tensor, valid: torch.Tensor, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [N], inverse [N]) for N lookups `flat` (ids in [0, I)) of which `valid` count, with static
+    shapes and no host sync: one device sort, then segment starts and a cumsum give each lookup its
+    unique slot. rows[:U] are the sorted unique valid ids (U is never read on the host); the slots past U
+    repeat the largest id looked up (no lookup points at them, so their gradient is exactly zero);
+    inverse is -1 where `valid` is False."""
+    n = flat.numel()
+    key, order = torch.sort(torch.where(valid, flat, num_items))  # invalid lookups sort last
+    new = torch.ones(n, dtype=torch.bool, device=flat.device)
+    new[1:] = key[1:] != key[:-1]
+    slot = torch.cumsum(new, 0) - 1
+    inverse = torch.empty_like(slot).scatter_(0, order, slot)
+    rows = torch.full_like(key, -1).scatter_reduce_(0, slot, key, "amax")
+    fill = torch.where(valid, flat, 0).amax() if n else flat.new_zeros(())
+    rows = torch.where((rows >= 0) & (rows < num_items), rows, fill)
+    return rows, torch.where(valid, inverse, -1)
 
 
 def fuse(e: torch.Tensor, s: torch.Tensor, fuse_weight, fuse_bias, mode: str) -> torch.Tensor:
@@ -59,15 +80,18 @@ def semantic_fusion_lookup(
     ids = item_ids.long()
     flat = ids.reshape(-1)
     valid = flat != padding_idx
-    rows, inv_valid = fusion_rows(strategy, flat[valid], id_table.shape[0])
-    inverse = torch.full_like(flat, -1)
-    inverse[valid] = inv_valid
+    if strategy == 3:  # static shapes, no host sync
+        rows, inverse = device_unique_rows(flat.clamp(0, max(id_table.shape[0] - 1, 0)), valid, id_table.shape[0])
+    else:
+        rows, inv_valid = fusion_rows(strategy, flat[valid], id_table.shape[0])
+        inverse = torch.full_like(flat, -1)
+        inverse[valid] = inv_valid
     reduced = semantic_table.float()[rows] @ weight.float().t()
     if bias is not None:
         reduced = reduced + bias.float()
     fused = fuse(id_table.float()[rows], reduced, fuse_weight, fuse_bias, mode)
-    out = torch.zeros(flat.numel(), id_table.shape[1], dtype=torch.float32, device=id_table.device)
-    out[valid] = fused[inv_valid]
+    out = torch.where(valid[:, None], fused[inverse.clamp(min=0)], 0.0) if rows.numel() else \
+        torch.zeros(flat.numel(), id_table.shape[1], dtype=torch.float32, device=id_table.device)
     return out.to(id_table.dtype).view(*ids.shape, -1), rows, inverse.view(ids.shape), reduced
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def _rows(indptr: torch.Tensor) -> torch.Tensor:
-    counts = (indptr[1:] - indptr[:-1]).long()
-    return torch.repeat_interleave(torch.arange(counts.numel(), device=indptr.device), counts)
+def _rows(indptr: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The row of each of the nnz entries (searchsorted: its shape is known, so no host sync on CUDA)."""
+    return torch.searchsorted(indptr.long(), torch.arange(nnz, device=indptr.device), right=True) - 1
 
 
 def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -15,7 +15,7 @@ def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, dens
     rows = indptr.numel() - 1
     contrib = values.float()[:, None] * dense.float()[indices.long()]
     out = torch.zeros(rows, dense.shape[1], dtype=torch.float32, device=dense.device)
-    return out.index_add(0, _rows(indptr), contrib).to(dense.dtype)
+    return out.index_add(0, _rows(indptr, indices.numel()), contrib).to(dense.dtype)
 
 
 def lightgcn_propagate(
@@ -52,7 +52,7 @@ def topk_scores(
     num_users = queries.shape[0]
     scores_out = torch.empty(num_users, k, dtype=torch.float32, device=queries.device)
     ids_out = torch.empty(num_users, k, dtype=torch.int64, device=queries.device)
-    rows = _rows(exclude_indptr) if exclude_indptr is not None else None
+    rows = _rows(exclude_indptr, exclude_indices.numel()) if exclude_indptr is not None else None
     for start in range(0, num_users, 1024):
         stop = min(start + 1024, num_users)
         scores = queries[start:stop].float() @ items.float().t()
