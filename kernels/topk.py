@@ -31,7 +31,8 @@ import triton.language as tl
 from fastrec.kernels import device_guard
 
 MAX_K = 128
-_NO_ID = 2**31 - 1  # "no exclusion left" for the per-query exclusion pointer (beyond every tile)
+NO_ID = 2**31 - 1  # "no exclusion left" for the per-query exclusion pointer (beyond every tile)
+_NO_ID = tl.constexpr(NO_ID)
 
 
 @triton.jit
@@ -152,7 +153,7 @@ def _num_chunks(blocks_u: int, num_items: int, block_i: int, device: torch.devic
 
 def supports(queries: torch.Tensor, items: torch.Tensor, k: int) -> bool:
     """Whether the kernel takes this call (else the caller runs the reference)."""
-    return 0 < k <= MAX_K and queries.shape[1] > 0 and items.shape[0] + 1024 < _NO_ID
+    return 0 < k <= MAX_K and queries.shape[1] > 0 and items.shape[0] + 1024 < NO_ID
 
 
 def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
