@@ -6,6 +6,13 @@ fuse_gather: one pass per output row block: gathers the item's ID row and reduce
 (add / gate / concat+project, the fusion matrix product by tl.dot) and writes out (zero for padding).
 weight_grad: grad_W [d, D] = G^T @ semantic_table[rows]; a program owns BLOCK_D columns and loops
 over the unique rows, so there are no atomics and the sum order is fixed (deterministic).
+
+Dots: when both operands are fp16 or both bf16 (the semantic table and the reduction weight), tl.dot
+runs natively on tensor cores with fp32 accumulation (products of half values are exact in fp32, so only
+the summation order differs from the fp32 reference). Anything else is upcast to fp32 and uses IEEE fp32
+dots, unless FASTREC_TF32=1 opts into TF32 (about 1e-3 relative error per dot). On a GPU the block sizes
+of gather_reduce and weight_grad are chosen by @triton.autotune per (d, D) among a few configs, pruned
+so the fp32 accumulator stays in registers at d = 256; under the interpreter one small config runs.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ MODE_ID = {"add": 0, "gate": 1, "concat": 2}
 
 @triton.jit
 def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, out_ptr, U, D, d, HAS_BIAS: tl.constexpr,
+                         UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
     us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     umask = us < U
@@ -32,11 +40,12 @@ def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, out_ptr, U, D, d, HAS_
     for d0 in range(0, D, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D)
         dmask = dims < D
-        s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :],
-                    other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + ks[:, None] * D + dims[None, :], mask=kmask[:, None] & dmask[None, :],
-                    other=0.0).to(tl.float32)
-        acc += tl.dot(s, tl.trans(w), input_precision="ieee")
+        s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
+        w = tl.load(w_ptr + ks[:, None] * D + dims[None, :], mask=kmask[:, None] & dmask[None, :], other=0.0)
+        if UPCAST:
+            s = s.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(s, tl.trans(w), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + ks, mask=kmask, other=0.0).to(tl.float32)[None, :]
     tl.store(out_ptr + us[:, None] * d + ks[None, :], acc, mask=umask[:, None] & kmask[None, :])
@@ -77,8 +86,8 @@ def fuse_gather_kernel(inv_ptr, rows_ptr, id_ptr, red_ptr, fw_ptr, fb_ptr, out_p
 
 
 @triton.jit
-def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_DM: tl.constexpr):
+def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
     dims = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = dims < D
     ks = tl.arange(0, BLOCK_DM)
@@ -91,12 +100,52 @@ def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, BLOCK_U: tl.c
         s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :],
                     other=0.0).to(tl.float32)
         g = tl.load(g_ptr + us[:, None] * d + ks[None, :], mask=umask[:, None] & kmask[None, :], other=0.0)
-        acc += tl.dot(tl.trans(g), s, input_precision="ieee")
+        acc = tl.dot(tl.trans(g), s, acc, input_precision=PRECISION)
     tl.store(out_ptr + ks[:, None] * D + dims[None, :], acc, mask=kmask[:, None] & dmask[None, :])
 
 
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def precision() -> str:
+    """The input precision of fp32 dots: IEEE unless FASTREC_TF32=1 (TF32 tensor cores)."""
+    return "tf32" if os.environ.get("FASTREC_TF32") == "1" else "ieee"
+
+
+def native_dot(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a dot of a and b runs in their own dtype (both fp16 or both bf16, on a GPU)."""
+    return not _interpret() and a.dtype == b.dtype and a.dtype in (torch.float16, torch.bfloat16)
+
+
+def _fits(acc: int, tiles: int, config, per_thread: int = 32) -> bool:
+    """An fp32 accumulator of `acc` values stays in registers (`per_thread` a thread) and `tiles` values a
+    pipeline stage fit in shared memory. ptxas -v on sm_90 (offline): the configs kept at d = 64 and 256
+    spill nothing with bf16 operands and at most 8 bytes with fp32 ones."""
+    return acc <= per_thread * 32 * config.num_warps and tiles * 4 * config.num_stages <= 160 * 1024
+
+
+def _prune_reduce(configs, named_args, **kwargs):  # accumulator [BLOCK_U, d], tiles [BLOCK_U + d, BLOCK_D]
+    dm = _bdm(named_args["d"])
+    half = named_args["sem_ptr"].dtype in (torch.float16, torch.bfloat16)  # fp32 tiles take twice the registers
+    fit = [c for c in configs if _fits(c.kwargs["BLOCK_U"] * dm, (c.kwargs["BLOCK_U"] + dm) * c.kwargs["BLOCK_D"], c,
+                                       32 if half else 16)]
+    return fit or configs[:1]
+
+
+def _prune_grad(configs, named_args, **kwargs):  # accumulator [d, BLOCK_D], tiles [BLOCK_U, d + BLOCK_D]
+    dm = _bdm(named_args["d"])
+    fit = [c for c in configs if _fits(dm * c.kwargs["BLOCK_D"], c.kwargs["BLOCK_U"] * (dm + c.kwargs["BLOCK_D"]), c)]
+    return fit or configs[:1]
+
+
+_CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_D": bd}, num_warps=w, num_stages=st)
+            for bu, bd, w, st in [(16, 32, 4, 3), (32, 32, 4, 3), (64, 32, 4, 3), (16, 32, 8, 3), (32, 32, 8, 3),
+                                  (32, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3)]]
+gather_reduce_tuned = triton.autotune(_CONFIGS, key=["d", "D"], prune_configs_by={"early_config_prune": _prune_reduce})(
+    gather_reduce_kernel)
+weight_grad_tuned = triton.autotune(_CONFIGS, key=["d", "D"], prune_configs_by={"early_config_prune": _prune_grad})(
+    weight_grad_kernel)
 
 
 def _bdm(d: int) -> int:
@@ -113,11 +162,14 @@ def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
         return out
     if D == 0:  # an empty product: the bias alone (and no empty tensor's pointer goes to the launch)
         return out.copy_(bias.float().expand(U, d)) if bias is not None else out.zero_()
-    block_u = 64 if _interpret() else 32
-    grid = (triton.cdiv(U, block_u),)
+    args = (sem, rows.contiguous(), weight, bias if bias is not None else weight, out, U, D, d)
+    flags = dict(HAS_BIAS=bias is not None, UPCAST=not native_dot(sem, weight), PRECISION=precision(),
+                 BLOCK_DM=_bdm(d))
     with device_guard(sem):
-        gather_reduce_kernel[grid](sem, rows.contiguous(), weight, bias if bias is not None else weight, out, U, D,
-                                   d, HAS_BIAS=bias is not None, BLOCK_U=block_u, BLOCK_D=32, BLOCK_DM=_bdm(d))
+        if _interpret():
+            gather_reduce_kernel[(triton.cdiv(U, 64),)](*args, **flags, BLOCK_U=64, BLOCK_D=32)
+        else:
+            gather_reduce_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]),)](*args, **flags)
     return out
 
 
@@ -146,9 +198,12 @@ def weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor, sem: torch.Tenso
         return out
     if D == 0:
         return out
-    block_d = 64
+    args = (sem.contiguous(), rows.contiguous(), grad_reduced.float().contiguous(), out, U, D, d)
     with device_guard(out):
-        weight_grad_kernel[(triton.cdiv(D, block_d),)](
-            sem.contiguous(), rows.contiguous(), grad_reduced.float().contiguous(), out, U, D, d,
-            BLOCK_U=64 if _interpret() else 32, BLOCK_D=block_d, BLOCK_DM=_bdm(d))
+        if _interpret():
+            weight_grad_kernel[(triton.cdiv(D, 64),)](*args, PRECISION="ieee", BLOCK_U=64, BLOCK_D=64,
+                                                      BLOCK_DM=_bdm(d))
+        else:
+            weight_grad_tuned[lambda meta: (triton.cdiv(D, meta["BLOCK_D"]),)](*args, PRECISION=precision(),
+                                                                             BLOCK_DM=_bdm(d))
     return out

@@ -229,3 +229,25 @@ def test_lightgcn_forward_backward_validate_false_never_syncs(cuda_device):
         x = a @ x
         want = want + x / 4
     torch.testing.assert_close(got, torch.autograd.grad(want.pow(2).sum(), e2)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,tf32", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, True)])
+def test_triton_fusion_tensor_core_dots_within_their_tolerance(cuda_device, dtype, tf32, monkeypatch):
+    """bf16/fp16 operands: native dots, fp32 accumulation (only the summation order differs from upcasting
+    first); fp32 with FASTREC_TF32=1: TF32 dots (about 1e-3 relative). d = 256 runs the autotuned configs."""
+    from fastrec.kernels import fusion as tk
+
+    if tf32:
+        monkeypatch.setenv("FASTREC_TF32", "1")
+    g = torch.Generator(device=cuda_device).manual_seed(3)
+    for n, D, d in [(700, 4096, 64), (300, 512, 256)]:
+        sem = torch.randn(n, D, device=cuda_device, generator=g).to(dtype)
+        w = (torch.randn(d, D, device=cuda_device, generator=g) / D ** 0.5).to(dtype)
+        b = torch.randn(d, device=cuda_device, generator=g).to(dtype)
+        rows = torch.randperm(n, device=cuda_device)[: n // 2]
+        want = sem.double()[rows] @ w.double().t() + b.double()
+        tol = 2e-3 if tf32 else 1e-4
+        torch.testing.assert_close(tk.gather_reduce(sem, rows, w, b).double(), want, rtol=tol, atol=tol)
+        grad = torch.randn(rows.numel(), d, device=cuda_device, generator=g)
+        want_g = grad.double().t() @ sem.double()[rows]
+        torch.testing.assert_close(tk.weight_grad(rows, grad, sem).double(), want_g, rtol=tol, atol=tol * 10)
