@@ -4,6 +4,10 @@ The slot row of each position is a prefix count over the flattened placeholder m
 device: no host sync); then one program per (row block, H block) copies either the token row or the slot
 row into the output, so every output row is written exactly once. Ids and slots are clamped before any
 load, so even bad input never reads out of bounds (the count check lives in fastrec.ops).
+
+gather_linear (SeLLa-Rec's projections of gathered rows): bf16/fp16 operands of one dtype use native
+tensor-core dots with fp32 accumulation; anything else is upcast to fp32 with IEEE dots unless
+FASTREC_TF32=1 (TF32, about 1e-3 relative). On a GPU @triton.autotune picks the blocks per (K, OUT).
 """
 
 from __future__ import annotations
@@ -84,8 +88,9 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
 
 @triton.jit
 def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, OUT, ROWS,
-                         HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr):
+                         HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, UPCAST: tl.constexpr,
+                         PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
     """out[n] = act(x[ids[n]] @ W^T + b): the row gather is fused into the GEMM's A loads (fp32 accumulation)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -100,12 +105,21 @@ def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, OUT, ROWS,
         kmask = ks < K
         a = tl.load(x_ptr + src[:, None] * K + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         w = tl.load(w_ptr + cols[:, None] * K + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
-        acc += tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+        if UPCAST:
+            a = a.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(a, tl.trans(w), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if GELU:
         acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
     tl.store(out_ptr + rows[:, None] * OUT + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+
+
+_LINEAR_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_O": bo, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+                   for bn, bo, bk, w, st in [(16, 64, 32, 4, 3), (32, 64, 32, 4, 3), (64, 64, 32, 4, 3),
+                                             (64, 128, 32, 8, 3), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3)]]
+gather_linear_tuned = triton.autotune(_LINEAR_CONFIGS, key=["K", "OUT"])(gather_linear_kernel)
 
 
 def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor | None = None,
@@ -120,12 +134,17 @@ def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     if n == 0 or o == 0:
         return out
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    block_n, block_o, block_k = 16, (64 if interpret else 64), (64 if interpret else 32)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(o, block_o))
+    native = not interpret and x.dtype == weight.dtype and x.dtype in (torch.float16, torch.bfloat16)
+    args = (ids if ids is not None else x, x, weight, bias if bias is not None else weight, out, n, k, o, x.shape[0])
+    flags = dict(HAS_IDS=ids is not None, HAS_BIAS=bias is not None, GELU=gelu, UPCAST=not native,
+                 PRECISION="tf32" if os.environ.get("FASTREC_TF32") == "1" and not interpret else "ieee")
     with device_guard(out):
-        gather_linear_kernel[grid](ids if ids is not None else x, x, weight, bias if bias is not None else weight,
-                                   out, n, k, o, x.shape[0], HAS_IDS=ids is not None, HAS_BIAS=bias is not None,
-                                   GELU=gelu, BLOCK_N=block_n, BLOCK_O=block_o, BLOCK_K=block_k)
+        if interpret:
+            gather_linear_kernel[(triton.cdiv(n, 16), triton.cdiv(o, 64))](*args, **flags, BLOCK_N=16, BLOCK_O=64,
+                                                                           BLOCK_K=64)
+        else:
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(o, meta["BLOCK_O"]))  # noqa: E731
+            gather_linear_tuned[grid](*args, **flags)
     return out
 
 
