@@ -159,3 +159,18 @@ def test_property_against_reference(users, num_items, d, data, ties, seed):
     k = data.draw(st.integers(1, min(num_items, tk.MAX_K)))
     indptr, indices = csr(torch.randint(0, num_items + 1, (users,), generator=g), num_items, g)
     check(q.to(dev), it.to(dev), k, indptr.to(dev), indices.to(dev), exact=ties)
+
+
+@pytest.mark.parametrize("k", [20, 100])
+def test_gpu_block_sizes_under_the_interpreter(k, monkeypatch):
+    """The GPU's BLOCK_U / BLOCK_I (and the smaller BLOCK_U for a large k) on CPU tensors, one item chunk."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs the Triton interpreter")
+    monkeypatch.setattr(tk, "_interpret", lambda: False)  # the GPU configuration...
+    monkeypatch.setattr(tk, "_num_chunks", lambda *a: 1)
+    monkeypatch.setattr(tk, "precision", lambda dtype: "ieee")  # ...computed by the interpreter
+    g = torch.Generator().manual_seed(k)
+    q, it = torch.randn(67, 9, generator=g).round(), torch.randn(130, 9, generator=g).round()
+    it[100:] = it[:30]  # exact ties across tiles
+    indptr, indices = csr(torch.randint(0, 9, (67,), generator=g), 130, g)
+    check(q, it, k, indptr, indices, exact=True)
