@@ -167,10 +167,10 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
     chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
     chunk = triton.cdiv(triton.cdiv(NI, chunks), block_i) * block_i
     chunks = triton.cdiv(NI, chunk)
+    if U == 0:
+        return queries.new_empty(0, k, dtype=torch.float32), queries.new_empty(0, k, dtype=torch.int64)
     part_s = torch.empty(U, chunks, k, dtype=torch.float32, device=queries.device)
     part_i = torch.empty(U, chunks, k, dtype=torch.int32, device=queries.device)
-    if U == 0:
-        return part_s.view(U, -1)[:, :k], part_i.view(U, -1)[:, :k].long()
     has_ex = exclude_indptr is not None and exclude_indices.numel() > 0
     if has_ex:
         ex_indptr = exclude_indptr.contiguous()

@@ -109,6 +109,8 @@ def test_op_wrapper_falls_back_for_k_zero_and_large_k(dev):
     s, i = _triton_topk(q, it, 130, None, None)  # the reference, beyond MAX_K
     rs, ri = reference.topk_scores(q.cpu(), it.cpu(), 130)
     assert torch.equal(i.cpu(), ri) and torch.equal(s.cpu(), rs)
+    s, i = _triton_topk(q[:0], it, 5, None, None)  # no queries
+    assert s.shape == (0, 5) and i.shape == (0, 5) and i.dtype == torch.int64
     s, i = _triton_topk(q, it, 5, None, None)  # the kernel
     rs, ri = reference.topk_scores(q.cpu(), it.cpu(), 5)
     assert torch.equal(i.cpu(), ri)
