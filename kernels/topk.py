@@ -17,6 +17,9 @@ opts fp32 into TF32 tensor cores (scores within about 1e-3 relative; near-ties m
 inputs use native tensor-core dots with fp32 accumulation: their products are exact in fp32, so scores
 again differ from the reference (which upcasts first) by summation order only.
 
+NaN scores (possible only where the entry point's finite check is off: torch.compile, CUDA graphs) rank
+as -inf, so every id returned is a real item id.
+
 Larger k than MAX_K (the register budget of the running top-k) or catalogues near 2^31 items fall back
 to the reference (a matmul and a stable sort, 1024 queries at a time).
 """
@@ -86,7 +89,8 @@ def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, 
                 qa = qa.to(tl.float32)
                 ib = ib.to(tl.float32)
             acc = tl.dot(qa, tl.trans(ib), acc, input_precision=PRECISION)
-        s = tl.where(imask[None, :], acc, float("-inf"))
+        # a NaN score (NaN input, only when the host check is off) ranks as -inf: ids stay real item ids
+        s = tl.where(imask[None, :] & (acc == acc), acc, float("-inf"))
         ids = tl.where(imask, ids, NI)  # positions past the chunk: (-inf, NI), never better than an empty slot
         if HAS_EX:
             end = i0 + BLOCK_I

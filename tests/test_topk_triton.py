@@ -176,3 +176,16 @@ def test_gpu_block_sizes_under_the_interpreter(k, monkeypatch):
     it[100:] = it[:30]  # exact ties across tiles
     indptr, indices = csr(torch.randint(0, 9, (67,), generator=g), 130, g)
     check(q, it, k, indptr, indices, exact=True)
+
+
+def test_nan_scores_rank_as_minus_inf_with_real_ids(dev):
+    q, it = torch.randn(3, 4).round(), torch.randn(20, 4).round()
+    q[1, 2] = float("nan")  # the whole row scores NaN
+    it[7, 0] = float("nan")  # one item scores NaN for every query
+    s, i = tk.topk_scores(q.to(dev), it.to(dev), 5, None, None)
+    s, i = s.cpu(), i.cpu()
+    assert i[1].tolist() == [0, 1, 2, 3, 4] and torch.isneginf(s[1]).all()
+    assert ((i >= 0) & (i < 20)).all() and 7 not in i[0].tolist() and 7 not in i[2].tolist()
+    clean = torch.cat([torch.arange(7), torch.arange(8, 20)])
+    rs, ri = reference.topk_scores(q[[0, 2]], it[clean], 5)
+    assert torch.equal(i[[0, 2]], clean[ri]) and torch.equal(s[[0, 2]], rs)
