@@ -363,15 +363,14 @@ def test_no_host_sync_with_validate_off_on_cuda(cuda_device):
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("fullgraph", [False, True])
-def test_torch_compile_forward(fullgraph):
+def test_torch_compile_fullgraph_forward():
     model, tok, emb = setup("llama")
     emb.validate = False
     enc = tok([PROMPT, PROMPT], return_tensors="pt")
     collab = {"user": torch.tensor([1, 2]), "item": torch.tensor([2, 3]), "warm": torch.tensor([2, 4])}
     want = model(**enc, collab=collab).logits
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=fullgraph, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # no graph break anywhere
     got = compiled(**enc, collab=collab).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     other = compiled(**enc, collab={**collab, "user": torch.tensor([3, 4])}).logits

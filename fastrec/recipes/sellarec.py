@@ -93,7 +93,7 @@ class SellaRecConfig:
     weight_decay: float = 0.01
     adam_beta2: float = 0.95
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.0  # a fraction of the steps (step 3 of the original: 0; step 1: 0.01)
     gradient_checkpointing: bool = True
     max_length: int = 768
     batch_size: int = 8
@@ -354,12 +354,12 @@ def train_mf(train: CTRSet, valid: CTRSet, num_users: int, num_items: int, cfg: 
             loss = F.binary_cross_entropy_with_logits(model.score(u, i), labels[idx])
             if llm_items is not None:
                 align = model.align_loss(i, cfg)
-                total_align += float(align) * idx.numel()
+                total_align += float(align.detach()) * idx.numel()
                 loss = loss + align
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
         model.eval()
         valid_auc = _mf_auc(model, valid, device)
         hist["mf_loss"].append(total / len(train))
@@ -405,7 +405,7 @@ def align_frozen(proj: HybridProjection, mf: MF, text: torch.Tensor, train: CTRS
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
         losses.append(total / len(train))
     cfg.history["align_loss"] = losses
 
@@ -546,7 +546,7 @@ def tune(model: nn.Module, tok: Any, data: Interactions, train: CTRSet, cfg: Sel
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
             num_train_epochs=epochs, learning_rate=lr, weight_decay=cfg.weight_decay, adam_beta2=cfg.adam_beta2,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
             gradient_checkpointing=cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
             bf16=cfg.dtype == "bfloat16", fp16=cfg.dtype == "float16", use_cpu=cfg.device == "cpu",
