@@ -62,6 +62,8 @@ class SellaRecConfig:
     """Every knob of the recipe. Defaults are the original code's; comments name fastrec's alternatives."""
 
     data: str = "synthetic"
+    prompt: str = PROMPT  # {history}, {title} and the three collab tokens
+    plain_prompt: str = PLAIN_PROMPT  # the TALLRec step's prompt: no collab tokens
     model: str | None = None  # local checkpoint folder; None: a tiny Llama built from a config
     out: str = "results/sellarec"
     # step 1: TALLRec-style tuning of the LLM on Yes/No (original); False: item vectors from the untuned LLM
@@ -453,6 +455,11 @@ def answer_tokens(tok: Any, prompt_tail: str = "Answer :") -> AnswerTokens:
     return AnswerTokens(tuple(yes[:d]), yes[d], no[d])
 
 
+def _tail(prompt: str) -> str:
+    """The prompt's last two words: the context the answers are encoded in."""
+    return " ".join(prompt.split()[-2:])
+
+
 def answer_token_ids(tok: Any) -> tuple[int, int]:
     """Ids of the tokens that tell "Yes" from "No" after the prompt (see :func:`answer_tokens`)."""
     ans = answer_tokens(tok)
@@ -506,11 +513,11 @@ class PromptCollator:
 
     def __init__(self, tok: Any, data: Interactions, ctr: CTRSet, cfg: SellaRecConfig, collab: bool) -> None:
         self.tok, self.data, self.ctr, self.cfg, self.collab = tok, data, ctr, cfg, collab
-        self.answer = answer_tokens(tok)
+        self.answer = answer_tokens(tok, _tail(cfg.prompt if collab else cfg.plain_prompt))
 
     def __call__(self, rows: list[int]) -> dict[str, Any]:
         idx = torch.tensor(rows, dtype=torch.int64)
-        template = PROMPT if self.collab else PLAIN_PROMPT
+        template = self.cfg.prompt if self.collab else self.cfg.plain_prompt
         batch = _encode(self.tok, _prompts(self.data, self.ctr, idx, template), self.ctr.labels[idx].tolist(),
                         self.cfg.max_length, self.answer)
         batch.pop("last")
@@ -523,9 +530,12 @@ def _peft(model: nn.Module, cfg: SellaRecConfig) -> nn.Module:
     import peft
 
     targets: Any = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
+    # a tiny LLM from a config has a random output head whose logits barely move from uniform (std 0.02
+    # weights over a small hidden size): it trains in full beside the adapters; a real LLM's head stays frozen
+    save = ["lm_head"] if not cfg.model else None
     lora = peft.get_peft_model(model, peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                       lora_dropout=cfg.lora_dropout, target_modules=targets,
-                                                      task_type="CAUSAL_LM"))
+                                                      modules_to_save=save, task_type="CAUSAL_LM"))
     try:
         emb = collab_embedding(lora)
     except ValueError:
@@ -576,11 +586,11 @@ def score(model: nn.Module, tok: Any, data: Interactions, ctr: CTRSet, cfg: Sell
     """P(Yes) = softmax over the Yes / No logits at the answer position, one per example.
 
     ``zero_rows``: the spliced collab rows are replaced by zeros (the ablation showing what they carry)."""
-    answer = answer_tokens(tok)
+    template = cfg.prompt if collab else cfg.plain_prompt
+    answer = answer_tokens(tok, _tail(template))
     device = next(model.parameters()).device
     out = torch.empty(len(ctr))
     model.eval()
-    template = PROMPT if collab else PLAIN_PROMPT
     for idx in tqdm(list(_batches(len(ctr), cfg.eval_batch_size, None)), desc="sellarec score", unit="batch",
                     leave=False):
         batch = _encode(tok, _prompts(data, ctr, idx, template), None, cfg.max_length, answer)
@@ -658,7 +668,7 @@ def _llm(data: Interactions, cfg: SellaRecConfig, out: Path | None) -> tuple[nn.
 
         tok = PreTrainedTokenizerFast.from_pretrained(out / "tokenizer")
     else:
-        words = [PROMPT, PLAIN_PROMPT, ITEM_PROMPT, "Yes No nothing yet"]
+        words = [cfg.prompt, cfg.plain_prompt, ITEM_PROMPT, "Yes No nothing yet"]
         tok = word_tokenizer(words + [_title(data, i) for i in range(data.num_items)])
     return _tiny_llm(len(tok), cfg).to(cfg.device, cfg.torch_dtype), tok
 
@@ -694,43 +704,70 @@ def _attach(model: nn.Module, tok: Any, proj: HybridProjection, tables: dict[str
     return proj
 
 
+def step1_tallrec(llm: nn.Module, tok: Any, data: Interactions, train: CTRSet, cfg: SellaRecConfig
+                  ) -> tuple[torch.Tensor, nn.Module | None]:
+    """Step 1: (item vectors [I, H], the TALLRec-tuned model or None).
+
+    With cfg.tallrec the LLM alone learns the Yes/No task (LoRA adapters around `llm`) and the item vectors
+    come from the tuned model; ``tuned.unload()`` gives the base weights back (step 3 starts from them, as
+    the original does). Otherwise the item vectors come from the untuned LLM."""
+    if not cfg.tallrec:
+        return item_vectors(llm, tok, data), None
+    tuned = _peft(llm, cfg)
+    tune(tuned, tok, data, train, cfg, collab=False, epochs=cfg.tallrec_epochs, lr=cfg.tallrec_lr, name="tallrec")
+    return item_vectors(tuned, tok, data), tuned
+
+
+def step2_collab(mf_train: CTRSet, mf_valid: CTRSet, num_users: int, num_items: int, text: torch.Tensor,
+                 cfg: SellaRecConfig) -> tuple[MF, dict[str, torch.Tensor], AlignedMF | None]:
+    """Step 2: (MF, tables {user, item, warm} for the collab tokens, the aligned model of the joint mode)."""
+    if cfg.align == "joint":
+        aligned = train_mf(mf_train, mf_valid, num_users, num_items, cfg, llm_items=text)
+        mf, warm_table = aligned.mf, aligned.llm_items.detach()
+    else:
+        aligned, warm_table = None, text
+        mf = train_mf(mf_train, mf_valid, num_users, num_items, cfg)
+    users_w, items_w = (t.detach() for t in mf())
+    return mf, {"user": users_w, "item": items_w, "warm": warm_table}, aligned
+
+
+def step3_sellarec(llm: nn.Module, tok: Any, data: Interactions, train: CTRSet, mf: MF,
+                   tables: dict[str, torch.Tensor], aligned: AlignedMF | None, cfg: SellaRecConfig,
+                   text: torch.Tensor | None = None, mf_train: CTRSet | None = None) -> nn.Module:
+    """Step 3: the collab tokens on `llm` (projections from step 2), LoRA tuning; returns the tuned model.
+    The frozen mode (``--align frozen``) first aligns the projections on `mf_train` against `text`."""
+    proj = build_projection(llm.get_input_embeddings().weight.shape[1], tables["warm"].shape[1], cfg, aligned)
+    proj = _attach(llm, tok, proj, tables, cfg)
+    if cfg.align == "frozen":
+        align_frozen(proj, mf, text, mf_train, cfg)
+    lora = _peft(llm, cfg)
+    tune(lora, tok, data, train, cfg, collab=True, epochs=cfg.lora_epochs, lr=cfg.lora_lr, name="lora")
+    return lora
+
+
 def train(cfg: SellaRecConfig) -> dict[str, Any]:
-    """All three steps, then AUC / UAUC on the test split; everything is saved under cfg.out."""
+    """All three steps, then AUC / UAUC on the test split; everything is saved under cfg.out.
+
+    results: "mf" (step 2's MF alone), "tallrec" (step 1's LLM without collab tokens, when it ran) and
+    "sellarec"."""
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
     data = load_data(cfg.data, cfg.seed)
     mf_tr, tr, _, te, counts, mf_va = build_ctr(data, cfg)
     warm = counts >= cfg.cold_threshold
     results: dict[str, Any] = {}
     llm, tok = _llm(data, cfg, None)
-    if cfg.tallrec:  # step 1: the LLM alone learns the task; its item vectors feed the alignment
-        tallrec = _peft(llm, cfg)
-        tune(tallrec, tok, data, tr, cfg, collab=False, epochs=cfg.tallrec_epochs, lr=cfg.tallrec_lr,
-             name="tallrec")
+    text, tallrec = step1_tallrec(llm, tok, data, tr, cfg)
+    if tallrec is not None:
         results["tallrec"] = metrics(score(tallrec, tok, data, te, cfg, collab=False), te, warm)
-        text = item_vectors(tallrec, tok, data)
-        llm = tallrec.unload()  # step 3 starts from the base weights, as the original does
-    else:
-        text = item_vectors(llm, tok, data)
-    device = torch.device(cfg.device)
-    if cfg.align == "joint":
-        aligned = train_mf(mf_tr, mf_va, data.num_users, data.num_items, cfg, llm_items=text)
-        mf, warm_table = aligned.mf, aligned.llm_items.detach()
-    else:
-        aligned, warm_table = None, text
-        mf = train_mf(mf_tr, mf_va, data.num_users, data.num_items, cfg)
+        llm = tallrec.unload()
+    mf, tables, aligned = step2_collab(mf_tr, mf_va, data.num_users, data.num_items, text, cfg)
     with torch.no_grad():
+        device = next(mf.parameters()).device
         results["mf"] = metrics(torch.sigmoid(mf.score(te.users.to(device), te.items.to(device))).cpu(), te, warm)
-    users_w, items_w = (t.detach() for t in mf())
-    proj = build_projection(llm.get_input_embeddings().weight.shape[1], warm_table.shape[1], cfg, aligned)
-    proj = _attach(llm, tok, proj, {"user": users_w, "item": items_w, "warm": warm_table}, cfg)
-    if cfg.align == "frozen":
-        align_frozen(proj, mf, text, mf_tr, cfg)
-    lora = _peft(llm, cfg)
-    tune(lora, tok, data, tr, cfg, collab=True, epochs=cfg.lora_epochs, lr=cfg.lora_lr, name="lora")
+    lora = step3_sellarec(llm, tok, data, tr, mf, tables, aligned, cfg, text, mf_tr)
     results["sellarec"] = metrics(score(lora, tok, data, te, cfg), te, warm)
     results = {k: results[k] for k in ("mf", "tallrec", "sellarec") if k in results}
-    _save(out, cfg, lora, tok, {"user": users_w, "item": items_w, "warm": warm_table}, counts, results)
+    _save(Path(cfg.out), cfg, lora, tok, tables, counts, results)
     return results
 
 
