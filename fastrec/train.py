@@ -15,7 +15,8 @@ Public API
                                    --no-progress; with ``llm=True`` also --lora, --lora-r, --lora-alpha,
                                    --lora-dropout, --lora-targets (without --lora: full fine-tuning).
                                    ``defaults`` overrides the flag defaults per recipe (``lr=1e-2``).
-``config_from_args(args)``         a TrainConfig from the parsed flags (unknown attributes are ignored)
+``config_from_args(args, cls=TrainConfig)``
+                                   a TrainConfig (or a recipe's subclass of it) from the parsed flags
 ``Engine(cfg, out)``               a hand loop on `accelerate.Accelerator`::
 
         engine = Engine(cfg, out="runs/x")             # seeds, picks the device, opens runs/x/metrics.jsonl
@@ -177,13 +178,14 @@ def add_training_args(parser: argparse.ArgumentParser, llm: bool = False, **defa
     return parser
 
 
-def config_from_args(args: argparse.Namespace, **extra: Any) -> TrainConfig:
-    """A TrainConfig from parsed flags (fields absent from `args` keep their defaults); `extra` goes to .extra."""
-    names = {f.name for f in fields(TrainConfig)} - {"extra"}
+def config_from_args(args: argparse.Namespace, cls: type[TrainConfig] = TrainConfig, **extra: Any) -> TrainConfig:
+    """A TrainConfig (or the subclass `cls`, a recipe's own config) from parsed flags: fields absent from
+    `args` keep their defaults; `extra` goes to .extra."""
+    names = {f.name for f in fields(cls)} - {"extra"}
     kw = {k: getattr(args, k) for k in names if hasattr(args, k)}
     if kw.get("max_grad_norm") == 0:
         kw["max_grad_norm"] = None
-    return TrainConfig(**kw, extra=dict(extra))
+    return cls(**kw, extra=dict(extra))
 
 
 # ------------------------------------------------------------------------------------------- checkpoint files
