@@ -333,10 +333,11 @@ def parse(argv):
 
 def test_cli_flags_cover_the_config_and_demo_keeps_data_model_device():
     args = parse(["sellarec", "train", "--demo", "--data", "some/folder", "--model", "ckpt", "--device", "cuda",
-                  "--lora-r", "4", "--no-tallrec"])
+                  "--lora-r", "4", "--no-tallrec", "--lr", "0.01"])
     cfg = sr.config_from_args(args)
-    assert (cfg.data, cfg.model, cfg.device, cfg.lora_r, cfg.tallrec) == ("some/folder", "ckpt", "cuda", 4, False)
-    assert cfg.mf_dim == sr.DEMO["mf_dim"]  # the rest is the demo's
+    assert (cfg.data, cfg.model, cfg.device, cfg.lora_r, cfg.tallrec, cfg.lora_lr) == \
+        ("some/folder", "ckpt", "cuda", 4, False, 0.01)
+    assert cfg.mf_dim == sr.DEMO["mf_dim"] and cfg.lora_epochs == sr.DEMO["lora_epochs"]  # the rest: the demo's
     full = sr.config_from_args(parse(["sellarec", "train"]))
     assert full == sr.SellaRecConfig()  # the defaults are the original code's
     assert (full.mf_dim, full.mf_lr, full.mf_batch, full.mf_patience, full.tau, full.robust_q) == \
@@ -344,13 +345,21 @@ def test_cli_flags_cover_the_config_and_demo_keeps_data_model_device():
     assert (full.lora_r, full.lora_alpha, full.lora_dropout, full.lora_lr, full.adam_beta2, full.max_length) == \
         (64, 16, 0.05, 2e-4, 0.95, 768)
     assert full.align == "joint" and full.align_loss == "robust" and full.tallrec and full.gradient_checkpointing
+    # the engine's shared flags land on the recipe's fields
+    eng = sr.config_from_args(parse(["sellarec", "train", "--epochs", "2", "--steps", "7", "--patience", "3",
+                                     "--save-every", "5", "--resume", "--dtype", "bf16", "--grad-accum", "4",
+                                     "--no-gradient-checkpointing", "--lora-targets", "c_attn"]))
+    assert (eng.lora_epochs, eng.lora_steps, eng.mf_patience, eng.save_every, eng.resume, eng.dtype, eng.grad_accum,
+            eng.gradient_checkpointing, eng.lora_targets) == (2, 7, 3, 5, "latest", "bf16", 4, False, "c_attn")
+    # every other field has its own flag
     for f in sr.fields(sr.SellaRecConfig):
-        if f.name not in ("out", "history"):
-            value = sr.SellaRecConfig().__getattribute__(f.name)
-            flag = "--" + f.name.replace("_", "-")
-            argv = [flag] if value is True else [f"--no-{f.name.replace('_', '-')}"] if value is False else \
-                [flag, str(value if value is not None else 3)]
-            assert getattr(parse(["sellarec", "train", *argv]), f.name) is not None, f.name
+        if f.name in ("out", "history") or f.name in sr.ENGINE_FLAGS.values():
+            continue
+        value = getattr(sr.SellaRecConfig(), f.name)
+        flag = "--" + f.name.replace("_", "-")
+        argv = [flag] if value is True else [f"--no-{f.name.replace('_', '-')}"] if value is False else \
+            [flag, str(value if value is not None else 3)]
+        assert getattr(parse(["sellarec", "train", *argv]), f.name) is not None, f.name
     with pytest.raises(ValueError, match="align must be one of"):
         sr.SellaRecConfig(align="sideways")
 

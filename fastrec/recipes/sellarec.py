@@ -90,18 +90,23 @@ class SellaRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: str = LLAMA_LINEAR  # comma-separated module names, or "all-linear"
-    lora_epochs: float = 1.0
-    lora_lr: float = 2e-4
+    lora_epochs: float = 1.0  # --epochs
+    lora_lr: float = 2e-4  # --lr
+    lora_steps: int | None = None  # --steps: optimizer steps instead of epochs
     weight_decay: float = 0.01
     adam_beta2: float = 0.95
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.0  # a fraction of the steps (step 3 of the original: 0; step 1: 0.01)
+    warmup_steps: int = 0  # the original: none in step 3
+    max_grad_norm: float | None = 1.0  # transformers.Trainer's default, as in the original
     gradient_checkpointing: bool = True
     max_length: int = 768
     batch_size: int = 8
     grad_accum: int = 1
     eval_batch_size: int = 32
-    dtype: str = "float32"  # "bfloat16" for a real LLM on a GPU (the original trains in bf16)
+    dtype: str = "fp32"  # bf16 for a real LLM on a GPU (the original trains in bf16): weights load in it
+    save_every: int = 0  # step 3 checkpoints every N optimizer steps (OUT/step3/checkpoints) for --resume
+    resume: str | None = None  # "latest" or a checkpoint folder: step 3 resumes (steps 1-2 rerun, seeded)
+    progress: bool = True
     # data
     max_history: int = 10
     num_neg: int = 1
@@ -118,7 +123,7 @@ class SellaRecConfig:
 
     def __post_init__(self) -> None:
         choices = {"align": ("joint", "frozen"), "align_loss": ("robust", "infonce"),
-                   "dtype": ("float32", "bfloat16", "float16")}
+                   "dtype": ("fp32", "bf16", "fp16"), "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -128,7 +133,16 @@ class SellaRecConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.dtype]
+
+    @property
+    def torch_device(self) -> torch.device:
+        """cfg.device resolved: "auto" is CUDA when present, else the CPU."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' was asked for but torch sees no CUDA device")
+        return torch.device(self.device)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -333,7 +347,7 @@ def train_mf(train: CTRSet, valid: CTRSet, num_users: int, num_items: int, cfg: 
     """Step 2: MF with BCE on (user, item, label), jointly with the alignment when `llm_items` [I, H] is given
     (loss = BCE + robust InfoNCE). Adam (lr, wd), batches of `mf_batch`, validation AUC after every epoch;
     stops after `mf_patience` epochs without a better one and returns the best epoch's model."""
-    device = torch.device(cfg.device)
+    device = cfg.torch_device
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     model: AlignedMF | MF
@@ -546,26 +560,35 @@ def _peft(model: nn.Module, cfg: SellaRecConfig) -> nn.Module:
 
 
 def tune(model: nn.Module, tok: Any, data: Interactions, train: CTRSet, cfg: SellaRecConfig, collab: bool,
-         epochs: float, lr: float, name: str) -> None:
-    """LoRA tuning through transformers.Trainer: causal-LM loss on the answer token only (AdamW with
-    weight decay and beta2, cosine schedule, gradient checkpointing); `torchrun` / `accelerate launch`
-    spread it over several GPUs."""
-    from transformers import Trainer, TrainingArguments
+         epochs: float, lr: float, name: str, steps: int | None = None, resume: str | None = None) -> None:
+    """LoRA tuning through transformers.Trainer with the engine's arguments (fastrec.train.training_arguments:
+    per-device batch, accumulation, bf16/fp16, gradient checkpointing, checkpoints with manifests, seeds):
+    causal-LM loss on the answer token only, AdamW with weight decay and beta2, cosine schedule. Run under
+    `torchrun` / `accelerate launch` it spreads over several GPUs. Checkpoints (cfg.save_every) and metrics
+    go to OUT/{step1,step3}; `resume` ("latest" or a checkpoint folder) continues from one."""
+    from transformers import Trainer
 
-    with tempfile.TemporaryDirectory(prefix="sellarec-trainer-") as tmp:
-        args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            num_train_epochs=epochs, learning_rate=lr, weight_decay=cfg.weight_decay, adam_beta2=cfg.adam_beta2,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
-            bf16=cfg.dtype == "bfloat16", fp16=cfg.dtype == "float16", use_cpu=cfg.device == "cpu",
-            remove_unused_columns=False, save_strategy="no", report_to="none", logging_steps=1,
-            disable_tqdm=False, dataloader_num_workers=0)
-        trainer = Trainer(model=model, args=args, train_dataset=_Indices(len(train)),
-                          data_collator=PromptCollator(tok, data, train, cfg, collab))
-        trainer.train()
-        cfg.history[f"{name}_loss"] = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r]
+    from fastrec import train as engine
+
+    folder = Path(cfg.out) / ("step1" if name == "tallrec" else "step3")
+    tcfg = engine.TrainConfig(device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                              lr=lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                              max_grad_norm=cfg.max_grad_norm, epochs=max(1, math.ceil(epochs)), steps=steps,
+                              gradient_checkpointing=cfg.gradient_checkpointing, save_every=cfg.save_every,
+                              seed=cfg.seed, progress=cfg.progress)
+    args = engine.training_arguments(tcfg, folder, num_train_epochs=epochs, lr_scheduler_type=cfg.lr_scheduler,
+                                     adam_beta2=cfg.adam_beta2)
+    checkpoint = None
+    if resume:
+        checkpoint = engine.latest_checkpoint(folder) if resume == "latest" else Path(resume)
+        if checkpoint is None:
+            raise engine.CheckpointError(f"resume: no complete checkpoint in {folder / 'checkpoints'}")
+        engine.verify_checkpoint(checkpoint)
+    trainer = Trainer(model=model, args=args, train_dataset=_Indices(len(train)),
+                      data_collator=PromptCollator(tok, data, train, cfg, collab),
+                      callbacks=[engine.JsonlMetrics(folder / "metrics.jsonl"), engine.CheckpointManifest()])
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    cfg.history[f"{name}_loss"] = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r]
     model.eval()
 
 
@@ -662,7 +685,7 @@ def _llm(data: Interactions, cfg: SellaRecConfig, out: Path | None) -> tuple[nn.
         model = AutoModelForCausalLM.from_pretrained(cfg.model, local_files_only=True, dtype=cfg.torch_dtype)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        return model.to(cfg.device), tok
+        return model.to(cfg.torch_device), tok
     if out is not None and (out / "tokenizer").is_dir():
         from transformers import PreTrainedTokenizerFast
 
@@ -670,7 +693,7 @@ def _llm(data: Interactions, cfg: SellaRecConfig, out: Path | None) -> tuple[nn.
     else:
         words = [cfg.prompt, cfg.plain_prompt, ITEM_PROMPT, "Yes No nothing yet"]
         tok = word_tokenizer(words + [_title(data, i) for i in range(data.num_items)])
-    return _tiny_llm(len(tok), cfg).to(cfg.device, cfg.torch_dtype), tok
+    return _tiny_llm(len(tok), cfg).to(cfg.torch_device, cfg.torch_dtype), tok
 
 
 def item_vectors(llm: nn.Module, tok: Any, data: Interactions) -> torch.Tensor:
@@ -741,7 +764,8 @@ def step3_sellarec(llm: nn.Module, tok: Any, data: Interactions, train: CTRSet, 
     if cfg.align == "frozen":
         align_frozen(proj, mf, text, mf_train, cfg)
     lora = _peft(llm, cfg)
-    tune(lora, tok, data, train, cfg, collab=True, epochs=cfg.lora_epochs, lr=cfg.lora_lr, name="lora")
+    tune(lora, tok, data, train, cfg, collab=True, epochs=cfg.lora_epochs, lr=cfg.lora_lr, name="lora",
+         steps=cfg.lora_steps, resume=cfg.resume)
     return lora
 
 
@@ -793,6 +817,10 @@ def _save(out: Path, cfg: SellaRecConfig, lora: nn.Module, tok: Any, tables: dic
     (tmp / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     (tmp / "results.json").write_text(json.dumps(results, indent=2))
     _plot(cfg, results, tmp / "sellarec.png")
+    for step in ("step1", "step3"):  # the Trainer's per-step metrics (checkpoints are dropped: the run is done)
+        if (out / step / "metrics.jsonl").is_file():
+            (tmp / step).mkdir()
+            shutil.copy(out / step / "metrics.jsonl", tmp / step / "metrics.jsonl")
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -898,15 +926,32 @@ def demo(out: str) -> dict[str, Any]:
 
 
 _SKIP = {"out", "history"}
+# the engine's shared flags (fastrec.train.add_training_args) and the config field each one sets
+ENGINE_FLAGS = {"device": "device", "dtype": "dtype", "batch_size": "batch_size", "grad_accum": "grad_accum",
+                "lr": "lora_lr", "weight_decay": "weight_decay", "warmup_steps": "warmup_steps",
+                "max_grad_norm": "max_grad_norm", "epochs": "lora_epochs", "steps": "lora_steps",
+                "gradient_checkpointing": "gradient_checkpointing", "save_every": "save_every", "resume": "resume",
+                "seed": "seed", "patience": "mf_patience", "progress": "progress", "lora_r": "lora_r",
+                "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "lora_targets": "lora_targets"}
 
 
 def config_from_args(args: argparse.Namespace) -> SellaRecConfig:
-    """The config of `fastrec sellarec train`: the defaults (or the demo's with --demo), then every flag given."""
-    given = {f.name: getattr(args, f.name) for f in fields(SellaRecConfig)
-             if f.name not in _SKIP and getattr(args, f.name, None) is not None}
+    """The config of `fastrec sellarec train`: the defaults (or the demo's with --demo), then every flag given
+    (with --demo, an engine flag left at its default keeps the demo's value)."""
+    base = SellaRecConfig()
+    values: dict[str, Any] = {}
+    for flag, name in ENGINE_FLAGS.items():
+        v = getattr(args, flag, None)
+        if name == "max_grad_norm" and v == 0:
+            v = None
+        if not (args.demo and v == getattr(base, name)):
+            values[name] = v
+    for f in fields(SellaRecConfig):
+        if f.name not in _SKIP and f.name not in values and getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
     if args.demo:
-        return demo_config(args.out, **given)
-    return SellaRecConfig(out=args.out, **given)
+        return demo_config(args.out, **values)
+    return SellaRecConfig(out=args.out, **values)
 
 
 def _cli(args: argparse.Namespace) -> int:
@@ -921,15 +966,22 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    """`fastrec sellarec train|eval`: every field of SellaRecConfig is a flag (--mf-dim, --lora-r, ...)."""
+    """`fastrec sellarec train|eval`: the engine's shared flags (fastrec.train; --lr, --epochs and --steps are
+    step 3's, --patience is MF's early stopping) and a flag for every other field of SellaRecConfig."""
+    from fastrec import train as engine
+
     p = sub.add_parser("sellarec", help="SeLLa-Rec: TALLRec tuning, MF aligned jointly, LoRA with collab tokens; "
                                         "AUC/UAUC warm and cold")
     p.add_argument("action", choices=["train", "eval"])
     p.add_argument("--out", default="results/sellarec")
     p.add_argument("--demo", action="store_true", help="the small, fast demo configuration (other flags still apply)")
     defaults = SellaRecConfig()
+    engine.add_training_args(p, llm=True, lora=True, lora_targets=tuple(defaults.lora_targets.split(",")),
+                             **{flag: getattr(defaults, name) for flag, name in ENGINE_FLAGS.items()
+                                if flag not in ("lora_targets",)})
+    p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     for f in fields(SellaRecConfig):
-        if f.name in _SKIP:
+        if f.name in _SKIP or f.name in ENGINE_FLAGS.values():
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
