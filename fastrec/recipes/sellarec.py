@@ -360,7 +360,7 @@ def train_mf(train: CTRSet, valid: CTRSet, num_users: int, num_items: int, cfg: 
     hist: dict[str, list[float]] = {"mf_loss": [], "mf_align_loss": [], "mf_valid_auc": []}
     users, items, labels = train.users.to(device), train.items.to(device), train.labels.to(device)
     bar = tqdm(range(cfg.mf_epochs), desc="sellarec 2/3 MF" + (" + alignment" if llm_items is not None else ""),
-               unit="epoch")
+               unit="epoch", disable=not cfg.progress, mininterval=2.0)
     for _ in bar:
         model.train()
         total, total_align = 0.0, 0.0
@@ -406,7 +406,8 @@ def align_frozen(proj: HybridProjection, mf: MF, text: torch.Tensor, train: CTRS
     target = text.to(device, items_w.dtype)
     scale = 1.0 / math.sqrt(proj.hidden_size)
     losses = []
-    for _ in tqdm(range(cfg.align_epochs), desc="sellarec 2/3 align (MF frozen)", unit="epoch"):
+    for _ in tqdm(range(cfg.align_epochs), desc="sellarec 2/3 align (MF frozen)", unit="epoch",
+                  disable=not cfg.progress):
         total = 0.0
         for idx in _batches(len(train), 256, g):
             u, i, y = (t[idx].to(device) for t in (train.users, train.items, train.labels))
@@ -615,7 +616,7 @@ def score(model: nn.Module, tok: Any, data: Interactions, ctr: CTRSet, cfg: Sell
     out = torch.empty(len(ctr))
     model.eval()
     for idx in tqdm(list(_batches(len(ctr), cfg.eval_batch_size, None)), desc="sellarec score", unit="batch",
-                    leave=False):
+                    leave=False, disable=not cfg.progress):
         batch = _encode(tok, _prompts(data, ctr, idx, template), None, cfg.max_length, answer)
         last = batch.pop("last").to(device)
         batch.pop("labels")
