@@ -276,6 +276,34 @@ def test_sellarec_learns_the_collaborative_signal_and_the_spliced_rows_carry_it(
     assert abs(zero_auc - 0.5) < 0.05, zero_auc
 
 
+def test_step3_resume_from_a_checkpoint_ends_where_the_unbroken_run_ends(tmp_path):
+    """--save-every writes checkpoints (adapter, optimizer, the collab projections, manifest); --resume from
+    the one at step 2 of 4 gives the same weights as the unbroken run."""
+    import shutil
+
+    data, tr, va, _ = collab_only_ctr(rows=(64, 40, 10))
+
+    def run(resume=None):
+        cfg = tiny_cfg(tmp_path / "run", mf_epochs=2, lora_steps=4, save_every=2, batch_size=8, lora_dropout=0.0,
+                       resume=resume, prompt="The user is <User_ID> , the item is <Item_ID> , <Warm_ID> . Answer :")
+        llm, tok = sr._llm(data, cfg, None)
+        mf, tables, aligned = sr.step2_collab(tr, va, data.num_users, data.num_items, sr.item_vectors(llm, tok, data),
+                                              cfg)
+        lora = sr.step3_sellarec(llm, tok, data, tr, mf, tables, aligned, cfg)
+        return {k: v.detach().clone() for k, v in lora.state_dict().items()}
+
+    unbroken = run()
+    ckpts = tmp_path / "run" / "step3" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert (ckpts / "checkpoint-2" / sr.PROJECTION_FILE).is_file()
+    assert (ckpts / "checkpoint-2" / "manifest.json").is_file()
+    shutil.rmtree(ckpts / "checkpoint-4")  # as if stopped after step 2
+    resumed = run(resume="latest")
+    changed = [k for k in unbroken if "projection" in k or "lora_" in k]
+    assert changed and all(torch.equal(resumed[k], unbroken[k]) for k in unbroken), \
+        [k for k in unbroken if not torch.equal(resumed[k], unbroken[k])][:3]
+
+
 # --------------------------------------------------------------------------------- end to end, CLI
 
 

@@ -579,18 +579,48 @@ def tune(model: nn.Module, tok: Any, data: Interactions, train: CTRSet, cfg: Sel
                               seed=cfg.seed, progress=cfg.progress)
     args = engine.training_arguments(tcfg, folder, num_train_epochs=epochs, lr_scheduler_type=cfg.lr_scheduler,
                                      adam_beta2=cfg.adam_beta2)
+    projection = collab_embedding(model).projection if collab else None
     checkpoint = None
     if resume:
         checkpoint = engine.latest_checkpoint(folder) if resume == "latest" else Path(resume)
         if checkpoint is None:
             raise engine.CheckpointError(f"resume: no complete checkpoint in {folder / 'checkpoints'}")
         engine.verify_checkpoint(checkpoint)
+        if projection is not None:  # not part of the LoRA adapter the Trainer saves
+            projection.load_state_dict(torch.load(checkpoint / PROJECTION_FILE, map_location="cpu",
+                                                  weights_only=True))
+    callbacks = [engine.JsonlMetrics(folder / "metrics.jsonl")]
+    if projection is not None:
+        callbacks.append(_ProjectionCheckpoint(projection))
     trainer = Trainer(model=model, args=args, train_dataset=_Indices(len(train)),
                       data_collator=PromptCollator(tok, data, train, cfg, collab),
-                      callbacks=[engine.JsonlMetrics(folder / "metrics.jsonl"), engine.CheckpointManifest()])
+                      callbacks=[*callbacks, engine.CheckpointManifest()])  # the manifest last: it seals the folder
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     cfg.history[f"{name}_loss"] = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r]
     model.eval()
+
+
+PROJECTION_FILE = "collab_projection.pt"
+
+
+def _projection_checkpoint_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class _ProjectionCheckpoint(_projection_checkpoint_base()):
+    """Trainer callback: the collab projections (trained in step 3 but outside the LoRA adapter) go into every
+    checkpoint, so --resume continues them too."""
+
+    def __init__(self, projection: nn.Module) -> None:
+        self.projection = projection
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            torch.save({k: v.detach().cpu() for k, v in self.projection.state_dict().items()},
+                       folder / PROJECTION_FILE)
 
 
 class _Indices(torch.utils.data.Dataset):
