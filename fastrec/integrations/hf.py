@@ -6,6 +6,10 @@
     gen = model.generate(input_ids=ids, attention_mask=mask, collab=..., max_new_tokens=2)
     detach_collab_tokens(model)
 
+`generate` works in every mode: greedy, beam search, sampling, num_return_sequences > 1 (the rows follow the
+batch expansion prompt by prompt, whatever number of slots each prompt holds), use_cache=False (every full
+re-feed splices the prompt again) and left padding. Placeholders are never generated.
+
 Works for any model whose forward looks its input embeddings up through `get_input_embeddings()` (Llama,
 Qwen2, Mistral, GPT-2, ...), with any attention implementation, before or after a peft wrapper.
 """
