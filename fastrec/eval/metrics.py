@@ -23,6 +23,7 @@ Bad input raises ``ValueError`` naming the argument: non-tensor or wrong rank/dt
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -273,7 +274,8 @@ def uauc(scores: torch.Tensor, labels: torch.Tensor, user_ids: torch.Tensor, wei
     """User AUC: the AUC of each user's samples, averaged over users having both classes.
 
     Computed for all users at once (one sort by (user, score)). Users with only positives or only
-    negatives are skipped, as in CoLLM/SeLLa-Rec.
+    negatives are skipped, as in CoLLM/SeLLa-Rec. When no user has both (e.g. every user has a single
+    test row), UAUC is undefined: the result is NaN and a RuntimeWarning says why.
 
     Args:
         scores: real ``[N]``.
@@ -294,6 +296,8 @@ def uauc(scores: torch.Tensor, labels: torch.Tensor, user_ids: torch.Tensor, wei
     auc_g, pos, neg = _grouped_auc(s, y, g, uniq.numel())
     both = (pos > 0) & (neg > 0)
     if not bool(both.any()):
+        warnings.warn(f"uauc: none of the {uniq.numel()} users has both a positive and a negative sample; "
+                      "UAUC is undefined (NaN)", RuntimeWarning, stacklevel=2)
         return torch.tensor(math.nan, dtype=torch.float64)
     w = (pos + neg)[both] if weighted else torch.ones(int(both.sum()), dtype=torch.float64)
     return (auc_g[both] * w).sum() / w.sum()

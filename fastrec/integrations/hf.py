@@ -6,6 +6,10 @@
     gen = model.generate(input_ids=ids, attention_mask=mask, collab=..., max_new_tokens=2)
     detach_collab_tokens(model)
 
+`generate` works in every mode: greedy, beam search, sampling, num_return_sequences > 1 (the rows follow the
+batch expansion prompt by prompt, whatever number of slots each prompt holds), use_cache=False (every full
+re-feed splices the prompt again) and left padding. Placeholders are never generated.
+
 Works for any model whose forward looks its input embeddings up through `get_input_embeddings()` (Llama,
 Qwen2, Mistral, GPT-2, ...), with any attention implementation, before or after a peft wrapper.
 """
@@ -35,7 +39,7 @@ def _base(model: nn.Module) -> nn.Module:
 def attach_collab_tokens(model: nn.Module, tokenizer: Any, tokens: Sequence[str] = DEFAULT_TOKENS,
                          kinds: Sequence[str] | None = None, projection: HybridProjection | None = None,
                          tables: Mapping[str, torch.Tensor] | None = None, user_dim: int = 256,
-                         item_dim: int = 256, warm_dim: int | None = None) -> nn.Module:
+                         item_dim: int = 256, warm_dim: int | None = None, validate: bool = True) -> nn.Module:
     """Add the placeholder tokens, resize the embeddings, and route the input embeddings through the splice.
 
     Args:
@@ -46,6 +50,8 @@ def attach_collab_tokens(model: nn.Module, tokenizer: Any, tokens: Sequence[str]
         projection: the HybridProjection to use; default: a new one with the model's hidden size, in the
             embedding's dtype and device.
         tables: collaborative tables by kind (see CollabTokenEmbedding.set_tables).
+        validate: check ids and placeholder counts on every call (a host sync each on a GPU; see
+            CollabTokenEmbedding).
 
     After this, ``model(input_ids=..., collab=...)`` and ``model.generate(input_ids=..., collab=...)`` fill
     the placeholders; collab maps a kind or token to ids [N_s] or rows [N_s, d].
@@ -69,12 +75,19 @@ def attach_collab_tokens(model: nn.Module, tokenizer: Any, tokens: Sequence[str]
     if projection is None:
         projection = HybridProjection(weight.shape[1], user_dim, item_dim, warm_dim)
         projection.to(device=weight.device, dtype=weight.dtype)
-    collab_emb = CollabTokenEmbedding(embedding, ids, kinds, projection, tokens).to(weight.device)
+    collab_emb = CollabTokenEmbedding(embedding, ids, kinds, projection, tokens, validate).to(weight.device)
     if tables:
         collab_emb.set_tables(**tables)
     base.set_input_embeddings(collab_emb)
     _patch(base, collab_emb, old_vocab)
     return model
+
+
+def _prompt_ids(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    ids = kwargs.get("input_ids", kwargs.get("inputs"))
+    if ids is None and args and isinstance(args[0], torch.Tensor):
+        ids = args[0]
+    return ids
 
 
 def _patch(base: nn.Module, emb: CollabTokenEmbedding, old_vocab: int) -> None:
@@ -84,14 +97,22 @@ def _patch(base: nn.Module, emb: CollabTokenEmbedding, old_vocab: int) -> None:
     def collab_forward(*args: Any, collab: Mapping[str, torch.Tensor] | None = None, **kwargs: Any) -> Any:
         if collab is None:  # inside generate the rows were set by collab_generate
             return forward(*args, **kwargs)
-        with emb.use(collab):
+        previous = emb._enter(collab, "all")  # not a context manager: torch.compile traces this plainly
+        try:
             return forward(*args, **kwargs)
+        finally:
+            emb._exit(previous)
 
     @functools.wraps(generate)
     def collab_generate(*args: Any, collab: Mapping[str, torch.Tensor] | None = None, **kwargs: Any) -> Any:
         # placeholders are input-only: never generate one (it would have no collaborative row to take)
         kwargs["suppress_tokens"] = list(kwargs.get("suppress_tokens") or []) + emb.placeholder_ids.tolist()
-        with emb.use(collab, once=True):  # the prompt (prefill) holds every placeholder
+        if collab is None:
+            return generate(*args, **kwargs)
+        prompt = _prompt_ids(args, kwargs)
+        if prompt is None:
+            raise ValueError("generate(..., collab=...) needs the prompt as input_ids (not inputs_embeds)")
+        with emb.generating(collab, prompt):  # rows follow beams / num_return_sequences, every full re-feed
             return generate(*args, **kwargs)
 
     base.forward, base.generate = collab_forward, collab_generate

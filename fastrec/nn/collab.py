@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastrec.ops import collab as ops
@@ -97,6 +98,31 @@ class HybridProjection(nn.Module):
 Collab = Mapping[str, torch.Tensor]
 
 
+def _checks_on(t: torch.Tensor, validate: bool) -> bool:
+    """Value checks read tensor data (a host sync on a GPU): only with validate, never while compiling or capturing."""
+    if not validate or torch.compiler.is_compiling():
+        return False
+    return not (t.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def expansion_index(prompt_ids: torch.Tensor, placeholder: int, expand: int, rows: int) -> torch.Tensor:
+    """Index [rows * expand] of the slot rows after generate expands the batch (each prompt repeated `expand`
+    times in a row, as ``repeat_interleave(expand, dim=0)``).
+
+    The `rows` rows of one placeholder type come in row-major order of `prompt_ids` [B, T]; prompt b holds c_b
+    of them (LLaRA-style prompts may hold different numbers). Expanded row j takes original row index[j].
+    Device ops only (searchsorted), no host sync; indices are clamped in range, so a count mismatch is left
+    to the splice's own check.
+    """
+    counts = (prompt_ids == placeholder).sum(1)  # [B]
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    j = torch.arange(rows * expand, device=prompt_ids.device)
+    block = torch.searchsorted(ends * expand, j, right=True).clamp_(max=prompt_ids.shape[0] - 1)
+    within = (j - starts[block] * expand) % counts[block].clamp(min=1)
+    return (starts[block] + within).clamp_(min=0, max=max(rows - 1, 0))
+
+
 class CollabTokenEmbedding(nn.Module):
     """Drop-in for an LLM's input embedding that fills placeholder tokens with projected collaborative rows.
 
@@ -104,10 +130,15 @@ class CollabTokenEmbedding(nn.Module):
     given with :meth:`use` as ``{kind or token: tensor}``: int ids [N_s] (rows of the table set with
     :meth:`set_tables`) or float rows [N_s, d] (projected directly), one per occurrence in row-major order.
     Without rows, prompts must hold no placeholder (else a ValueError).
+
+    When every slot is given as ids of a table and the projections are plain MLPs in the embedding's dtype,
+    one call of the fused ``fastrec.ops.collab_inputs_embeds`` gathers, projects and splices. ``validate``
+    (default True) checks ids and placeholder counts; on a GPU each check is a host sync, so turn it off
+    for speed once the inputs are known to be right (checks are skipped under torch.compile anyway).
     """
 
     def __init__(self, embedding: nn.Embedding, placeholder_ids: Sequence[int], slots: Sequence[str],
-                 projection: HybridProjection, tokens: Sequence[str] | None = None) -> None:
+                 projection: HybridProjection, tokens: Sequence[str] | None = None, validate: bool = True) -> None:
         super().__init__()
         if len(placeholder_ids) != len(slots):
             raise ValueError(f"{len(placeholder_ids)} placeholder ids but {len(slots)} slot kinds")
@@ -117,11 +148,16 @@ class CollabTokenEmbedding(nn.Module):
         self.projection = projection
         self.slots = list(slots)
         self.tokens = list(tokens) if tokens is not None else list(slots)
+        self.validate = validate
         self.register_buffer("placeholder_ids", torch.tensor(list(placeholder_ids), dtype=torch.int64),
                              persistent=False)
+        self._placeholders = [int(p) for p in placeholder_ids]
         self.tables: dict[str, torch.Tensor] = {}
         self._collab: Collab | None = None
-        self._once = False
+        self._mode = "all"  # "all": every call; "once": the next call only; "generate": see generating()
+        self._prompt: torch.Tensor | None = None
+        self._expanded: list[torch.Tensor] | None = None
+        self._calls = 0
 
     # nn.Embedding look-alike, for code that inspects the input embeddings
     @property
@@ -140,66 +176,171 @@ class CollabTokenEmbedding(nn.Module):
     def padding_idx(self) -> int | None:
         return getattr(self.embedding, "padding_idx", None)
 
+    def _projection_param(self, kind: str) -> torch.Tensor | None:
+        if kind not in self.projection.kinds():
+            return None
+        return next(self.projection._module(kind).parameters())
+
     def set_tables(self, **tables: torch.Tensor | None) -> None:
-        """Collaborative tables by kind (e.g. user=[U, d], item=[I, d], warm=[I, H_warm]); None removes one."""
+        """Collaborative tables by kind (e.g. user=[U, d], item=[I, d], warm=[I, H_warm]); None removes one.
+
+        A table is cast once, here, to its projection's dtype and device (fp32 MF tables with a bf16 model);
+        a trainable table (requires_grad) must already match, since a cast copy would not train.
+        """
         for kind, t in tables.items():
             if kind not in KINDS:
                 raise ValueError(f"unknown table kind {kind!r}; choose from {KINDS}")
             if t is None:
                 self.tables.pop(kind, None)
-            else:
-                if not isinstance(t, torch.Tensor) or t.dim() != 2:
-                    raise ValueError(f"table {kind!r} must be a 2-D tensor")
-                self.tables[kind] = t
+                continue
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point():
+                raise ValueError(f"table {kind!r} must be a 2-D float tensor")
+            w = self._projection_param(kind)
+            if w is not None and (t.dtype != w.dtype or t.device != w.device):
+                if t.requires_grad:
+                    raise ValueError(f"table {kind!r} is trainable and {t.dtype} on {t.device}, but the {kind} "
+                                     f"projection is {w.dtype} on {w.device}; a cast copy would not train: pass "
+                                     "a table that matches")
+                t = t.detach().to(device=w.device, dtype=w.dtype)
+            self.tables[kind] = t
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
+        """model.to(device / dtype) moves the (frozen) tables with the projection, as buffers would be."""
+        super()._apply(fn, recurse)
+        self.tables = {k: t if t.requires_grad else fn(t) for k, t in self.tables.items()}
+        return self
+
+    def _enter(self, collab: Collab | None, mode: str, prompt: torch.Tensor | None = None) -> tuple:
+        previous = (self._collab, self._mode, self._prompt, self._expanded, self._calls)
+        self._collab, self._mode, self._prompt, self._expanded, self._calls = collab, mode, prompt, None, 0
+        return previous
+
+    def _exit(self, previous: tuple) -> None:
+        self._collab, self._mode, self._prompt, self._expanded, self._calls = previous
 
     @contextlib.contextmanager
     def use(self, collab: Collab | None, once: bool = False) -> Iterator[None]:
-        """Rows for the forward calls inside the block (``once``: only the first, as in generate's prefill)."""
-        previous = (self._collab, self._once)
-        self._collab, self._once = collab, once
+        """Rows for the forward calls inside the block (``once``: only the first)."""
+        previous = self._enter(collab, "once" if once else "all")
         try:
             yield
         finally:
-            self._collab, self._once = previous
+            self._exit(previous)
 
-    def _rows(self, collab: Collab, k: int) -> torch.Tensor:
-        kind, token = self.slots[k], self.tokens[k]
-        if token in collab:
-            x = collab[token]
-        elif kind in collab:
-            x = collab[kind]
-        else:
-            raise ValueError(f"the collab batch has no rows for {token} (kind {kind!r}); keys: {list(collab)}")
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"collab[{kind!r}] must be a tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            if kind not in self.tables:
-                raise ValueError(f"collab[{kind!r}] holds ids but no {kind!r} table was set (set_tables)")
-            table = self.tables[kind]
-            if x.dim() != 1:
-                raise ValueError(f"collab[{kind!r}] ids must be 1-D, got shape {tuple(x.shape)}")
-            if x.device != table.device:
-                raise ValueError(f"collab[{kind!r}] ids are on {x.device} but the {kind} table is on {table.device}")
-            if ops._may_sync(x, True):
-                ops._check_ids_range(f"collab[{kind!r}]", x, table.shape[0], f"the rows of the {kind} table")
-            x = torch.nn.functional.embedding(x, table)
-        return self.projection(kind, x)
+    @contextlib.contextmanager
+    def generating(self, collab: Collab | None, prompt_ids: torch.Tensor) -> Iterator[None]:
+        """Rows for a `generate` call on the prompts `prompt_ids` [B, T] (before generate expands them).
+
+        The first forward fixes the expansion factor E = its batch size / B (beams, num_return_sequences)
+        and the rows are repeated to follow it, prompt by prompt; every later forward that re-feeds the
+        whole sequence (use_cache=False) takes them again, a cached decoding step (new tokens only, which
+        never hold a placeholder: generate suppresses them) takes none.
+        """
+        if prompt_ids.dim() != 2:
+            raise ValueError(f"generate's input_ids must be [batch, length], got shape {tuple(prompt_ids.shape)}")
+        previous = self._enter(collab, "generate", prompt_ids)
+        try:
+            yield
+        finally:
+            self._exit(previous)
+
+    def _slot_inputs(self, collab: Collab) -> list[torch.Tensor]:
+        """The ids [N_s] or float rows [N_s, d] given for each slot."""
+        out = []
+        for kind, token in zip(self.slots, self.tokens, strict=True):
+            if token in collab:
+                x = collab[token]
+            elif kind in collab:
+                x = collab[kind]
+            else:
+                raise ValueError(f"the collab batch has no rows for {token} (kind {kind!r}); keys: {list(collab)}")
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"collab[{kind!r}] must be a tensor, got {type(x).__name__}")
+            if x.is_floating_point():
+                if x.dim() != 2:
+                    raise ValueError(f"collab[{kind!r}] rows must be 2-D [N, d], got shape {tuple(x.shape)}")
+                x = x.to(self._projection_param(kind).device, non_blocking=True)
+            else:
+                if kind not in self.tables:
+                    raise ValueError(f"collab[{kind!r}] holds ids but no {kind!r} table was set (set_tables)")
+                if x.dim() != 1:
+                    raise ValueError(f"collab[{kind!r}] ids must be 1-D, got shape {tuple(x.shape)}")
+                table = self.tables[kind]
+                x = x.to(table.device, non_blocking=True)
+                if _checks_on(x, self.validate) and x.numel():
+                    lo, hi = int(x.min()), int(x.max())
+                    if lo < 0 or hi >= table.shape[0]:
+                        raise IndexError(f"collab[{kind!r}] holds id {lo if lo < 0 else hi}, outside the rows of "
+                                         f"the {kind} table [0, {table.shape[0]})")
+            out.append(x)
+        return out
+
+    def _current(self, input_ids: torch.Tensor) -> list[torch.Tensor] | None:
+        """The slot inputs of this forward call (None: this call takes no rows)."""
+        collab = self._collab
+        if collab is None:
+            return None
+        if self._mode == "once":
+            self._collab = None
+        if self._mode != "generate":
+            return self._slot_inputs(collab)
+        first, self._calls = self._calls == 0, self._calls + 1
+        if not first and input_ids.shape[-1] <= self._prompt.shape[-1]:
+            return None  # a cached decoding step: only new tokens, no placeholder among them
+        if self._expanded is None:
+            self._expanded = self._expand(self._slot_inputs(collab), input_ids.shape[0])
+        return self._expanded
+
+    def _expand(self, inputs: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+        prompt = self._prompt
+        if batch % prompt.shape[0]:
+            raise ValueError(f"generate ran a batch of {batch} rows for {prompt.shape[0]} prompts")
+        expand = batch // prompt.shape[0]
+        if expand == 1:
+            return inputs
+        out = []
+        for x, p in zip(inputs, self._placeholders, strict=True):
+            index = expansion_index(prompt.to(x.device), p, expand, x.shape[0])
+            out.append(x.index_select(0, index))
+        return out
+
+    def _fused(self, inputs: list[torch.Tensor]) -> bool:
+        """Whether one collab_inputs_embeds call can do it all: ids for every slot, plain projections and tables
+        in the embedding's dtype and device."""
+        if self.projection.moe and any(k in ("user", "item") for k in self.slots):
+            return False
+        w = self.embedding.weight
+        for x, kind in zip(inputs, self.slots, strict=True):
+            if x.is_floating_point():
+                return False
+            p = self._projection_param(kind)
+            t = self.tables[kind]
+            if p.dtype != w.dtype or t.dtype != w.dtype or p.device != w.device or t.device != w.device:
+                return False
+        return True
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        collab = self._collab
-        if self._once:
-            self._collab = None
+        inputs = self._current(input_ids)
         weight = self.embedding.weight
-        if collab is None:  # still checked: a prompt with placeholders and no rows is an error
-            values = [weight.new_empty(0, weight.shape[1]) for _ in self.slots]
-        else:
-            values = [self._rows(collab, k) for k in range(len(self.slots))]
         shape = input_ids.shape
         ids = input_ids.reshape(-1, shape[-1]) if input_ids.dim() != 2 else input_ids
+        if inputs is not None and self._fused(inputs):
+            out = ops.collab_inputs_embeds(ids, weight, self.placeholder_ids, inputs,
+                                           [self.tables[k] for k in self.slots],
+                                           [self.projection.weights(k) for k in self.slots], validate=self.validate)
+            return out.reshape(*shape, weight.shape[1])
+        if inputs is None:  # still checked: a prompt with placeholders and no rows is an error
+            values = [weight.new_empty(0, weight.shape[1]) for _ in self.slots]
+        else:
+            values = []
+            for x, kind in zip(inputs, self.slots, strict=True):
+                if not x.is_floating_point():
+                    x = F.embedding(x, self.tables[kind])
+                values.append(self.projection(kind, x).to(weight.dtype))
         try:
-            out = ops.splice_collab_rows(ids, weight, self.placeholder_ids, values)
+            out = ops.splice_collab_rows(ids, weight, self.placeholder_ids, values, validate=self.validate)
         except ValueError as exc:
-            if collab is None and "placeholder occurrences" in str(exc):
+            if inputs is None and "placeholder occurrences" in str(exc):
                 raise ValueError(f"input_ids hold {'/'.join(self.tokens)} placeholders but no collab batch was "
                                  "given (pass collab=... to forward/generate)") from exc
             raise
