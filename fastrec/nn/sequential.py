@@ -133,6 +133,8 @@ class BERT4Rec(_Backbone):
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """User vector: the hidden state of a [mask] appended after the history, [B, d]."""
         self._check(seqs)
+        if seqs.numel() and not torch.compiler.is_compiling() and int(seqs.max()) >= self.mask_id:
+            raise IndexError(f"item ids out of range: the catalogue is [0, {self.num_items})")
         if seqs.shape[1] + 1 > self.max_len:
             seqs = seqs[:, 1:]
         mask_col = torch.full((seqs.shape[0], 1), self.mask_id, dtype=seqs.dtype, device=seqs.device)

@@ -460,9 +460,10 @@ def prepare(data_dir: str | Path, out: str | Path, generator: str | None = None,
 
 def compare(split: LeaveOneOutSplit, semantic: torch.Tensor | None, seeds: Sequence[int] = (0, 1, 2),
             fusions: Sequence[str] = ("none", "gate"), backbones: Sequence[str] = ("sasrec",), log=print,
-            **train_kw) -> dict:
+            on_result=None, **train_kw) -> dict:
     """Every backbone x fusion over several seeds, same budget:
-    {"<backbone>/<fusion>": {"backbone", "fusion", "runs": [...], "mean": .., "std": ..}}."""
+    {"<backbone>/<fusion>": {"backbone", "fusion", "runs": [...], "mean": .., "std": ..}}.
+    `on_result(results)` is called after each backbone x fusion (to save partial results)."""
     results: dict = {}
     for backbone in backbones:
         for fusion in fusions:
@@ -476,6 +477,8 @@ def compare(split: LeaveOneOutSplit, semantic: torch.Tensor | None, seeds: Seque
                 "mean": {k: statistics.mean(r["test"][k] for r in runs) for k in keys},
                 "std": {k: statistics.stdev(r["test"][k] for r in runs) if len(runs) > 1 else 0.0 for k in keys},
             }
+            if on_result is not None:
+                on_result(results)
     return results
 
 
@@ -602,17 +605,21 @@ def _cmd_compare(args) -> int:
     data, semantic, info = prepare(args.data, args.out, args.model, encoder=args.encoder,
                                    semantic=_needs_semantic(args.fusions), device=args.device)
     split = leave_one_out(data)
-    results = compare(split, semantic, seeds=args.seeds, fusions=args.fusions, backbones=args.backbones,
-                      **_train_kw(args))
     out = Path(args.out)
-    table = results_table(results)
     head = (f"data {args.data}; encoder {info['encoder']}; attributes {info['attribute_sources']}; "
-            f"max {args.epochs} epochs, patience {args.patience}, d {args.d}, max_len {args.max_len}\n\n")
-    _atomic_write(out / "results.md", lambda f: f.write((head + table + "\n").encode()))
-    _atomic_write(out / "results.json", lambda f: f.write(json.dumps({"info": info, "results": results},
-                                                                     indent=1).encode()))
+            f"max {args.epochs} epochs, patience {args.patience}, d {args.d}, max_len {args.max_len}, "
+            f"lr {args.lr}, batch {args.batch_size}\n\n")
+
+    def save(results: dict) -> None:
+        table = results_table(results)
+        _atomic_write(out / "results.md", lambda f: f.write((head + table + "\n").encode()))
+        _atomic_write(out / "results.json", lambda f: f.write(json.dumps({"info": info, "results": results},
+                                                                         indent=1).encode()))
+
+    results = compare(split, semantic, seeds=args.seeds, fusions=args.fusions, backbones=args.backbones,
+                      on_result=save, **_train_kw(args))
     plot_results(results, out / "valid_ndcg.png")
-    print(head + table)
+    print(head + results_table(results))
     return 0
 
 

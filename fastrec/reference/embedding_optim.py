@@ -21,13 +21,14 @@ import torch
 OPTIMIZERS = ("adam", "adagrad")
 
 
-def coalesce_rows(ids: torch.Tensor, grad: torch.Tensor, padding_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+def coalesce_rows(ids: torch.Tensor, grad: torch.Tensor, padding_idx: int, d: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted unique ids [U], summed fp32 gradient rows [U, d]); lookups of `padding_idx` are dropped."""
     flat = ids.long().reshape(-1)
-    grad = grad.reshape(flat.numel(), -1).float()
+    grad = grad.reshape(flat.numel(), d).float()
     keep = flat != padding_idx
     rows, inverse = torch.unique(flat[keep], sorted=True, return_inverse=True)
-    summed = torch.zeros(rows.numel(), grad.shape[1], dtype=torch.float32, device=grad.device)
+    summed = torch.zeros(rows.numel(), d, dtype=torch.float32, device=grad.device)
     return rows, summed.index_add_(0, inverse, grad[keep])
 
 
@@ -53,7 +54,7 @@ def embedding_sparse_update(
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    rows, g = coalesce_rows(ids, grad, padding_idx)
+    rows, g = coalesce_rows(ids, grad, padding_idx, weight.shape[1])
     p = weight[rows].float()
     if weight_decay != 0:
         g = g + weight_decay * p
