@@ -5,9 +5,10 @@
 
 Training: BPR (or BCE) on uniformly sampled unseen negatives, Adam, L2 on the batch's layer-0 vectors
 (LightGCN's regulariser); after every epoch the validation NDCG@10 (full ranking, train items excluded)
-decides early stopping, and the best weights are saved as safetensors. Under ``torchrun`` the model is
-wrapped in DistributedDataParallel: every rank draws the same global batch and trains on its slice, so the
-averaged gradients equal the single-process ones.
+decides early stopping, and the best weights are saved as safetensors. The loop runs on the fastrec.train
+engine (accelerate), so `--device`, `--dtype`, `--save-every`, `--resume` work, and `torchrun` or
+`accelerate launch` trains on several processes with no code change: each process takes its shard of
+every global batch (`--batch-size` per process) and the gradients are averaged.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from tqdm import tqdm
 
+from fastrec import train as engine_lib
 from fastrec.data import InteractionGraph, LeaveOneOutSplit, leave_one_out, load_lcrec, sample_negatives, synthetic
 from fastrec.eval import full_ranking
 from fastrec.nn.cf import MF, LightGCN, bce_loss, bpr_loss, load_checkpoint, save_checkpoint
@@ -32,20 +31,18 @@ __all__ = ["TrainConfig", "train", "evaluate", "popularity_baseline", "build_mod
 
 
 @dataclass
-class TrainConfig:
-    """Training hyper-parameters (LightGCN's defaults where they exist)."""
+class TrainConfig(engine_lib.TrainConfig):
+    """The engine's fields (fastrec.train.TrainConfig) with LightGCN's defaults, plus the CF-only ones."""
 
     epochs: int = 50
-    batch_size: int = 2048
+    batch_size: int = 2048  # per process
     lr: float = 1e-3
+    max_grad_norm: float | None = None
+    patience: int | None = 5  # epochs without a better validation NDCG@10
     reg: float = 1e-4  # L2 on the batch's layer-0 vectors, divided by the batch size
     loss: str = "bpr"  # or "bce"
     num_neg: int = 1
-    patience: int = 5  # epochs without a better validation NDCG@10
-    seed: int = 0
     ks: tuple[int, ...] = (10, 20)
-    progress: bool = True
-    history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
 
 def build_model(kind: str, split: LeaveOneOutSplit, dim: int = 64, num_layers: int = 3) -> torch.nn.Module:
@@ -69,7 +66,9 @@ def evaluate(model: torch.nn.Module, split: LeaveOneOutSplit, stage: str = "test
     model.train(was_training)
     targets = split.valid_targets if stage == "valid" else split.test_targets
     eval_users = split.valid_users if stage == "valid" else split.test_users
-    return full_ranking(users, items, split.seen(stage), targets, ks=ks, users=eval_users)
+    dev = users.device
+    seen = tuple(t.to(dev) for t in split.seen(stage))
+    return full_ranking(users, items, seen, targets.to(dev), ks=ks, users=eval_users.to(dev))
 
 
 def popularity_baseline(split: LeaveOneOutSplit, stage: str = "test", ks: tuple[int, ...] = (10, 20)) -> dict:
@@ -82,37 +81,38 @@ def popularity_baseline(split: LeaveOneOutSplit, stage: str = "test", ks: tuple[
     return full_ranking(ones, pop, split.seen(stage), targets, ks=ks, users=users)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _batch_loss(model, users, pos, neg, cfg: TrainConfig, scale: float = 1.0) -> torch.Tensor:
-    """The batch loss (mean over the samples given) times ``scale``."""
+def _batch_loss(model, users, pos, neg, cfg: TrainConfig) -> torch.Tensor:
+    """The mean loss of the batch given (plus the L2 term); the forward goes through the (DDP) wrapper."""
     vectors = model()
-    if users.numel() == 0:  # an empty slice still joins DDP's gradient all-reduce, with zeros
-        return (vectors[0].sum() + vectors[1].sum()) * 0.0
     core = getattr(model, "module", model)
-    pos_s = core.score(users, pos, vectors)
-    neg_s = core.score(users, neg, vectors)
-    loss = (bpr_loss if cfg.loss == "bpr" else bce_loss)(pos_s, neg_s)
+    loss_fn = bpr_loss if cfg.loss == "bpr" else bce_loss
+    loss = loss_fn(core.score(users, pos, vectors), core.score(users, neg, vectors))
     if cfg.reg:
         ego_u, ego_p = core.ego(users, pos)
         ego_n = core.embedding(neg + core.num_users)
         l2 = ego_u.pow(2).sum() + ego_p.pow(2).sum() + ego_n.pow(2).sum()
         loss = loss + cfg.reg * l2 / (2 * max(users.shape[0], 1))
-    return loss * scale
+    return loss
+
+
+def _epoch_negatives(users: torch.Tensor, graph: InteractionGraph, num_items: int, cfg: TrainConfig,
+                     epoch: int) -> torch.Tensor:
+    """Negatives of every train pair for `epoch`, drawn from (seed, epoch) alone: every process, any number
+    of processes and a resumed run see the same ones."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    n = sample_negatives(users, graph.seen_indptr, graph.seen_indices, num_items, cfg.num_neg, gen)
+    return n[:, 0] if cfg.num_neg == 1 else n
 
 
 def train(model: torch.nn.Module, split: LeaveOneOutSplit, cfg: TrainConfig | None = None,
-          checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Train ``model`` (MF or LightGCN, optionally DDP-wrapped) with early stopping on valid NDCG@10.
+          checkpoint: str | Path | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Train ``model`` (MF or LightGCN) in place on the engine, early stopping on valid NDCG@10.
 
-    Every rank draws the same global batch from a generator seeded with ``cfg.seed`` and keeps the
-    slice ``rank::world``; the loss is the slice mean, and DDP averages the gradients, which is the
-    single-process gradient when the slices are equal. The best weights are restored at the end and,
-    when ``checkpoint`` is given, saved there (rank 0, atomically).
+    Each epoch shuffles the train pairs (seeded) into batches of ``cfg.batch_size`` per process, dropping
+    the last partial global batch so that every step has the same global batch on any number of processes.
+    The best weights are restored at the end and, when ``checkpoint`` is given, saved there whenever they
+    improve (main process, atomically). ``out`` is the run folder for metrics.jsonl and engine checkpoints
+    (``cfg.save_every``, ``cfg.resume``).
 
     Returns:
         ``{"best_epoch", "best_valid", "history": [{"epoch", "loss", "NDCG@10", ...}]}``.
@@ -120,55 +120,45 @@ def train(model: torch.nn.Module, split: LeaveOneOutSplit, cfg: TrainConfig | No
     cfg = cfg or TrainConfig()
     if cfg.loss not in ("bpr", "bce"):
         raise ValueError(f"loss must be 'bpr' or 'bce', got {cfg.loss!r}")
-    rank, world = _world()
+    engine = engine_lib.Engine(cfg, out=out)
     core = getattr(model, "module", model)
-    users_all, items_all = split.train.pairs()
     graph = InteractionGraph.from_split(split)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    users_cpu, items_cpu = split.train.pairs()
+    n = users_cpu.numel()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(n)), batch_size=cfg.batch_size,
+                                         shuffle=True, drop_last=n >= cfg.batch_size * engine.world_size)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    best, best_epoch, best_state, bad = -math.inf, -1, None, 0
-    history = []
-    steps = math.ceil(users_all.numel() / cfg.batch_size)
-    for epoch in range(cfg.epochs):
+    model, opt, loader = engine.prepare(model, opt, loader)
+    users_all, items_all = users_cpu.to(engine.device), items_cpu.to(engine.device)
+    best_state, best_epoch, history = None, -1, []
+    if engine.resume() is not None and checkpoint is not None and Path(checkpoint).is_file():
+        saved, extra = load_checkpoint(checkpoint, graph=graph)
+        best_state, best_epoch = saved.state_dict(), extra.get("best_epoch", -1)
+    for epoch in engine.epochs():
+        negs = _epoch_negatives(users_cpu, graph, core.num_items, cfg, epoch).to(engine.device)
         model.train()
-        perm = torch.randperm(users_all.numel(), generator=gen)
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch}", leave=False, disable=not cfg.progress or rank != 0)
-        for step in bar:
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            u, p = users_all[idx], items_all[idx]
-            n = sample_negatives(u, graph.seen_indptr, graph.seen_indices, core.num_items, cfg.num_neg, gen)
-            n = n[:, 0] if cfg.num_neg == 1 else n
-            batch = u.shape[0]
-            u, p, n = u[rank::world], p[rank::world], n[rank::world]
-            # slices may differ by one sample: weight each rank's mean by its share, so that DDP's
-            # average of the rank gradients is exactly the gradient of the global batch mean
-            loss = _batch_loss(model, u, p, n, cfg, scale=world * u.shape[0] / batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * batch / (world * max(u.shape[0], 1))
-            bar.set_postfix(loss=f"{total / (step + 1):.4f}")
+        total, steps = 0.0, 0
+        for (idx,) in engine.batches(loader):
+            loss = _batch_loss(model, users_all[idx], items_all[idx], negs[idx], cfg)
+            engine.step(loss, opt)
+            total, steps = total + float(loss.detach()), steps + 1
         metrics = evaluate(model, split, "valid", cfg.ks)
-        row = {"epoch": epoch, "loss": total / steps, **metrics}
+        row = {"epoch": epoch, "loss": total / max(steps, 1), **metrics}
         history.append(row)
-        if cfg.progress and rank == 0:
-            tqdm.write(f"epoch {epoch}: loss {row['loss']:.4f} valid NDCG@10 {metrics['NDCG@10']:.4f} "
-                       f"HR@10 {metrics['HR@10']:.4f}")
-        if metrics["NDCG@10"] > best:
-            best, best_epoch, bad = metrics["NDCG@10"], epoch, 0
+        if cfg.progress:
+            engine.print(f"epoch {epoch}: loss {row['loss']:.4f} valid NDCG@10 {metrics['NDCG@10']:.4f} "
+                         f"HR@10 {metrics['HR@10']:.4f}")
+        if engine.end_epoch(row, monitor="NDCG@10"):
+            best_epoch = epoch
             best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
+            if checkpoint is not None and engine.is_main:
+                save_checkpoint(core, checkpoint, {"best_epoch": best_epoch, "best_valid_ndcg10": engine.best,
+                                                   "train_config": cfg.to_dict()})
     if best_state is not None:
         core.load_state_dict(best_state)
-    result = {"best_epoch": best_epoch, "best_valid": best, "history": history}
-    if checkpoint is not None and rank == 0:
-        save_checkpoint(core, checkpoint, {"best_epoch": best_epoch, "best_valid_ndcg10": best,
-                                           "train_config": {k: v for k, v in asdict(cfg).items() if k != "history"}})
-    return result
+    engine.wait()
+    best = engine.best if engine.best is not None else -math.inf
+    return {"best_epoch": best_epoch, "best_valid": best, "history": history}
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -180,26 +170,17 @@ def _load_split(args: argparse.Namespace) -> LeaveOneOutSplit:
     return leave_one_out(synthetic(num_users=args.synthetic_users, num_items=args.synthetic_items, seed=0))
 
 
-def _init_distributed() -> bool:
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        dist.init_process_group("gloo")
-        return True
-    return False
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    launched = _init_distributed()
+    from accelerate import PartialState
+
     split = _load_split(args)
+    torch.manual_seed(args.seed)
     model = build_model(args.model, split, args.dim, args.layers)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, reg=args.reg, loss=args.loss,
-                      patience=args.patience, seed=args.seed)
+    cfg = engine_lib.config_from_args(args, cls=TrainConfig)
     out = Path(args.out)
     ckpt = out / f"{args.model}.safetensors"
-    result = train(wrapped, split, cfg, ckpt)
-    rank, _ = _world()
-    if rank == 0:
+    result = train(model, split, cfg, ckpt, out=out)
+    if PartialState().is_main_process:
         test = evaluate(model, split, "test")
         pop = popularity_baseline(split, "test")
         summary = {"model": args.model, "best_epoch": result["best_epoch"], "valid_NDCG@10": result["best_valid"],
@@ -207,8 +188,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         (out / f"{args.model}.json").write_text(json.dumps(summary, indent=2))
         _plot_history(result["history"], out / f"{args.model}_valid.png", args.model)
         print(json.dumps(summary, indent=2))
-    if launched:
-        dist.destroy_process_group()
     return 0
 
 
@@ -273,11 +252,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--model", choices=("mf", "lightgcn"), default="lightgcn")
         a.add_argument("--dim", type=int, default=64)
         a.add_argument("--layers", type=int, default=3)
-        a.add_argument("--epochs", type=int, default=50)
-        a.add_argument("--batch-size", type=int, default=2048)
-        a.add_argument("--lr", type=float, default=1e-3)
         a.add_argument("--reg", type=float, default=1e-4)
         a.add_argument("--loss", choices=("bpr", "bce"), default="bpr")
-        a.add_argument("--patience", type=int, default=5)
-        a.add_argument("--seed", type=int, default=0)
         a.add_argument("--out", default="results/lightgcn")
+        engine_lib.add_training_args(a, epochs=50, batch_size=2048, lr=1e-3, patience=5, max_grad_norm=None)

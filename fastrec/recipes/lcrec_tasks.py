@@ -20,6 +20,11 @@ import torch
 
 TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
             "request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+# "alpaca" is LC-Rec's; "short" keeps only the instruction and the response marker, which spares a small
+# model trained from scratch the 30 tokens of preamble every example would repeat; "compact" (with
+# COMPACT_PROMPTS) keeps only the task name and its fields
+TEMPLATES = {"alpaca": TEMPLATE, "short": "### Instruction:\n{instruction}\n### Response:",
+             "compact": "{instruction} =>"}
 
 PROMPTS: dict[str, list[str]] = {
     "seqrec": [
@@ -55,12 +60,25 @@ PROMPTS: dict[str, list[str]] = {
     ],
 }
 TASKS = tuple(PROMPTS)
+# the "compact" template: the task name and its fields only, no instruction prose (a small model trained
+# from scratch gains nothing from it, and it would double the tokens of every seqrec example)
+COMPACT_PROMPTS: dict[str, list[str]] = {
+    "seqrec": ["seqrec: {history}"],
+    "item2index": ["item2index: {title}"],
+    "index2item": ["index2item: {index}"],
+    "fusionseqrec": ["fusionseqrec: {history}"],
+    "itemsearch": ["itemsearch: {query} | {history}"],
+    "preferenceobtain": ["preferenceobtain: {history}"],
+}
 
 
-def add_index_tokens(model, tokenizer, index: dict, codebooks: torch.Tensor | None = None, seed: int = 0) -> int:
+def add_index_tokens(model, tokenizer, index: dict, codebooks: torch.Tensor | None = None, seed: int = 0,
+                     mean_init: bool = True) -> int:
     """Add every token of `index` to the tokenizer and resize the model's embeddings; returns how many.
 
-    New input-embedding rows start at the mean of the existing rows; with `codebooks` [L, K, D] each
+    New input-embedding rows start at the mean of the existing rows (`mean_init`, for a pretrained model;
+    a model trained from scratch keeps its random initial rows, which tell the tokens apart); with
+    `codebooks` [L, K, D] each
     token `<level_code>` adds its codebook vector through a fixed random projection D -> H scaled to the
     embeddings' spread, so related codes start close.
     """
@@ -74,7 +92,8 @@ def add_index_tokens(model, tokenizer, index: dict, codebooks: torch.Tensor | No
         ids = tokenizer.convert_tokens_to_ids(tokens)
         new = [(t, i) for t, i in zip(tokens, ids, strict=True) if i >= old]
         for _, i in new:
-            emb[i] = mean
+            if mean_init:
+                emb[i] = mean
         if codebooks is not None and new:
             g = torch.Generator().manual_seed(seed)
             proj = torch.linalg.qr(torch.randn(emb.shape[1], codebooks.shape[2], generator=g))[0].t()  # [D, H]
@@ -118,21 +137,33 @@ def _preference(item_text: dict, items: Sequence[int]) -> str:
     return text + "."
 
 
+def seqrec_prompt(index: dict, history: Sequence[int], max_history: int = 20, template: str = "alpaca") -> str:
+    """The evaluation prompt: the first seqrec prompt of the pool over the last `max_history` items."""
+    pool = COMPACT_PROMPTS if template == "compact" else PROMPTS
+    return TEMPLATES[template].format(instruction=pool["seqrec"][0].format(
+        history=_spell(index, list(history)[-max_history:])))
+
+
 def build_tasks(sequences: Sequence[Sequence[int]], index: dict, item_text: dict,
-                tasks: Sequence[str] = TASKS, max_history: int = 20, seed: int = 0) -> list[tuple[str, str, str]]:
+                tasks: Sequence[str] = TASKS, max_history: int = 20, seed: int = 0,
+                template: str = "alpaca") -> list[tuple[str, str, str]]:
     """(task, prompt, response) examples of the given tasks.
 
     `sequences` are the users' training sequences (LC-Rec's train split: every prefix predicts its next
-    item); item tasks run over every item of `index`.
+    item); item tasks run over every item of `index`. `template` names an entry of TEMPLATES.
     """
     unknown = [t for t in tasks if t not in PROMPTS]
     if unknown:
         raise ValueError(f"tasks: unknown {unknown}, choose from {list(TASKS)}")
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {list(TEMPLATES)}, got {template!r}")
     rng = random.Random(seed)
     out: list[tuple[str, str, str]] = []
+    form = TEMPLATES[template]
+    pool = COMPACT_PROMPTS if template == "compact" else PROMPTS
 
     def add(task: str, response: str, **fields) -> None:
-        out.append((task, TEMPLATE.format(instruction=rng.choice(PROMPTS[task]).format(**fields)), response))
+        out.append((task, form.format(instruction=rng.choice(pool[task]).format(**fields)), response))
 
     for task in tasks:
         if task in ("item2index", "index2item"):
