@@ -275,20 +275,46 @@ def test_kirec_fusion_learns_cold_items_from_semantics():
     assert results["semantic"][0] > 10 * random_hr, results  # semantics alone beat random ranking (0.0125)
 
 
-def test_ids_only_needs_no_item_text(tmp_path):
+def _cli(argv):
     import argparse
 
+    parser = argparse.ArgumentParser()
+    kirec.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["kirec", *argv])
+    return args.func(args)
+
+
+def test_ids_only_needs_no_item_text(tmp_path, capsys):
     folder = tmp_path / "Notext"
     folder.mkdir()
     seqs = {str(u): [(u + k) % 30 for k in range(6)] for u in range(40)}
     (folder / "Notext.inter.json").write_text(json.dumps(seqs))
-    args = argparse.Namespace(data=str(folder), out=str(tmp_path / "out"), model=None, encoder=None, fusion="none",
-                              seed=0, init="pca", backbone="gru4rec", epochs=2, patience=1, batch_size=32, lr=1e-3,
-                              d=8, max_len=10, device="cpu")
-    assert kirec._cmd_train(args) == 0
-    assert (tmp_path / "out" / "gru4rec-none-s0.pt").exists()
+    out = tmp_path / "out"
+    assert _cli(["train", "--data", str(folder), "--out", str(out), "--fusion", "none", "--backbone", "gru4rec",
+                 "--epochs", "2", "--batch-size", "32", "--d", "8", "--max-len", "10", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert (out / "gru4rec-none-s0.pt").exists()
+    assert (out / "gru4rec-none-s0" / "checkpoints" / "last" / "manifest.json").exists()  # the engine's run
     with pytest.raises(ValueError, match="no item text"):
-        kirec.prepare(folder, tmp_path / "out", semantic=True)
+        kirec.prepare(folder, out, semantic=True)
+
+
+def _printed_json(out: str) -> dict:
+    return json.loads(out[out.index("{\n"):out.index("\nwrote")])
+
+
+def test_cli_resume_continues_the_run(tmp_path, capsys):
+    folder = synthetic(tmp_path / "data", num_users=60, num_items=50)
+    base = ["train", "--data", str(folder), "--fusion", "gate", "--d", "8", "--max-len", "10", "--device", "cpu",
+            "--batch-size", "32", "--no-progress", "--patience", "5", "--seed", "1"]
+    _cli(base + ["--out", str(tmp_path / "full"), "--epochs", "3"])
+    full = _printed_json(capsys.readouterr().out)
+    _cli(base + ["--out", str(tmp_path / "cut"), "--epochs", "2"])
+    capsys.readouterr()
+    _cli(base + ["--out", str(tmp_path / "cut"), "--epochs", "3", "--resume",
+                 str(tmp_path / "cut" / "sasrec-gate-s1" / "checkpoints" / "last")])
+    resumed = _printed_json(capsys.readouterr().out)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)  # 2 + 1 epochs == 3 epochs unbroken
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bert4rec"])

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import statistics
@@ -356,62 +357,98 @@ def build_model(num_items: int, semantic: torch.Tensor | None, fusion: str = "ga
     return BACKBONES[backbone](num_items + 1, d=d, max_len=max_len, dropout=dropout, item_embedding=emb)
 
 
+class LengthBatchSampler(torch.utils.data.Sampler):
+    """`length_batches` as a DataLoader batch sampler; epoch e draws from a generator seeded by (seed, e),
+    so a resumed run (the engine calls `set_epoch`) sees the same batches as an unbroken one."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.lengths.numel() / self.batch_size)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        for batch in length_batches(self.lengths, self.batch_size, gen):
+            yield batch.tolist()
+
+
+def _engine_device(device: str | torch.device | None) -> str:
+    if device is None:
+        return "auto"
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    return kind
+
+
 def train(split: LeaveOneOutSplit, semantic: torch.Tensor | None, fusion: str = "gate", epochs: int = 100,
           batch_size: int = 256, lr: float = 1e-3, seed: int = 0, d: int = 64, max_len: int = 50,
           init: str = "pca", weight_decay: float = 0.0, backbone: str = "sasrec", patience: int = 5,
-          dropout: float = 0.2, device: str | torch.device | None = None, log=print
-          ) -> tuple[torch.nn.Module, dict]:
-    """Train a backbone (IDs only, semantic only, or KIRec fusion) until validation NDCG@10 has not improved
-    for `patience` epochs (at most `epochs`); the best epoch's weights are kept.
+          dropout: float = 0.2, device: str | torch.device | None = None, log=print, cfg=None,
+          out: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train a backbone (IDs only, semantic only, or KIRec fusion) on the shared engine (`fastrec.train`)
+    until validation NDCG@10 has not improved for `patience` epochs (at most `epochs`); the best epoch's
+    weights are kept.
 
-    Returns the model (best state loaded) and a history {"epochs": [...], "best_epoch", "epochs_run",
-    "valid", "test", "seconds", ...}.
+    `cfg` (a `fastrec.train.TrainConfig`: device, dtype, batch size, accumulation, lr, epochs/steps,
+    patience, seed, save_every, resume, ...) overrides the keyword arguments of the same meaning. With
+    `out`, the engine writes RUN/metrics.jsonl and checkpoints (RUN/checkpoints/best at every improvement,
+    `last` at the end, step-N every cfg.save_every steps) and `cfg.resume` continues a run.
+    Returns the model (best state loaded, on the engine's device) and a history {"epochs": [...],
+    "best_epoch", "epochs_run", "converged", "valid", "test", "seconds", ...}.
     """
-    if patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}")
-    device = torch.device(device) if device is not None else default_device()
-    torch.manual_seed(seed)
-    model = build_model(split.data.num_items, semantic, fusion, d, init, max_len, dropout, backbone).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    from fastrec.train import Engine, LossForward, TrainConfig, load_model_state
+
+    if cfg is None:
+        cfg = TrainConfig(device=_engine_device(device), batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                          epochs=epochs, seed=seed, patience=patience, max_grad_norm=None, progress=False)
+    if cfg.patience is not None and cfg.patience < 1:
+        raise ValueError(f"patience must be >= 1, got {cfg.patience}")
+    engine = Engine(cfg, out=out)  # seeds every RNG with cfg.seed before the model is built
+    model = build_model(split.data.num_items, semantic, fusion, d, init, max_len, dropout, backbone)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cloze = backbone == "bert4rec"
     data = (cloze_sequences(split, max_len),) if cloze else training_pairs(split, max_len)
-    lengths = (data[0] != 0).sum(1)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*data),
+        batch_sampler=LengthBatchSampler((data[0] != 0).sum(1), cfg.batch_size, cfg.seed))
+    wrapped, opt, loader = engine.prepare(LossForward(model, "loss"), opt, loader)
+    engine.resume()
     valid_inputs = _eval_inputs(split, "valid", max_len)
-    gen = torch.Generator().manual_seed(seed)
-    history = {"epochs": [], "backbone": backbone, "fusion": fusion, "seed": seed, "patience": patience,
-               "max_epochs": epochs}
-    best, best_state, since = -1.0, None, 0
+    history = {"epochs": [], "backbone": backbone, "fusion": fusion, "seed": cfg.seed, "patience": cfg.patience,
+               "max_epochs": cfg.epochs, "train": cfg.to_dict()}
+    best_state = None
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
+    for epoch in engine.epochs():
+        wrapped.train()
         total, steps = 0.0, 0
-        bar = tqdm(length_batches(lengths, batch_size, gen), desc=f"{backbone}/{fusion} s{seed} epoch {epoch + 1}",
-                   unit="batch", leave=False)
-        for idx in bar:
-            batch = [t.to(device) for t in _trim(*(t[idx] for t in data))]
-            loss = model.loss(*batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        for batch in engine.batches(loader):
+            loss = wrapped(*_trim(*batch))
+            engine.step(loss, opt)
             total, steps = total + float(loss.detach()), steps + 1
-            bar.set_postfix(loss=f"{total / steps:.3f}")
         metrics = evaluate(model, split, "valid", inputs=valid_inputs)
-        history["epochs"].append({"epoch": epoch + 1, "loss": total / max(steps, 1),
-                                  **{f"valid_{k}": v for k, v in metrics.items()}})
-        log(f"[kirec] {backbone}/{fusion} seed {seed} epoch {epoch + 1}: loss {total / max(steps, 1):.4f} "
+        row = {"epoch": epoch + 1, "loss": total / max(steps, 1), **{f"valid_{k}": v for k, v in metrics.items()}}
+        history["epochs"].append(row)
+        log(f"[kirec] {backbone}/{fusion} seed {cfg.seed} epoch {epoch + 1}: loss {row['loss']:.4f} "
             f"valid NDCG@10 {metrics['NDCG@10']:.4f} HR@10 {metrics['HR@10']:.4f}")
-        if metrics["NDCG@10"] > best:
-            best, since = metrics["NDCG@10"], 0
+        if engine.end_epoch({"loss": row["loss"], **metrics}, monitor="NDCG@10"):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             history["best_epoch"], history["valid"] = epoch + 1, metrics
-        else:
-            since += 1
-            if since >= patience:
-                break
+            if out is not None:
+                engine.save_checkpoint("best", extra_config={"kirec": {"best_epoch": epoch + 1, **metrics}})
     history["epochs_run"] = len(history["epochs"])
-    history["converged"] = since >= patience  # stopped early, not by the epoch cap
+    history["converged"] = engine.should_stop  # stopped by patience, not by the epoch cap
+    if out is not None:
+        engine.save_checkpoint("last")
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif out is not None and (Path(out) / "checkpoints" / "best" / "model").is_dir():  # resumed after the best
+        load_model_state(model, Path(out) / "checkpoints" / "best" / "model")
+    history.setdefault("best_epoch", None)
     history["test"] = evaluate(model, split, "test")
     history["seconds"] = time.perf_counter() - t0
     return model, history
@@ -482,16 +519,18 @@ def prepare(data_dir: str | Path, out: str | Path, generator: str | None = None,
 
 def compare(split: LeaveOneOutSplit, semantic: torch.Tensor | None, seeds: Sequence[int] = (0, 1, 2),
             fusions: Sequence[str] = ("none", "gate"), backbones: Sequence[str] = ("sasrec",), log=print,
-            on_result=None, **train_kw) -> dict:
+            on_result=None, cfg_for_seed=None, **train_kw) -> dict:
     """Every backbone x fusion over several seeds, same budget:
     {"<backbone>/<fusion>": {"backbone", "fusion", "runs": [...], "mean": .., "std": ..}}.
-    `on_result(results)` is called after each backbone x fusion (to save partial results)."""
+    `on_result(results)` is called after each backbone x fusion (to save partial results); `cfg_for_seed(seed)`
+    gives the engine's TrainConfig of each run (the CLI's shared training flags)."""
     results: dict = {}
     for backbone in backbones:
         for fusion in fusions:
             runs = []
             for seed in seeds:
-                _, hist = train(split, semantic, fusion, seed=seed, backbone=backbone, log=log, **train_kw)
+                cfg = cfg_for_seed(seed) if cfg_for_seed is not None else None
+                _, hist = train(split, semantic, fusion, seed=seed, backbone=backbone, log=log, cfg=cfg, **train_kw)
                 runs.append(hist)
             keys = list(runs[0]["test"])
             results[f"{backbone}/{fusion}"] = {
@@ -577,8 +616,21 @@ def _needs_semantic(fusions: Sequence[str]) -> bool:
 
 
 def _train_kw(args) -> dict:
-    return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, d=args.d, max_len=args.max_len,
-                patience=args.patience, device=args.device)
+    return dict(d=args.d, max_len=args.max_len)
+
+
+def _cfg(args, seed: int | None = None):
+    """The engine's TrainConfig from the shared training flags (one per seed in `compare`)."""
+    from dataclasses import replace
+
+    from fastrec.train import config_from_args
+
+    cfg = config_from_args(args, backbone=getattr(args, "backbone", None), fusion=getattr(args, "fusion", None))
+    return cfg if seed is None else replace(cfg, seed=seed, resume=None)
+
+
+def _prepare_device(args) -> str | None:
+    return None if args.device in (None, "auto") else args.device
 
 
 def _cmd_extract(args) -> int:
@@ -589,19 +641,20 @@ def _cmd_extract(args) -> int:
 
 def _cmd_train(args) -> int:
     data, semantic, info = prepare(args.data, args.out, args.model, encoder=args.encoder,
-                                   semantic=_needs_semantic([args.fusion]), device=args.device)
+                                   semantic=_needs_semantic([args.fusion]), device=_prepare_device(args))
     split = leave_one_out(data)
-    model, hist = train(split, semantic, args.fusion, seed=args.seed, init=args.init, backbone=args.backbone,
-                        **_train_kw(args))
+    run = Path(args.out) / f"{args.backbone}-{args.fusion}-s{args.seed}"
+    model, hist = train(split, semantic, args.fusion, init=args.init, backbone=args.backbone, cfg=_cfg(args),
+                        out=run, **_train_kw(args))
     path = Path(args.out) / f"{args.backbone}-{args.fusion}-s{args.seed}.pt"
     meta = {"backbone": args.backbone, "fusion": args.fusion, "init": args.init, "num_items": data.num_items,
             "d": args.d, "max_len": args.max_len, "semantic_dim": None if semantic is None else semantic.shape[1],
             "info": info, "history": hist}
     _save_checkpoint(path, model, meta)
-    print(json.dumps({"valid": hist["valid"], "test": hist["test"], "best_epoch": hist["best_epoch"],
+    print(json.dumps({"valid": hist.get("valid"), "test": hist["test"], "best_epoch": hist["best_epoch"],
                       "epochs_run": hist["epochs_run"], "encoder": info["encoder"],
                       "attribute_sources": info["attribute_sources"]}, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {path} (and the engine's run folder {run})")
     return 0
 
 
@@ -617,7 +670,7 @@ def _cmd_eval(args) -> int:
     model = build_model(data.num_items, placeholder, meta["fusion"], d=meta.get("d", 64), init="random",
                         max_len=meta.get("max_len", 50), backbone=meta.get("backbone", "sasrec"))
     model.load_state_dict(ckpt["state_dict"])
-    model.to(args.device or default_device())
+    model.to(_prepare_device(args) or default_device())
     split = leave_one_out(data)
     print(json.dumps({stage: evaluate(model, split, stage) for stage in ("valid", "test")}, indent=2))
     return 0
@@ -625,12 +678,12 @@ def _cmd_eval(args) -> int:
 
 def _cmd_compare(args) -> int:
     data, semantic, info = prepare(args.data, args.out, args.model, encoder=args.encoder,
-                                   semantic=_needs_semantic(args.fusions), device=args.device)
+                                   semantic=_needs_semantic(args.fusions), device=_prepare_device(args))
     split = leave_one_out(data)
     out = Path(args.out)
     head = (f"data {args.data}; encoder {info['encoder']}; attributes {info['attribute_sources']}; "
             f"max {args.epochs} epochs, patience {args.patience}, d {args.d}, max_len {args.max_len}, "
-            f"lr {args.lr}, batch {args.batch_size}\n\n")
+            f"lr {args.lr}, batch {args.batch_size}, device {args.device}, dtype {args.dtype}\n\n")
 
     def save(results: dict) -> None:
         table = results_table(results)
@@ -639,20 +692,23 @@ def _cmd_compare(args) -> int:
                                                                          indent=1).encode()))
 
     results = compare(split, semantic, seeds=args.seeds, fusions=args.fusions, backbones=args.backbones,
-                      on_result=save, **_train_kw(args))
+                      on_result=save, cfg_for_seed=lambda seed: _cfg(args, seed), **_train_kw(args))
     plot_results(results, out / "valid_ndcg.png")
     print(head + results_table(results))
     return 0
 
 
 def add_parser(sub) -> None:
-    """Register `fastrec kirec extract|train|eval|compare`."""
+    """Register `fastrec kirec extract|train|eval|compare` (train/compare take the engine's shared flags)."""
+    from fastrec.train import add_training_args
+
     p = sub.add_parser("kirec", help="KIRec: LLM attribute extraction + semantic fusion in SASRec/GRU4Rec/BERT4Rec")
     ks = p.add_subparsers(dest="kirec_command", required=True)
 
-    def common(q, out=True):
+    def common(q, out=True, device=True):
         q.add_argument("--data", required=True, help="LC-Rec data folder (<name>.inter.json[, <name>.item.json])")
-        q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        if device:
+            q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         if out:
             q.add_argument("--out", default="runs/kirec", help="folder for attributes, embeddings, checkpoints")
             q.add_argument("--model", default=None,
@@ -668,17 +724,15 @@ def add_parser(sub) -> None:
     for name, fn, hlp in (("train", _cmd_train, "train one backbone with IDs only, semantic only or KIRec fusion"),
                           ("compare", _cmd_compare, "backbones x variants over several seeds (table, JSON, plot)")):
         t = ks.add_parser(name, help=hlp)
-        common(t)
-        t.add_argument("--epochs", type=int, default=100, help="maximum epochs (early stopping decides)")
-        t.add_argument("--patience", type=int, default=5, help="epochs without a better valid NDCG@10 before stopping")
-        t.add_argument("--batch-size", type=int, default=256)
-        t.add_argument("--lr", type=float, default=1e-3)
+        common(t, device=False)
+        # the engine's flags (--device --dtype --batch-size --grad-accum --lr --epochs/--steps --patience
+        # --save-every --resume --seed ...); --epochs is the cap, early stopping on valid NDCG@10 decides
+        add_training_args(t, batch_size=256, lr=1e-3, epochs=100, patience=5, max_grad_norm=0.0)
         t.add_argument("--d", type=int, default=64, help="hidden size of the backbone")
         t.add_argument("--max-len", type=int, default=50)
         if name == "train":
             t.add_argument("--backbone", choices=tuple(BACKBONES), default="sasrec")
             t.add_argument("--fusion", choices=FUSIONS, default="gate")
-            t.add_argument("--seed", type=int, default=0)
             t.add_argument("--init", choices=("pca", "whiten", "random"), default="pca")
         else:
             t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
