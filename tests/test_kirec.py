@@ -355,3 +355,38 @@ def test_chat_template_and_per_item_sources(tmp_path):
     assert kirec.attribute_sources(recs) == {kirec.FALLBACK: 1, "llm:tiny": 1}
     again = kirec.extract_attributes(text, 2, cache=tmp_path / "a.jsonl", model=object(), model_name="tiny")
     assert again == recs  # both kinds of record are reused for the same generator
+
+
+def test_prepare_with_the_generator_llm_as_encoder(tmp_path):
+    model, tok = _tiny_causal_lm()
+    model.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    folder = synthetic(tmp_path / "data", num_users=20, num_items=12)
+    logs = []
+    data, semantic, info = kirec.prepare(folder, tmp_path / "out", generator=str(tmp_path / "llm"), encoder="generator",
+                                         device="cpu", batch_size=4, log=logs.append)
+    assert semantic.shape == (12, 16)  # D = the generator's hidden size
+    assert info["encoder"].startswith("llm last hidden states") and sum(info["attribute_sources"].values()) == 12
+    assert set(info["attribute_sources"]) <= {"llm:llm", kirec.FALLBACK}
+    assert any("attributes of 12 items" in line for line in logs)
+    with pytest.raises(ValueError, match="needs --model"):
+        kirec.prepare(folder, tmp_path / "out", encoder="generator")
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "bert4rec"])
+def test_length_sorted_evaluation_equals_brute_force(backbone):
+    data = synthetic(num_users=70, num_items=40)
+    split = leave_one_out(data)
+    model = kirec.build_model(40, torch.randn(40, 24), "add", d=8, max_len=12, backbone=backbone).eval()
+    got = kirec.evaluate(model, split, "test", batch_size=16)  # several length-sorted batches
+    seqs, targets, (ptr, idx) = kirec._eval_inputs(split, "test", 12)
+    scores = model.scores(seqs)
+    for r in range(seqs.shape[0]):
+        scores[r, idx[ptr[r]:ptr[r + 1]]] = float("-inf")  # history excluded
+    rank = (scores > scores.gather(1, targets[:, None])).sum(1)
+    assert got["HR@10"] == pytest.approx(float((rank < 10).float().mean()), abs=1e-6)
+    ndcg = torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(()))
+    assert got["NDCG@10"] == pytest.approx(float(ndcg.mean()), abs=1e-6)
+    rows = torch.tensor([3, 0, 5])
+    sub_ptr, sub_idx = kirec._csr_rows(ptr, idx, rows)
+    assert sub_idx.tolist() == sum((idx[ptr[r]:ptr[r + 1]].tolist() for r in rows.tolist()), [])
