@@ -41,6 +41,11 @@ TORCH_LIBRARY(fastrec, m) {
       "Tensor? bias, Tensor? fuse_weight, Tensor? fuse_bias, str mode, int padding_idx, int strategy) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("semantic_fusion_weight_grad(Tensor rows, Tensor grad_reduced, Tensor semantic_table) -> Tensor");
+  // fused sparse optimizer step of an embedding table (fastrec/ops/embedding_optim.py)
+  m.def(
+      "embedding_sparse_update(Tensor(a!) weight, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor ids, "
+      "Tensor grad, str optimizer, float lr, float beta1, float beta2, float eps, float weight_decay, int step, "
+      "int padding_idx) -> ()");
   // LC-Rec trie constraint and uniform mapping (fastrec/ops/trie.py, fastrec/ops/sinkhorn.py)
   m.def("trie_mask(Tensor scores, Tensor generated, Tensor indptr, Tensor tokens, Tensor children, float fill) -> Tensor");
   m.def("sinkhorn_assign(Tensor distances, float epsilon, int iters) -> Tensor");

@@ -82,6 +82,7 @@ __all__ = [
 
 DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULERS = ("constant", "linear", "cosine")
 MANIFEST = "manifest.json"
 
 
@@ -100,6 +101,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    scheduler: str = "constant"  # learning-rate schedule after warm-up: constant, linear or cosine (to 0)
     max_grad_norm: float | None = 1.0  # None or 0: no clipping
     epochs: int = 1
     steps: int | None = None  # optimizer steps; when set it bounds the run instead of epochs
@@ -128,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.epochs < 1 and self.steps is None:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         if isinstance(self.lora_targets, str):
@@ -158,6 +162,8 @@ def add_training_args(parser: argparse.ArgumentParser, llm: bool = False, **defa
     g.add_argument("--lr", type=float, default=d["lr"])
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     g.add_argument("--warmup-steps", type=int, default=d["warmup_steps"])
+    g.add_argument("--lr-scheduler", dest="scheduler", choices=SCHEDULERS, default=d["scheduler"],
+                   help="after warm-up: constant, or linear / cosine decay to 0 over the run")
     g.add_argument("--max-grad-norm", type=float, default=d["max_grad_norm"], help="0: no clipping")
     g.add_argument("--epochs", type=int, default=d["epochs"])
     g.add_argument("--steps", type=int, default=d["steps"], help="optimizer steps (overrides --epochs)")
@@ -603,7 +609,8 @@ def training_arguments(cfg: TrainConfig, out: str | Path, **overrides: Any):
         use_cpu=_use_cpu(cfg), gradient_checkpointing=cfg.gradient_checkpointing,
         save_strategy="steps" if cfg.save_every else "no", save_steps=cfg.save_every or 500,
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, report_to=[], disable_tqdm=not cfg.progress,
-        remove_unused_columns=False, dataloader_num_workers=0, lr_scheduler_type="constant_with_warmup")
+        remove_unused_columns=False, dataloader_num_workers=0,
+        lr_scheduler_type={"constant": "constant_with_warmup"}.get(cfg.scheduler, cfg.scheduler))
     if cfg.gradient_checkpointing:
         kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if "activation_checkpointing" in TrainingArguments.__dataclass_fields__:  # the names transformers 5.x uses

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,47 @@ def test_lcrec_bad_input(tmp_path: Path) -> None:
     (tmp_path / "A.index.json").write_text(json.dumps({"1": "<a_1>"}))
     with pytest.raises(ValueError, match="token"):
         load_lcrec(tmp_path, name="A")
+    (tmp_path / "A.index.json").unlink()
+
+
+@pytest.mark.parametrize("inter, message", [
+    ({"7": [1, -3]}, "A.inter.json: user '7' has item id -3, not a non-negative integer"),
+    ({"7": [1, "-3"]}, "user '7' has item id '-3'"),
+    ({"7": [1, 2.5]}, "user '7' has item id 2.5"),
+    ({"7": [1, True]}, "user '7' has item id True"),
+    ({"7": [1, "x1"]}, "user '7' has item id 'x1'"),
+    ({"7": [1, None]}, "user '7' has item id None"),
+    ({"-1": [1, 2]}, "A.inter.json: user '-1' is not a non-negative integer"),
+    ({"7": 5}, "user '7' must map to a list"),
+])
+def test_lcrec_rejects_bad_ids_naming_file_and_user(tmp_path: Path, inter: dict, message: str) -> None:
+    (tmp_path / "A.inter.json").write_text(json.dumps(inter))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_lcrec(tmp_path)
+
+
+def test_lcrec_truncated_or_bad_files_are_named(tmp_path: Path) -> None:
+    inter = tmp_path / "A.inter.json"
+    inter.write_text(json.dumps({"0": [1, 2, 3], "1": [2, 3]})[:-7])
+    with pytest.raises(ValueError, match=re.escape(f"{inter}: not valid JSON, truncated")):
+        load_lcrec(tmp_path)
+    inter.write_text(json.dumps({"0": [1, 2, 3]}))
+    item = tmp_path / "A.item.json"
+    item.write_text('{"1": {"title": "a"}, "2": {"ti')
+    with pytest.raises(ValueError, match=re.escape(f"{item}: not valid JSON")):
+        load_lcrec(tmp_path)
+    item.write_text(json.dumps({"1": {}, "-2": {}}))
+    with pytest.raises(ValueError, match=re.escape(f"{item}: item id '-2' is not a non-negative integer")):
+        load_lcrec(tmp_path)
+    item.unlink()
+    index = tmp_path / "A.index.json"
+    index.write_text(json.dumps({"1": ["<a_1>"], "1.5": ["<a_2>"]}))
+    with pytest.raises(ValueError, match=re.escape(f"{index}: item id '1.5'")):
+        load_lcrec(tmp_path)
+    inter.write_bytes(b'{"0": [1, 2, \xff]}')
+    index.unlink()
+    with pytest.raises(ValueError, match=re.escape(str(inter))):
+        load_lcrec(tmp_path)
 
 
 def test_movielens(tmp_path: Path) -> None:

@@ -214,6 +214,179 @@ def test_checkpoint_round_trip_through_the_cli(tmp_path, capsys):
     path = tmp_path / "model.pt"
     kirec._save_checkpoint(path, model, {"fusion": "gate", "num_items": 80, "semantic_dim": 96})
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.pt")]  # no temp file left
-    kirec._cmd_eval(argparse.Namespace(data=str(folder), checkpoint=str(path)))
+    kirec._cmd_eval(argparse.Namespace(data=str(folder), checkpoint=str(path), device="cpu"))
     printed = json.loads(capsys.readouterr().out)
     assert printed["test"] == pytest.approx(hist["test"])
+
+
+def _cold_item_data(num_users=500, clusters=8, per_cluster=100, warm=3, seed=0):
+    """Sequences where the next item's cluster is the current item's cluster + 1 and the item within it is
+    one of `warm` popular items (70%) or one of the many cold ones; semantic rows = cluster centroid + noise."""
+    from fastrec.data import from_sequences
+
+    g = torch.Generator().manual_seed(seed)
+    num_items = clusters * per_cluster
+    cluster = torch.arange(num_items) // per_cluster
+    centroids = torch.randn(clusters, 48, generator=g)
+    semantic = centroids[cluster] + 0.1 * torch.randn(num_items, 48, generator=g)
+
+    def draw(c):
+        k = int(torch.randint(0, warm, (1,), generator=g)) if float(torch.rand(1, generator=g)) < 0.7 else \
+            int(torch.randint(warm, per_cluster, (1,), generator=g))
+        return int(c) * per_cluster + k
+
+    seqs = {}
+    for u in range(num_users):
+        c = int(torch.randint(0, clusters, (1,), generator=g))
+        seq = [draw(c)]
+        for _ in range(int(torch.randint(5, 9, (1,), generator=g))):
+            c = (c + 1) % clusters
+            seq.append(draw(c))
+        seqs[str(u)] = seq
+    data = from_sequences(seqs, item_vocab=range(num_items))
+    return data, semantic
+
+
+def _hr10_on_cold_inputs(model, split, cold):
+    """HR@10 of the test target over test users whose latest history item (the model's only input) is cold."""
+    seqs, targets, _ = kirec._eval_inputs(split, "test", model.max_len)
+    seqs = seqs[:, -1:]
+    keep = cold[seqs[:, -1] - 1]
+    model.eval()
+    top = model.scores(seqs[keep]).topk(10, dim=1).indices
+    return float((top == targets[keep, None]).any(1).float().mean()), int(keep.sum())
+
+
+def test_kirec_fusion_learns_cold_items_from_semantics():
+    data, semantic = _cold_item_data()
+    split = leave_one_out(data)
+    counts = torch.bincount(split.train.items, minlength=data.num_items)
+    cold = counts == 0  # never seen in training: their ID rows are untrained
+    # max_len 1: the model sees the latest item only, so the earlier (warm) items cannot reveal the cluster
+    kw = dict(epochs=30, patience=4, batch_size=64, d=32, lr=3e-3, max_len=1, device="cpu", log=lambda *_: None)
+    results = {}
+    for fusion in ("none", "semantic", "add"):
+        model, _ = kirec.train(split, semantic, fusion, **kw)
+        results[fusion] = _hr10_on_cold_inputs(model, split, cold)
+    hr, n = results["none"]
+    assert n >= 30, "the data set must have users whose last item is cold"
+    random_hr = 10 / data.num_items
+    assert results["add"][0] > hr + 0.2, results  # fusion clearly beats IDs only on cold items (~0.6 vs ~0.2)
+    assert results["semantic"][0] > 10 * random_hr, results  # semantics alone beat random ranking (0.0125)
+
+
+def _cli(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    kirec.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["kirec", *argv])
+    return args.func(args)
+
+
+def test_ids_only_needs_no_item_text(tmp_path, capsys):
+    folder = tmp_path / "Notext"
+    folder.mkdir()
+    seqs = {str(u): [(u + k) % 30 for k in range(6)] for u in range(40)}
+    (folder / "Notext.inter.json").write_text(json.dumps(seqs))
+    out = tmp_path / "out"
+    assert _cli(["train", "--data", str(folder), "--out", str(out), "--fusion", "none", "--backbone", "gru4rec",
+                 "--epochs", "2", "--batch-size", "32", "--d", "8", "--max-len", "10", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert (out / "gru4rec-none-s0.pt").exists()
+    assert (out / "gru4rec-none-s0" / "checkpoints" / "last" / "manifest.json").exists()  # the engine's run
+    with pytest.raises(ValueError, match="no item text"):
+        kirec.prepare(folder, out, semantic=True)
+
+
+def _printed_json(out: str) -> dict:
+    return json.loads(out[out.index("{\n"):out.index("\nwrote")])
+
+
+def test_cli_resume_continues_the_run(tmp_path, capsys):
+    folder = synthetic(tmp_path / "data", num_users=60, num_items=50)
+    base = ["train", "--data", str(folder), "--fusion", "gate", "--d", "8", "--max-len", "10", "--device", "cpu",
+            "--batch-size", "32", "--no-progress", "--patience", "5", "--seed", "1"]
+    _cli(base + ["--out", str(tmp_path / "full"), "--epochs", "3"])
+    full = _printed_json(capsys.readouterr().out)
+    _cli(base + ["--out", str(tmp_path / "cut"), "--epochs", "2"])
+    capsys.readouterr()
+    _cli(base + ["--out", str(tmp_path / "cut"), "--epochs", "3", "--resume",
+                 str(tmp_path / "cut" / "sasrec-gate-s1" / "checkpoints" / "last")])
+    resumed = _printed_json(capsys.readouterr().out)
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)  # 2 + 1 epochs == 3 epochs unbroken
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bert4rec"])
+def test_every_backbone_trains_with_early_stopping(backbone):
+    data = synthetic(num_users=80, num_items=60)
+    split = leave_one_out(data)
+    semantic = torch.randn(60, 24)
+    model, hist = kirec.train(split, semantic, "concat", epochs=6, patience=1, batch_size=64, d=16,
+                              backbone=backbone, device="cpu", log=lambda *_: None)
+    assert hist["epochs_run"] <= 6 and hist["best_epoch"] <= hist["epochs_run"]
+    if hist["converged"]:
+        assert hist["epochs_run"] == hist["best_epoch"] + 1  # stopped one epoch after the last improvement
+    assert 0 <= hist["test"]["NDCG@10"] <= hist["test"]["HR@10"] <= 1
+    assert isinstance(model, kirec.BACKBONES[backbone])
+
+
+def test_chat_template_and_per_item_sources(tmp_path):
+    model, tok = _tiny_causal_lm()
+    tok.chat_template = "{% for m in messages %}[EOS] {{ m['content'] }}{% endfor %} attributes"
+    texts, special = kirec._chat(["title beaker"], tok)
+    assert texts == ["[EOS] title beaker attributes"] and special is False
+
+    def fake_llm(prompts, *a, **k):
+        return ["brand: pyrex" if "beaker" in p else "" for p in prompts]
+
+    import fastrec.recipes.kirec as mod
+
+    orig = mod._llm_attributes
+    mod._llm_attributes = fake_llm
+    try:
+        text = {0: {"title": "glass beaker"}, 1: {"title": "drill", "brand": "Acme"}}
+        recs = kirec.extract_attributes(text, 2, cache=tmp_path / "a.jsonl", model=model, tokenizer=tok,
+                                        model_name="tiny")
+    finally:
+        mod._llm_attributes = orig
+    assert recs[0]["source"] == "llm:tiny" and recs[0]["attributes"] == "brand: pyrex"
+    assert recs[1]["source"] == kirec.FALLBACK and recs[1]["attributes"] == "brand: Acme\ntitle: drill"
+    assert kirec.attribute_sources(recs) == {kirec.FALLBACK: 1, "llm:tiny": 1}
+    again = kirec.extract_attributes(text, 2, cache=tmp_path / "a.jsonl", model=object(), model_name="tiny")
+    assert again == recs  # both kinds of record are reused for the same generator
+
+
+def test_prepare_with_the_generator_llm_as_encoder(tmp_path):
+    model, tok = _tiny_causal_lm()
+    model.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    folder = synthetic(tmp_path / "data", num_users=20, num_items=12)
+    logs = []
+    data, semantic, info = kirec.prepare(folder, tmp_path / "out", generator=str(tmp_path / "llm"), encoder="generator",
+                                         device="cpu", batch_size=4, log=logs.append)
+    assert semantic.shape == (12, 16)  # D = the generator's hidden size
+    assert info["encoder"].startswith("llm last hidden states") and sum(info["attribute_sources"].values()) == 12
+    assert set(info["attribute_sources"]) <= {"llm:llm", kirec.FALLBACK}
+    assert any("attributes of 12 items" in line for line in logs)
+    with pytest.raises(ValueError, match="needs --model"):
+        kirec.prepare(folder, tmp_path / "out", encoder="generator")
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "bert4rec"])
+def test_length_sorted_evaluation_equals_brute_force(backbone):
+    data = synthetic(num_users=70, num_items=40)
+    split = leave_one_out(data)
+    model = kirec.build_model(40, torch.randn(40, 24), "add", d=8, max_len=12, backbone=backbone).eval()
+    got = kirec.evaluate(model, split, "test", batch_size=16)  # several length-sorted batches
+    seqs, targets, (ptr, idx) = kirec._eval_inputs(split, "test", 12)
+    scores = model.scores(seqs)
+    for r in range(seqs.shape[0]):
+        scores[r, idx[ptr[r]:ptr[r + 1]]] = float("-inf")  # history excluded
+    rank = (scores > scores.gather(1, targets[:, None])).sum(1)
+    assert got["HR@10"] == pytest.approx(float((rank < 10).float().mean()), abs=1e-6)
+    ndcg = torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(()))
+    assert got["NDCG@10"] == pytest.approx(float(ndcg.mean()), abs=1e-6)
+    rows = torch.tensor([3, 0, 5])
+    sub_ptr, sub_idx = kirec._csr_rows(ptr, idx, rows)
+    assert sub_idx.tolist() == sum((idx[ptr[r]:ptr[r + 1]].tolist() for r in rows.tolist()), [])

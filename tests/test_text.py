@@ -82,3 +82,67 @@ def test_bad_input(encoder):
         text_embeddings(["ok"], "/nonexistent/model", progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         text_embeddings(["ok"], *encoder, batch_size=0, progress=False)
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[EOS]", "[UNK]", "[CLS]"] + [w.strip(",") for t in TEXTS for w in t.split()]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]")
+
+
+def _save_tiny(folder, kind, seed=0):
+    """A tiny local model saved with save_pretrained (no download): a BERT encoder or a GPT-2 causal LM."""
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    tok = _tiny_tokenizer()
+    torch.manual_seed(seed)
+    if kind == "bert":
+        model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=20, n_layer=1, n_head=2))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize("kind,dim", [("bert", 24), ("gpt2", 20)])
+def test_any_local_folder_encoder_and_causal_lm_hidden_states(tmp_path, kind, dim):
+    from fastrec.data.text import is_causal_lm
+
+    model, tok = _save_tiny(tmp_path / kind, kind)
+    out = text_embeddings(TEXTS, str(tmp_path / kind), batch_size=2, progress=False, device="cpu")
+    assert out.shape == (len(TEXTS), dim)  # D = the model's hidden size
+    loaded, _ = load_encoder(tmp_path / kind, device="cpu")
+    assert is_causal_lm(loaded.config) == (kind == "gpt2")
+    # by hand: mean over the real tokens of the last hidden state, one text at a time (no padding)
+    base = model.transformer if kind == "gpt2" else model
+    for i, text in enumerate(TEXTS):
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            h = base(**enc).last_hidden_state[0]
+        torch.testing.assert_close(out[i], h.mean(0), rtol=1e-4, atol=1e-5)
+    # the loaded causal LM object (the generator itself) gives the same rows, without its logits
+    torch.testing.assert_close(text_embeddings(TEXTS, model, tok, progress=False), out, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_is_keyed_by_the_encoder(tmp_path):
+    cache = tmp_path / "emb.npy"
+    _save_tiny(tmp_path / "enc", "bert", seed=0)
+    first = text_embeddings(TEXTS, str(tmp_path / "enc"), cache=cache, progress=False, device="cpu")
+    np.save(cache, np.zeros_like(first.numpy()))  # mark the cache file: a read-back returns zeros
+    assert torch.all(text_embeddings(TEXTS, str(tmp_path / "enc"), cache=cache, progress=False, device="cpu") == 0)
+    _save_tiny(tmp_path / "enc", "bert", seed=1)  # same folder, new weights: never the stale cache
+    changed = text_embeddings(TEXTS, str(tmp_path / "enc"), cache=cache, progress=False, device="cpu")
+    assert changed.abs().sum() > 0 and not torch.allclose(changed, first)
+    np.save(cache, np.zeros_like(first.numpy()))
+    other, tok = _save_tiny(tmp_path / "gpt", "gpt2")  # another model (a loaded object) at the same cache path
+    assert text_embeddings(TEXTS, other, tok, cache=cache, progress=False).abs().sum() > 0
+    with torch.no_grad():
+        other.transformer.wte.weight.add_(1.0)  # same object, changed weights
+    np.save(cache, np.zeros((len(TEXTS), 20), dtype=np.float32))
+    assert text_embeddings(TEXTS, other, tok, cache=cache, progress=False).abs().sum() > 0

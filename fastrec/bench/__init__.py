@@ -9,7 +9,7 @@ import torch
 from fastrec.bench.core import Case, Row, format_table, markdown, plot, run_case, write_csv
 
 # One module per op family, each exposing `cases(quick: bool) -> list[Case]`.
-FAMILIES = ["quantize", "graph", "collab", "fusion", "lcrec"]
+FAMILIES = ["quantize", "graph", "collab", "fusion", "lcrec", "embedding_optim"]
 
 
 def all_cases(quick: bool = False, families: list[str] | None = None, device: str = "cpu") -> list[Case]:

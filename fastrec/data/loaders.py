@@ -21,11 +21,42 @@ def _infer_name(folder: Path) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        obj = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON, truncated or corrupt? ({e})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object at top level")
     return obj
+
+
+def _is_id(value: object) -> bool:
+    """A non-negative integer: an int (not a bool) or a string of decimal digits, as LC-Rec writes ids."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return isinstance(value, str) and value.isascii() and value.isdigit()
+
+
+def _check_inters(inters: dict, path: Path) -> None:
+    for user, seq in inters.items():
+        if not _is_id(user):
+            raise ValueError(f"{path}: user {user!r} is not a non-negative integer id")
+        if not isinstance(seq, list):
+            raise ValueError(f"{path}: user {user!r} must map to a list of item ids, got {type(seq).__name__}")
+        bad = [v for v in seq if not _is_id(v)]
+        if bad:
+            raise ValueError(f"{path}: user {user!r} has item id {bad[0]!r}, not a non-negative integer")
+
+
+def _check_item_keys(obj: dict, path: Path) -> None:
+    bad = [k for k in obj if not _is_id(k)]
+    if bad:
+        raise ValueError(f"{path}: item id {bad[0]!r} is not a non-negative integer")
 
 
 def _text_fields(entry: object) -> dict[str, str]:
@@ -47,6 +78,8 @@ def load_lcrec(folder: str | Path, name: str | None = None, index_file: str | Pa
 
     ``<name>.inter.json`` is ``{user_id: [item_id, ...chronological]}``; ``<name>.item.json`` is
     ``{item_id: {title, description, brand, categories}}``; the index is ``{item_id: ["<a_1>", ...]}``.
+    User and item ids are non-negative integers (ints, or strings of digits); anything else, and a file
+    that is not valid JSON (truncated), raises ValueError naming the file (and the user).
     The item universe is the union of items in the three files; ids are remapped to contiguous
     ``0..n-1`` in numeric order, so LC-Rec's already contiguous ids keep their value.
 
@@ -66,13 +99,16 @@ def load_lcrec(folder: str | Path, name: str | None = None, index_file: str | Pa
     if not inter_path.is_file():
         raise ValueError(f"name: {inter_path} does not exist")
     inters = _read_json(inter_path)
+    _check_inters(inters, inter_path)
     item_path = folder / f"{name}.item.json"
     items = _read_json(item_path) if item_path.is_file() else {}
+    _check_item_keys(items, item_path)
     index_path = Path(index_file) if index_file is not None else folder / f"{name}.index.json"
     if index_file is not None and not index_path.is_file():
         raise ValueError(f"index_file: {index_path} does not exist")
     index = _read_json(index_path) if index_path.is_file() else None
     if index is not None:
+        _check_item_keys(index, index_path)
         _check_index(index, index_path)
     vocab = list(items) + (list(index) if index is not None else [])
     data = from_sequences(inters, item_vocab=vocab, name=name)

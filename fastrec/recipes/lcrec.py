@@ -21,6 +21,7 @@ config with a word-level tokenizer made from the data set's prompts (nothing is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -341,22 +342,27 @@ def _metrics(topk: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
 
 def evaluate(model, tokenizer, index: dict, histories: list[list[int]], targets: torch.Tensor, beams: int = 20,
              batch_size: int = 8, progress: bool = True, template: str = "alpaca", max_history: int = 20,
-             k: int = 20) -> tuple[dict[str, float], dict[str, float], torch.Tensor]:
+             k: int = 20, dtype: str = "fp32") -> tuple[dict[str, float], dict[str, float], torch.Tensor]:
     """Top-k by constrained generation for every history; returns (metrics, metrics with each user's
-    history removed from the list, top-k ids [users, k])."""
+    history removed from the list, top-k ids [users, k]). `dtype` "bf16" generates under bf16 autocast."""
     processor = ItemTrieLogitsProcessor(index, tokenizer)
     tokenizer.padding_side = "left"
-    ranked = []
-    for s in tqdm(range(0, len(histories), batch_size), desc="lc-rec eval", unit="batch", disable=not progress):
-        prompts = [seqrec_prompt(index, h, max_history=max_history, template=template)
-                   for h in histories[s:s + batch_size]]
-        ranked.append(recommend(model, tokenizer, processor, prompts, beams=beams, k=max(k, 10)))
-    top = torch.cat(ranked) if ranked else torch.empty(0, max(k, 10), dtype=torch.long)
+    prompts = [seqrec_prompt(index, h, max_history=max_history, template=template) for h in histories]
+    # batches of similar length pad little; results go back to the users' order
+    order = sorted(range(len(prompts)), key=lambda i: len(tokenizer(prompts[i], add_special_tokens=False)["input_ids"]))
+    top = torch.full((len(prompts), max(k, 10)), -1, dtype=torch.long)
+    device = next(model.parameters()).device
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    with amp:
+        for s in tqdm(range(0, len(order), batch_size), desc="lc-rec eval", unit="batch", disable=not progress):
+            rows = order[s:s + batch_size]
+            top[rows] = recommend(model, tokenizer, processor, [prompts[i] for i in rows], beams=beams, k=max(k, 10))
     return _metrics(top[:, :10], targets), _metrics(_drop_seen(top, histories, 10), targets), top[:, :k]
 
 
 def evaluate_run(run: str | Path, data: str | Path | None = None, eval_users: int | None = None, beams: int = 20,
-                 batch_size: int = 8, seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
+                 batch_size: int = 8, seed: int = 0, device: str = "auto", progress: bool = True,
+                 dtype: str = "fp32") -> dict:
     """Evaluate what `train` saved in RUN on the leave-one-out test users (all, or `eval_users` sampled with
     `seed`); writes RUN/eval/results.json and RUN/eval/top20.jsonl (raw user id, target, top-20 item ids)."""
     t0 = time.perf_counter()
@@ -378,7 +384,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, eval_users: in
         print(f"lc-rec eval: {len(pick)} of {split.test_users.numel()} test users sampled (seed {seed})")
     metrics, unseen, top = evaluate(model, tokenizer, index, histories, targets, beams=beams, batch_size=batch_size,
                                     progress=progress, template=config.get("template", "alpaca"),
-                                    max_history=config.get("max_history", 20), k=20)
+                                    max_history=config.get("max_history", 20), k=20, dtype=dtype)
     out = Path(run) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "top20.jsonl.tmp", "w", encoding="utf-8") as f:
@@ -387,6 +393,7 @@ def evaluate_run(run: str | Path, data: str | Path | None = None, eval_users: in
     os.replace(out / "top20.jsonl.tmp", out / "top20.jsonl")
     result = {"metrics": metrics, "metrics_history_removed": unseen, "eval_users": len(histories),
               "test_users": int(split.test_users.numel()), "sampled": sampled, "seed": seed, "beams": beams,
+              "dtype": dtype,
               "data": str(folder), "eval_seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     return result
@@ -435,7 +442,8 @@ def add_parser(sub) -> None:
     tr.add_argument("--task-caps", default="", help="per-task caps TASK=N,... (0 = all of that task)")
     tr.add_argument("--max-per-task", type=int, default=20_000, help="cap of the tasks not in --task-caps (0 = all)")
     tr.add_argument("--template", choices=list(TEMPLATES), default="alpaca",
-                    help="alpaca: LC-Rec's prompt; short: the instruction alone (cheaper for small models)")
+                    help="alpaca: LC-Rec's prompts; short: the instruction alone; compact: task name and fields only "
+                         "(cheapest, for small models trained from scratch)")
     tr.add_argument("--max-history", type=int, default=20)
     tr.add_argument("--max-length", type=int, default=384)
     tr.add_argument("--hidden", type=int, default=128, help="small Llama width (without --model)")
@@ -453,6 +461,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", choices=engine_lib.DEVICES, default="auto")
+    ev.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: generate under bf16 autocast")
     ev.add_argument("--no-progress", dest="progress", action="store_false")
     ev.set_defaults(func=_cmd_eval)
 
@@ -490,7 +499,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate_run(args.run, data=args.data, eval_users=args.eval_users, beams=args.beams,
-                       batch_size=args.batch_size, seed=args.seed, device=args.device, progress=args.progress)
+                       batch_size=args.batch_size, seed=args.seed, device=args.device, progress=args.progress,
+                       dtype=args.dtype)
     print(json.dumps(res, indent=2))
     return 0
 

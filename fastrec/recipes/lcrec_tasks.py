@@ -21,8 +21,10 @@ import torch
 TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
             "request.\n\n### Instruction:\n{instruction}\n\n### Response:")
 # "alpaca" is LC-Rec's; "short" keeps only the instruction and the response marker, which spares a small
-# model trained from scratch the 30 tokens of preamble every example would repeat
-TEMPLATES = {"alpaca": TEMPLATE, "short": "### Instruction:\n{instruction}\n### Response:"}
+# model trained from scratch the 30 tokens of preamble every example would repeat; "compact" (with
+# COMPACT_PROMPTS) keeps only the task name and its fields
+TEMPLATES = {"alpaca": TEMPLATE, "short": "### Instruction:\n{instruction}\n### Response:",
+             "compact": "{instruction} =>"}
 
 PROMPTS: dict[str, list[str]] = {
     "seqrec": [
@@ -58,6 +60,16 @@ PROMPTS: dict[str, list[str]] = {
     ],
 }
 TASKS = tuple(PROMPTS)
+# the "compact" template: the task name and its fields only, no instruction prose (a small model trained
+# from scratch gains nothing from it, and it would double the tokens of every seqrec example)
+COMPACT_PROMPTS: dict[str, list[str]] = {
+    "seqrec": ["seqrec: {history}"],
+    "item2index": ["item2index: {title}"],
+    "index2item": ["index2item: {index}"],
+    "fusionseqrec": ["fusionseqrec: {history}"],
+    "itemsearch": ["itemsearch: {query} | {history}"],
+    "preferenceobtain": ["preferenceobtain: {history}"],
+}
 
 
 def add_index_tokens(model, tokenizer, index: dict, codebooks: torch.Tensor | None = None, seed: int = 0,
@@ -127,7 +139,8 @@ def _preference(item_text: dict, items: Sequence[int]) -> str:
 
 def seqrec_prompt(index: dict, history: Sequence[int], max_history: int = 20, template: str = "alpaca") -> str:
     """The evaluation prompt: the first seqrec prompt of the pool over the last `max_history` items."""
-    return TEMPLATES[template].format(instruction=PROMPTS["seqrec"][0].format(
+    pool = COMPACT_PROMPTS if template == "compact" else PROMPTS
+    return TEMPLATES[template].format(instruction=pool["seqrec"][0].format(
         history=_spell(index, list(history)[-max_history:])))
 
 
@@ -147,9 +160,10 @@ def build_tasks(sequences: Sequence[Sequence[int]], index: dict, item_text: dict
     rng = random.Random(seed)
     out: list[tuple[str, str, str]] = []
     form = TEMPLATES[template]
+    pool = COMPACT_PROMPTS if template == "compact" else PROMPTS
 
     def add(task: str, response: str, **fields) -> None:
-        out.append((task, form.format(instruction=rng.choice(PROMPTS[task]).format(**fields)), response))
+        out.append((task, form.format(instruction=rng.choice(pool[task]).format(**fields)), response))
 
     for task in tasks:
         if task in ("item2index", "index2item"):

@@ -4,6 +4,7 @@ Imports nothing of fastrec.
 """
 
 from fastrec.reference.collab import collab_inputs_embeds, splice_collab_tokens
+from fastrec.reference.embedding_optim import embedding_sparse_update
 from fastrec.reference.fusion import semantic_fusion, semantic_fusion_lookup, semantic_fusion_weight_grad
 from fastrec.reference.graph import lightgcn_propagate, spmm, topk_scores
 from fastrec.reference.quantize import nearest_code, residual_encode
@@ -15,5 +16,6 @@ __all__ = [
     "spmm", "lightgcn_propagate", "topk_scores",
     "splice_collab_tokens", "collab_inputs_embeds",
     "semantic_fusion", "semantic_fusion_lookup", "semantic_fusion_weight_grad",
+    "embedding_sparse_update",
     "trie_mask",
 ]
