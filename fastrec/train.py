@@ -10,7 +10,7 @@ Public API
 ``add_training_args(parser, llm=False, **defaults)``
                                    adds the shared flags to a recipe CLI: --device auto|cpu|cuda, --dtype
                                    fp32|bf16|fp16, --batch-size (per process), --grad-accum, --lr,
-                                   --weight-decay, --warmup-steps, --max-grad-norm, --epochs, --steps,
+                                   --weight-decay, --warmup-steps, --lr-scheduler, --max-grad-norm, --epochs, --steps,
                                    --gradient-checkpointing, --save-every, --resume [PATH], --seed,
                                    --no-progress; with ``llm=True`` also --lora, --lora-r, --lora-alpha,
                                    --lora-dropout, --lora-targets (without --lora: full fine-tuning).

@@ -232,6 +232,10 @@ def train(folder: str | Path, index_path: str | Path, out: str | Path, cfg: engi
                       callbacks=[engine_lib.JsonlMetrics(out / "metrics.jsonl"),
                                  engine_lib.CheckpointManifest({"index.json": index, RUN_CONFIG: run_config}),
                                  *(callbacks or [])])
+    if not cfg.progress:  # without progress bars the Trainer prints every log dict instead; metrics.jsonl has them
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t1 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     t_train = time.perf_counter() - t1
