@@ -46,7 +46,7 @@ Public API
                                    HF / PEFT models: ``save_pretrained`` (safetensors; an adapter for PEFT);
                                    plain nn.Modules: ``model.safetensors``; plus the tokenizer
 ``load_model_state(model, folder)``  loads ``model.safetensors`` of a plain module (errors name the file)
-``write_manifest(folder)`` / ``verify_checkpoint(folder)`` / ``latest_checkpoint(run)``
+``write_manifest(folder)`` / ``verify_checkpoint(folder)`` / ``latest_checkpoint(run)`` / ``resolve_resume(value, out)``
                                    every checkpoint carries ``manifest.json`` (name and size of each file);
                                    a missing manifest means an incomplete checkpoint, a missing or shorter
                                    file raises ``CheckpointError`` naming that file.
@@ -77,7 +77,7 @@ from tqdm import tqdm
 __all__ = [
     "TrainConfig", "add_training_args", "config_from_args", "Engine", "LossForward", "CheckpointError",
     "training_arguments", "JsonlMetrics", "CheckpointManifest", "apply_lora", "save_model", "load_model_state",
-    "write_manifest", "verify_checkpoint", "latest_checkpoint",
+    "write_manifest", "verify_checkpoint", "latest_checkpoint", "resolve_resume",
 ]
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -244,7 +244,10 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return max(cands, key=_step_of) if cands else None
 
 
-def _resolve_resume(resume: str, out: Path | None) -> Path:
+def resolve_resume(resume: str, out: str | Path | None) -> Path:
+    """The checkpoint a --resume value names: a checkpoint folder, a run folder (its latest complete
+    checkpoint) or "latest" (in `out`); verified against its manifest."""
+    out = Path(out) if out is not None else None
     path = Path(resume) if resume != "latest" else out
     if path is None:
         raise CheckpointError("resume: 'latest' needs the run folder (--out)")
@@ -418,7 +421,7 @@ class Engine:
         target = path if path is not None else self.cfg.resume
         if not target:
             return None
-        folder = _resolve_resume(str(target), self.out)
+        folder = resolve_resume(str(target), self.out)
         self.accelerator.load_state(str(folder / "state"))
         state = json.loads((folder / "trainer_state.json").read_text())
         self.global_step, self.epoch, self._skip = state["step"], state["epoch"], state["batches_done"]
