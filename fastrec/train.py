@@ -301,7 +301,7 @@ def load_model_state(model: torch.nn.Module, folder: str | Path, strict: bool = 
 class LossForward(torch.nn.Module):
     """Wraps `model` so that ``forward(*a, **k)`` is ``model.<method>(*a, **k)`` (DDP syncs through forward).
 
-    Its state dict is the inner model's (no prefix), so exports load into the bare model."""
+    Engine checkpoints export the inner model (keys without the ``model.`` prefix)."""
 
     def __init__(self, model: torch.nn.Module, method: str = "loss") -> None:
         super().__init__()
@@ -310,12 +310,6 @@ class LossForward(torch.nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.model, self.method)(*args, **kwargs)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict:  # type: ignore[override]
-        return self.model.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
-        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 # -------------------------------------------------------------------------------------------------- engine
@@ -411,7 +405,7 @@ class Engine:
                     inner.gradient_checkpointing_enable()
         out = self.accelerator.prepare(*objs)
         out_t = out if isinstance(out, tuple) else (out,)
-        self._models = [o for o in out_t if isinstance(o, torch.nn.Module)]
+        self._models += [o for o in out_t if isinstance(o, torch.nn.Module) and o not in self._models]
         return out
 
     def resume(self, path: str | Path | None = None) -> Path | None:
@@ -547,7 +541,12 @@ class Engine:
             tmp.mkdir(parents=True)
         self.wait()
         acc.save_state(str(tmp / "state"), safe_serialization=True)
-        exports = [(m, acc.get_state_dict(m)) for m in self._models]  # a collective under FSDP / DeepSpeed
+        exports = []
+        for m in self._models:
+            sd = acc.get_state_dict(m)  # a collective under FSDP / DeepSpeed
+            if isinstance(acc.unwrap_model(m), LossForward) and sd is not None:
+                sd = {k.removeprefix("model."): v for k, v in sd.items()}
+            exports.append((m, sd))
         if self.is_main:
             for i, (m, sd) in enumerate(exports):
                 save_model(self.unwrap(m), tmp / ("model" if i == 0 else f"model_{i}"), state_dict=sd)
