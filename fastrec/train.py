@@ -10,7 +10,7 @@ Public API
 ``add_training_args(parser, llm=False, **defaults)``
                                    adds the shared flags to a recipe CLI: --device auto|cpu|cuda, --dtype
                                    fp32|bf16|fp16, --batch-size (per process), --grad-accum, --lr,
-                                   --weight-decay, --warmup-steps, --max-grad-norm, --epochs, --steps,
+                                   --weight-decay, --warmup-steps, --lr-scheduler, --max-grad-norm, --epochs, --steps,
                                    --gradient-checkpointing, --save-every, --resume [PATH], --seed,
                                    --no-progress; with ``llm=True`` also --lora, --lora-r, --lora-alpha,
                                    --lora-dropout, --lora-targets (without --lora: full fine-tuning).
@@ -46,7 +46,7 @@ Public API
                                    HF / PEFT models: ``save_pretrained`` (safetensors; an adapter for PEFT);
                                    plain nn.Modules: ``model.safetensors``; plus the tokenizer
 ``load_model_state(model, folder)``  loads ``model.safetensors`` of a plain module (errors name the file)
-``write_manifest(folder)`` / ``verify_checkpoint(folder)`` / ``latest_checkpoint(run)``
+``write_manifest(folder)`` / ``verify_checkpoint(folder)`` / ``latest_checkpoint(run)`` / ``resolve_resume(value, out)``
                                    every checkpoint carries ``manifest.json`` (name and size of each file);
                                    a missing manifest means an incomplete checkpoint, a missing or shorter
                                    file raises ``CheckpointError`` naming that file.
@@ -77,7 +77,7 @@ from tqdm import tqdm
 __all__ = [
     "TrainConfig", "add_training_args", "config_from_args", "Engine", "LossForward", "CheckpointError",
     "training_arguments", "JsonlMetrics", "CheckpointManifest", "apply_lora", "save_model", "load_model_state",
-    "write_manifest", "verify_checkpoint", "latest_checkpoint",
+    "write_manifest", "verify_checkpoint", "latest_checkpoint", "resolve_resume",
 ]
 
 DTYPES = ("fp32", "bf16", "fp16")
@@ -244,7 +244,10 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return max(cands, key=_step_of) if cands else None
 
 
-def _resolve_resume(resume: str, out: Path | None) -> Path:
+def resolve_resume(resume: str, out: str | Path | None) -> Path:
+    """The checkpoint a --resume value names: a checkpoint folder, a run folder (its latest complete
+    checkpoint) or "latest" (in `out`); verified against its manifest."""
+    out = Path(out) if out is not None else None
     path = Path(resume) if resume != "latest" else out
     if path is None:
         raise CheckpointError("resume: 'latest' needs the run folder (--out)")
@@ -298,7 +301,7 @@ def load_model_state(model: torch.nn.Module, folder: str | Path, strict: bool = 
 class LossForward(torch.nn.Module):
     """Wraps `model` so that ``forward(*a, **k)`` is ``model.<method>(*a, **k)`` (DDP syncs through forward).
 
-    Its state dict is the inner model's (no prefix), so exports load into the bare model."""
+    Engine checkpoints export the inner model (keys without the ``model.`` prefix)."""
 
     def __init__(self, model: torch.nn.Module, method: str = "loss") -> None:
         super().__init__()
@@ -307,12 +310,6 @@ class LossForward(torch.nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.model, self.method)(*args, **kwargs)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict:  # type: ignore[override]
-        return self.model.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
-        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 # -------------------------------------------------------------------------------------------------- engine
@@ -408,7 +405,7 @@ class Engine:
                     inner.gradient_checkpointing_enable()
         out = self.accelerator.prepare(*objs)
         out_t = out if isinstance(out, tuple) else (out,)
-        self._models = [o for o in out_t if isinstance(o, torch.nn.Module)]
+        self._models += [o for o in out_t if isinstance(o, torch.nn.Module) and o not in self._models]
         return out
 
     def resume(self, path: str | Path | None = None) -> Path | None:
@@ -418,7 +415,7 @@ class Engine:
         target = path if path is not None else self.cfg.resume
         if not target:
             return None
-        folder = _resolve_resume(str(target), self.out)
+        folder = resolve_resume(str(target), self.out)
         self.accelerator.load_state(str(folder / "state"))
         state = json.loads((folder / "trainer_state.json").read_text())
         self.global_step, self.epoch, self._skip = state["step"], state["epoch"], state["batches_done"]
@@ -544,7 +541,12 @@ class Engine:
             tmp.mkdir(parents=True)
         self.wait()
         acc.save_state(str(tmp / "state"), safe_serialization=True)
-        exports = [(m, acc.get_state_dict(m)) for m in self._models]  # a collective under FSDP / DeepSpeed
+        exports = []
+        for m in self._models:
+            sd = acc.get_state_dict(m)  # a collective under FSDP / DeepSpeed
+            if isinstance(acc.unwrap_model(m), LossForward) and sd is not None:
+                sd = {k.removeprefix("model."): v for k, v in sd.items()}
+            exports.append((m, sd))
         if self.is_main:
             for i, (m, sd) in enumerate(exports):
                 save_model(self.unwrap(m), tmp / ("model" if i == 0 else f"model_{i}"), state_dict=sd)

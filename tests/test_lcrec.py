@@ -239,6 +239,32 @@ def test_cli_train_eval_recommend_and_a_truncated_run(tmp_path, capsys):
         main(["lcrec", "train", "--data", str(folder), "--index", str(tmp_path / "small.json"), "--out", str(run)])
 
 
+def test_lora_on_a_local_pretrained_model_trains_saves_and_evaluates(tmp_path):
+    """--model PATH --lora: the adapter (with the resized embeddings) is what RUN/model holds, and eval
+    rebuilds base + adapter from it."""
+    pytest.importorskip("peft")
+    from fastrec.recipes.lcrec import evaluate_run, load_run, local_tokenizer
+    from fastrec.train import TrainConfig
+
+    folder, index = _synthetic_run_inputs(tmp_path)
+    tok = local_tokenizer(["the user has interacted with items widget title"] * 3, vocab_size=50)
+    base = tiny_llama(tok, hidden=32, layers=1, heads=2)
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    from fastrec.recipes.lcrec import train
+
+    cfg = TrainConfig(device="cpu", batch_size=4, steps=2, lr=1e-3, lora=True, lora_r=4, progress=False)
+    res = train(folder, index, tmp_path / "run", cfg, model_path=str(tmp_path / "base"), tasks=("seqrec",))
+    assert res["lora"] and res["model"] == str((tmp_path / "base").resolve())
+    files = {p.name for p in (tmp_path / "run" / "model").iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    model, tokenizer, _, _ = load_run(tmp_path / "run", device="cpu")
+    assert type(model).__name__ == "PeftModelForCausalLM" and model.get_input_embeddings().weight.shape[0] == len(
+        tokenizer) == len(tok) + 8 * 3
+    ev = evaluate_run(tmp_path / "run", eval_users=4, beams=4, progress=False, device="cpu")
+    assert ev["eval_users"] == 4
+
+
 class _Kill(transformers.TrainerCallback):
     def __init__(self, step):
         self.step = step

@@ -230,3 +230,37 @@ def test_trainer_arguments_callbacks_and_lora(tmp_path):
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "index.json").is_file()
     logged = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]
+
+
+def test_loss_forward_exports_the_bare_model_and_resumes(tmp_path):
+    from fastrec.nn.sasrec import SASRec
+    from fastrec.train import LossForward
+
+    def run(resume=None, stop=None):
+        cfg = TrainConfig(device="cpu", batch_size=8, epochs=2, save_every=2, lr=1e-2, resume=resume, progress=False)
+        engine = Engine(cfg, out=tmp_path)
+        torch.manual_seed(0)
+        model = LossForward(SASRec(20, d=8, num_blocks=1, max_len=5, dropout=0.1), "loss")
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        seqs = torch.randint(1, 20, (32, 6), generator=torch.Generator().manual_seed(0))
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(seqs[:, :-1], seqs[:, 1:]),
+                                             batch_size=8, shuffle=True)
+        model, opt, loader = engine.prepare(model, opt, loader)
+        engine.resume()
+        for _ in engine.epochs():
+            for x, y in engine.batches(loader):
+                engine.step(model(x, y), opt)
+                if engine.global_step == stop:
+                    return engine, model
+        return engine, model
+
+    _, full = run()
+    full_sd = {k: v.clone() for k, v in full.model.state_dict().items()}
+    bare = load_model_state(SASRec(20, d=8, num_blocks=1, max_len=5, dropout=0.1),
+                            tmp_path / "checkpoints" / "step-00000008" / "model")
+    for k, v in bare.state_dict().items():
+        torch.testing.assert_close(v, full_sd[k], rtol=0, atol=0)
+    engine, resumed = run(resume=str(tmp_path / "checkpoints" / "step-00000004"))
+    assert engine.global_step == 8
+    for k, v in resumed.model.state_dict().items():
+        torch.testing.assert_close(v, full_sd[k], rtol=0, atol=0)

@@ -202,7 +202,7 @@ def train(folder: str | Path, index_path: str | Path, out: str | Path, cfg: engi
                            template=template)
     examples = cap_tasks(examples, task_caps or {}, max_per_task, seed=cfg.seed)
     counts = {t: sum(1 for e in examples if e[0] == t) for t in tasks}
-    resume = engine_lib._resolve_resume(cfg.resume, out) if cfg.resume else None
+    resume = engine_lib.resolve_resume(cfg.resume, out) if cfg.resume else None
     if resume is not None:  # the checkpoint's tokenizer: a rebuilt WordPiece vocabulary may number tokens anew
         tokenizer = AutoTokenizer.from_pretrained(resume, local_files_only=True)
     elif model_path:
@@ -232,6 +232,10 @@ def train(folder: str | Path, index_path: str | Path, out: str | Path, cfg: engi
                       callbacks=[engine_lib.JsonlMetrics(out / "metrics.jsonl"),
                                  engine_lib.CheckpointManifest({"index.json": index, RUN_CONFIG: run_config}),
                                  *(callbacks or [])])
+    if not cfg.progress:  # without progress bars the Trainer prints every log dict instead; metrics.jsonl has them
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t1 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     t_train = time.perf_counter() - t1
