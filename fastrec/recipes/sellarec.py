@@ -960,7 +960,8 @@ _SKIP = {"out", "history"}
 # the engine's shared flags (fastrec.train.add_training_args) and the config field each one sets
 ENGINE_FLAGS = {"device": "device", "dtype": "dtype", "batch_size": "batch_size", "grad_accum": "grad_accum",
                 "lr": "lora_lr", "weight_decay": "weight_decay", "warmup_steps": "warmup_steps",
-                "max_grad_norm": "max_grad_norm", "epochs": "lora_epochs", "steps": "lora_steps",
+                "scheduler": "lr_scheduler", "max_grad_norm": "max_grad_norm", "epochs": "lora_epochs",
+                "steps": "lora_steps",
                 "gradient_checkpointing": "gradient_checkpointing", "save_every": "save_every", "resume": "resume",
                 "seed": "seed", "patience": "mf_patience", "progress": "progress", "lora_r": "lora_r",
                 "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "lora_targets": "lora_targets"}
