@@ -97,3 +97,18 @@ def no_sync_ops():
     """A context manager that fails on any op that would sync the host on CUDA: the CPU-side check of the
     zero-sync paths (the cuda-marked tests run them under torch.cuda.set_sync_debug_mode("error"))."""
     return NoSyncOps
+
+
+# Triton kernels called directly: on CUDA tensors (marked `cuda`), or on CPU ones under the interpreter.
+TRITON_DEVICES = [
+    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                                           reason="Triton on the CPU needs TRITON_INTERPRET=1")),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
+                                          pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")]),
+]
+
+
+@pytest.fixture(params=TRITON_DEVICES)
+def triton_device(request) -> torch.device:
+    """Where a Triton kernel called directly runs: the CPU under TRITON_INTERPRET=1, or a CUDA device."""
+    return torch.device(request.param)

@@ -6,7 +6,6 @@ CUDA cases use the `device` fixture (marked `cuda`, skipped without a GPU); a de
 the CUDA context, so those run in a subprocess.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -29,20 +28,6 @@ from fastrec.ops import (
 )
 
 triton = pytest.importorskip("triton")
-
-# The Triton kernels called directly: on CUDA tensors (marked `cuda`), or on CPU ones under the interpreter.
-TRITON_DEVICES = [
-    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                                           reason="Triton on the CPU needs TRITON_INTERPRET=1")),
-    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
-                                          pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
-]
-
-
-@pytest.fixture(params=TRITON_DEVICES)
-def triton_device(request) -> torch.device:
-    return torch.device(request.param)
-
 
 # ------------------------------------------------------------------------------------- quantization
 

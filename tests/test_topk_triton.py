@@ -16,17 +16,10 @@ from fastrec.kernels import topk as tk  # noqa: E402
 
 from fastrec.ops.graph import _triton_topk  # noqa: E402
 
-TRITON_DEVICES = [
-    pytest.param("cpu", id="cpu", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                                           reason="Triton on the CPU needs TRITON_INTERPRET=1")),
-    pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
-                                          pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
-]
 
-
-@pytest.fixture(params=TRITON_DEVICES)
-def dev(request) -> torch.device:
-    return torch.device(request.param)
+@pytest.fixture
+def dev(triton_device) -> torch.device:  # tests/conftest.py: CPU under the interpreter, or CUDA
+    return triton_device
 
 
 def csr(counts, num_items, g, lo=0, hi=None):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fastrec.bench.core import Case, available
+from fastrec.bench.graph import torch_propagate
 from fastrec.ops import (
     collab_inputs_embeds,
     lightgcn_propagate,
@@ -97,27 +98,6 @@ def quantize_cases(device: str, quick: bool) -> list[Case]:
 
 
 # --------------------------------------------------------------------------------------------- graph
-
-
-class _SymSparseMM(torch.autograd.Function):
-    """A @ x whose backward is A @ grad (A symmetric): the best plain-PyTorch composition."""
-
-    @staticmethod
-    def forward(ctx, adj, x):
-        ctx.adj = adj
-        return torch.sparse.mm(adj, x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, torch.sparse.mm(ctx.adj, grad)
-
-
-def torch_propagate(adj: torch.Tensor, emb: torch.Tensor, layers: int, symmetric_fn: bool) -> torch.Tensor:
-    out, x = emb, emb
-    for _ in range(layers):
-        x = _SymSparseMM.apply(adj, x) if symmetric_fn else torch.sparse.mm(adj, x)
-        out = out + x
-    return out / (layers + 1)
 
 
 class _Graph:
