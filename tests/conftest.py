@@ -6,6 +6,7 @@ over every available device: CPU always, CUDA when present (those cases carry th
 `pytest -m cuda` selects them, and they skip cleanly on a machine without a GPU).
 """
 
+import contextlib
 import os
 
 import torch
@@ -90,6 +91,22 @@ class NoSyncOps(TorchDispatchMode):
                 assert not any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx), \
                     f"{name} with a boolean mask syncs"
         return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _cuda_syncs_raise():
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.fixture
+def cuda_syncs_raise():
+    """A context manager under which any host sync on CUDA raises (torch.cuda.set_sync_debug_mode("error")),
+    restored to "default" on the way out: how the cuda-marked tests prove a path never syncs."""
+    return _cuda_syncs_raise
 
 
 @pytest.fixture

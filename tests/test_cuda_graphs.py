@@ -44,16 +44,13 @@ def test_splice_rows_with_type_counts_capture_and_replay(cuda_device):
         torch.testing.assert_close(out.cpu(), want)
 
 
-def test_splice_validate_false_never_syncs(cuda_device):
+def test_splice_validate_false_never_syncs(cuda_device, cuda_syncs_raise):
     ids, weight, ph, values = _splice_inputs(cuda_device)
     splice_collab_tokens(ids, weight, ph, torch.cat(values), validate=False)  # warm-up (Triton compile)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with cuda_syncs_raise():
         splice_collab_tokens(ids, weight, ph, torch.cat(values), validate=False)
         splice_collab_rows(ids, weight, ph, values, validate=False)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_fusion_forward_capture_and_replay(cuda_device):
@@ -171,7 +168,7 @@ def _fusion_tables(device, n=41, D=24, d=8):
 
 
 @pytest.mark.parametrize("strategy", ["auto", "unique", "table"])
-def test_fusion_forward_backward_validate_false_never_syncs(cuda_device, strategy):
+def test_fusion_forward_backward_validate_false_never_syncs(cuda_device, strategy, cuda_syncs_raise):
     t = _fusion_tables(cuda_device)
     ids = torch.randint(0, 41, (4, 7), device=cuda_device)
     ids[:, :2] = 0
@@ -183,11 +180,8 @@ def test_fusion_forward_backward_validate_false_never_syncs(cuda_device, strateg
 
     want = step()  # warm-up (Triton compile)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with cuda_syncs_raise():
         got = step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     ref = reference.semantic_fusion(ids, t["id_table"], t["semantic_table"], t["weight"], t["bias"],
                                     t["fuse_weight"], t["fuse_bias"], "gate", 0)
     for a, b, c in zip(got, want, torch.autograd.grad(ref.pow(2).sum(), params), strict=True):
@@ -208,7 +202,7 @@ def test_fusion_unique_forward_capture_validate_false(cuda_device):
     torch.testing.assert_close(out, want, rtol=2e-5, atol=2e-5)
 
 
-def test_lightgcn_forward_backward_validate_false_never_syncs(cuda_device):
+def test_lightgcn_forward_backward_validate_false_never_syncs(cuda_device, cuda_syncs_raise):
     a = (torch.rand(50, 50, device=cuda_device) < 0.1).float() * torch.rand(50, 50, device=cuda_device)
     csr = a.to_sparse_csr()  # not symmetric: the backward builds the transpose on the device
     emb = torch.randn(50, 20, device=cuda_device, requires_grad=True)
@@ -218,11 +212,8 @@ def test_lightgcn_forward_backward_validate_false_never_syncs(cuda_device):
 
     step()
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with cuda_syncs_raise():
         got = step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     e2 = emb.detach().clone().requires_grad_(True)
     x, want = e2, e2 / 4
     for _ in range(3):

@@ -345,7 +345,7 @@ def test_uses_the_fused_collab_inputs_embeds_op(monkeypatch):
 
 
 @pytest.mark.cuda
-def test_no_host_sync_with_validate_off_on_cuda(cuda_device):
+def test_no_host_sync_with_validate_off_on_cuda(cuda_device, cuda_syncs_raise):
     """validate=False: a forward with collab rows never syncs the host (CUDA sync debug mode raises if it does)."""
     model, tok, emb = setup("llama")
     model.to(cuda_device)
@@ -354,13 +354,10 @@ def test_no_host_sync_with_validate_off_on_cuda(cuda_device):
     enc = tok([PROMPT], return_tensors="pt").to(cuda_device)
     collab = {k: torch.tensor([2], device=cuda_device) for k in ("user", "item", "warm")}
     model(**enc, collab=collab)  # warm-up (lazy init may sync)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with cuda_syncs_raise():
         with torch.no_grad():
             with emb.use(collab):
                 emb(enc["input_ids"])
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_torch_compile_fullgraph_forward():
