@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastrec.ops import _checks
 from fastrec.ops import collab as ops
 
 KINDS = ("user", "item", "warm")
@@ -96,13 +97,6 @@ class HybridProjection(nn.Module):
 
 
 Collab = Mapping[str, torch.Tensor]
-
-
-def _checks_on(t: torch.Tensor, validate: bool) -> bool:
-    """Value checks read tensor data (a host sync on a GPU): only with validate, never while compiling or capturing."""
-    if not validate or torch.compiler.is_compiling():
-        return False
-    return not (t.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def expansion_index(prompt_ids: torch.Tensor, placeholder: int, expand: int, rows: int) -> torch.Tensor:
@@ -267,11 +261,8 @@ class CollabTokenEmbedding(nn.Module):
                     raise ValueError(f"collab[{kind!r}] ids must be 1-D, got shape {tuple(x.shape)}")
                 table = self.tables[kind]
                 x = x.to(table.device, non_blocking=True)
-                if _checks_on(x, self.validate) and x.numel():
-                    lo, hi = int(x.min()), int(x.max())
-                    if lo < 0 or hi >= table.shape[0]:
-                        raise IndexError(f"collab[{kind!r}] holds id {lo if lo < 0 else hi}, outside the rows of "
-                                         f"the {kind} table [0, {table.shape[0]})")
+                if self.validate and _checks.can_read(x):  # value checks read data: a host sync on a GPU
+                    ops._check_ids_range(f"collab[{kind!r}]", x, table.shape[0], f"the rows of the {kind} table")
             out.append(x)
         return out
 

@@ -69,11 +69,7 @@ torch.library.register_autograd("fastrec::splice_collab_tokens", _splice_backwar
 
 def _may_sync(t: torch.Tensor, validate: bool) -> bool:
     """Value checks read data: free on CPU, a host sync elsewhere; never while tracing or capturing."""
-    if torch.compiler.is_compiling():
-        return False
-    if t.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False
-    return t.device.type == "cpu" or validate
+    return _checks.can_read(t) and (t.device.type == "cpu" or validate)
 
 
 def _check_ids_range(name: str, ids: torch.Tensor, size: int, what: str) -> None:
