@@ -29,6 +29,8 @@ TORCH_LIBRARY(fastrec, m) {
   m.def(
       "lightgcn_propagate(Tensor indptr, Tensor indices, Tensor values, Tensor t_indptr, Tensor t_indices, "
       "Tensor t_values, Tensor emb, float[] layer_weights) -> Tensor");
+  // the merge-path partition of the CUDA SpMM (csrc/common/graph.h), for tests and benchmarks only
+  m.def("_graph_partition(Tensor indptr, int nnz, int items_per_worker) -> Tensor");
   m.def(
       "topk_scores(Tensor queries, Tensor items, int k, Tensor? exclude_indptr, Tensor? exclude_indices) "
       "-> (Tensor, Tensor)");

@@ -92,6 +92,167 @@ def test_spmm_duplicate_column_entries_add_up(on_device):
     assert spmm(indptr, indices, values, x).flatten().tolist() == [34.0, 0.0]
 
 
+# --------------------------------------------- nnz-balanced partition and power-law graphs (CUDA SpMM)
+
+
+def power_law_csr(rows=2500, cols=None, hub=50_000, index_dtype=torch.int64, seed=0):
+    """A CSR with one row of `hub` neighbours (split across ~hub / 256 CUDA workers), a popular column (a long
+    row of the transpose), many empty rows, the rest Zipf-like degrees; values scaled so sums stay O(1).
+    Returns (indptr, indices, values) on the default device and the fp64 dense-free oracle inputs on the CPU."""
+    cols = rows if cols is None else cols
+    with torch.device("cpu"):
+        g = torch.Generator().manual_seed(seed)
+        deg = (torch.rand(rows, generator=g) ** -1.5).long().clamp(max=400) - 1  # ~half the rows empty
+        deg = deg.clamp(min=0)
+        deg[3] = hub
+        deg[rows - 1] = 0  # an empty last row
+        indices = torch.randint(0, cols, (int(deg.sum()),), generator=g)
+        indices[torch.rand(indices.numel(), generator=g) < 0.3] = 1  # column 1: a long row of the transpose
+        indptr = torch.cat([torch.zeros(1, dtype=torch.long), deg.cumsum(0)])
+        values = torch.rand(indices.numel(), generator=g) / (deg.repeat_interleave(deg).float().sqrt() + 1)
+    to = torch.get_default_device()
+    return indptr.to(to, index_dtype), indices.to(to, index_dtype), values.to(to)
+
+
+def spmm_fp64(indptr, indices, values, dense):
+    """The oracle: A @ dense in float64 on the CPU."""
+    indptr, indices, values, dense = indptr.cpu().long(), indices.cpu().long(), values.cpu(), dense.cpu()
+    rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1), indptr[1:] - indptr[:-1])
+    out = torch.zeros(indptr.numel() - 1, dense.shape[1], dtype=torch.float64)
+    return out.index_add_(0, rows, values.double()[:, None] * dense.double()[indices])
+
+
+def check_partition(plan, indptr, nnz, k):
+    """The merge-path plan's invariants: owned rows tile [0, rows) in order; every edge is summed exactly
+    once (by its row's owner or in one carry of that row); every carry written is read by exactly one owner,
+    which reads the carries of a contiguous run of earlier workers ending just before it; no worker sums
+    more than 2K items (its <= K merge-path items plus at most K edges of a short leading row)."""
+    ptr = indptr.cpu().long().tolist()
+    rows = len(ptr) - 1
+    workers = -(-(rows + nnz) // k)
+    assert tuple(plan.shape) == (workers, 6) and plan.dtype == torch.int64
+    row0, row1, lead, chain, cb, ce = (c.tolist() for c in plan.cpu().unbind(1))
+    if workers == 0:
+        return
+    assert row0[0] == 0 and row1[-1] == rows
+    assert all(row1[w] == row0[w + 1] for w in range(workers - 1)) and all(a <= b for a, b in zip(row0, row1))
+    covered = torch.zeros(nnz, dtype=torch.long)
+    reads = [0] * workers
+    for w in range(workers):
+        work = 0
+        for r in range(row0[w], row1[w]):
+            b, e = (lead[w] if r == row0[w] else ptr[r]), ptr[r + 1]
+            assert ptr[r] <= b <= e
+            covered[b:e] += 1
+            work += e - b + 1
+            if r == row0[w] and chain[w] < w:  # a split row: its first part is in the carries of [chain, w)
+                assert e - ptr[r] > k
+                for c in range(chain[w], w):
+                    assert row1[c] == r and ptr[r] <= cb[c] < ce[c] <= ptr[r + 1]
+                    reads[c] += 1
+            else:
+                assert b == ptr[r] and (r != row0[w] or chain[w] == w)
+        if cb[w] < ce[w]:
+            assert row1[w] < rows and ptr[row1[w]] <= cb[w] and ce[w] <= ptr[row1[w] + 1]
+            covered[cb[w]:ce[w]] += 1
+            work += ce[w] - cb[w]
+        assert work <= 2 * k, (w, work)
+    assert bool((covered == 1).all())
+    assert reads == [1 if cb[w] < ce[w] else 0 for w in range(workers)]
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("k", [1, 2, 7, 64, 256])
+def test_graph_partition_covers_every_edge_once_and_matches_its_mirror(index_dtype, k, device):
+    """fastrec::_graph_partition runs the partition of the CUDA SpMM (graph::plan_worker, csrc/common/graph.h)
+    on the device given: its plan equals the plain-Python mirror and keeps the invariants the kernels rely on."""
+    graphs = [power_law_csr(300, hub=3_000, index_dtype=index_dtype, seed=1),
+              (torch.tensor([0, 0, 0]), torch.empty(0, dtype=torch.long), None),  # only empty rows
+              (torch.tensor([0]), torch.empty(0, dtype=torch.long), None),  # no rows
+              (torch.tensor([0, 5, 5, 6, 40, 40]), torch.zeros(40, dtype=torch.long), None)]
+    for indptr, indices, _ in graphs:
+        indptr = indptr.to(device, index_dtype)
+        plan = torch.ops.fastrec._graph_partition(indptr, indices.numel(), k)
+        assert torch.equal(plan.cpu(), reference.graph_partition(indptr.cpu(), indices.numel(), k))
+        check_partition(plan, indptr, indices.numel(), k)
+
+
+def test_graph_partition_stays_in_bounds_on_a_malformed_indptr(device):
+    """A non-monotone, out-of-range indptr (no host check under validate=False) still gives coordinates inside
+    [0, rows] x [0, nnz], so the kernels cannot read outside indices/values (they assert on it)."""
+    indptr = torch.tensor([0, 9, 2, -4, 50, 3, 7], device=device)
+    for k in [1, 3, 8]:
+        plan = torch.ops.fastrec._graph_partition(indptr, 7, k)
+        assert torch.equal(plan.cpu(), reference.graph_partition(indptr.cpu(), 7, k))
+        rows_ok = (plan[:, :2] >= 0) & (plan[:, :2] <= 6)
+        edges_ok = (plan[:, [2, 4, 5]] >= 0) & (plan[:, [2, 4, 5]] <= 7)
+        assert bool(rows_ok.all()) and bool(edges_ok.all())
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("d", [1, 3, 4, 64, 130])
+def test_spmm_power_law_hub_row_forward_backward(index_dtype, d, on_device):
+    """A 50,000-neighbour row (split across ~200 CUDA workers), empty rows, a popular column (a long row of
+    the transpose, used by the backward): values and both gradients against fp64."""
+    indptr, indices, values = power_law_csr(index_dtype=index_dtype)
+    x = torch.randn(2500, d, requires_grad=True)
+    v = values.clone().requires_grad_(True)
+    out = spmm(indptr, indices, v, x)
+    torch.testing.assert_close(out.double().cpu(), spmm_fp64(indptr, indices, values, x.detach()),
+                               rtol=1e-4, atol=1e-4)
+    grad = torch.randn(2500, d)
+    out.backward(grad)
+    rows = torch.repeat_interleave(torch.arange(2500), (indptr[1:] - indptr[:-1]).long().cpu())
+    t_oracle = torch.zeros(2500, d, dtype=torch.float64).index_add_(
+        0, indices.long().cpu(), values.double().cpu()[:, None] * grad.double().cpu()[rows])
+    torch.testing.assert_close(x.grad.double().cpu(), t_oracle, rtol=1e-4, atol=1e-4)
+    g_values = (grad.double().cpu()[rows] * x.detach().double().cpu()[indices.long().cpu()]).sum(1)
+    torch.testing.assert_close(v.grad.double().cpu(), g_values, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [3, 64])
+def test_spmm_misaligned_dense_view(d, on_device):
+    """dense as a view with a 4-byte storage offset: the CUDA kernel takes its scalar path (no 16-byte load
+    of a misaligned row) and gives the same sums."""
+    indptr, indices, values = power_law_csr(index_dtype=torch.int32, seed=2)
+    storage = torch.randn(2500 * d + 1)
+    x = storage[1:].view(2500, d)
+    assert x.is_contiguous() and x.storage_offset() == 1
+    out = spmm(indptr, indices, values, x)
+    torch.testing.assert_close(out.double().cpu(), spmm_fp64(indptr, indices, values, x), rtol=1e-4, atol=1e-4)
+    emb = torch.randn(2500 * d + 1)[1:].view(2500, d)
+    got = lightgcn_propagate(_Csr(indptr, indices, values), emb, 2)
+    want = reference.lightgcn_propagate(indptr, indices, values, indptr, indices, values, emb, [1 / 3] * 3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [4, 64, 130])
+def test_propagate_power_law_forward_backward_and_bitwise_deterministic(d, on_device):
+    """lightgcn_propagate on a non-symmetric power-law graph (hub row, hub column, empty rows): forward and
+    backward against the reference, and two runs equal bit for bit (no atomics: fixed summation order)."""
+    indptr, indices, values = power_law_csr(index_dtype=torch.int32, seed=3)
+    graph = _Csr(indptr, indices, values)
+    emb = torch.randn(2500, d, requires_grad=True)
+    grad = torch.randn(2500, d)
+    weights = [0.4, 0.3, 0.2, 0.1]
+
+    def run():
+        e = emb.detach().clone().requires_grad_(True)
+        out = lightgcn_propagate(graph, e, layer_weights=weights, validate=False)
+        out.backward(grad)
+        return out.detach(), e.grad
+
+    out, g = run()
+    e2 = emb.detach().clone().requires_grad_(True)
+    ref = reference.lightgcn_propagate(indptr, indices, values, indptr, indices, values, e2, weights)
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g, e2.grad, rtol=1e-4, atol=1e-4)
+    out2, g2 = run()
+    assert torch.equal(out, out2) and torch.equal(g, g2)
+    assert torch.equal(spmm(indptr, indices, values, emb.detach()), spmm(indptr, indices, values, emb.detach()))
+
+
 # ---------------------------------------------------------------------------- lightgcn_propagate
 
 

@@ -428,9 +428,32 @@ std::tuple<at::Tensor, at::Tensor> topk_scores_cpu(const at::Tensor& queries, co
   return {scores, ids};
 }
 
+// fastrec::_graph_partition: the merge-path plan of the CUDA SpMM (graph::plan_worker) for every worker,
+// [workers, 6] int64 (row0, row1, lead_begin, chain_begin, carry_begin, carry_end); tests check its invariants.
+at::Tensor graph_partition_cpu(const at::Tensor& indptr, int64_t nnz, int64_t items_per_worker) {
+  TORCH_CHECK_VALUE(indptr.dim() == 1 && indptr.numel() >= 1, "indptr must be 1-D with num_rows + 1 >= 1 entries");
+  TORCH_CHECK_VALUE(indptr.scalar_type() == at::kInt || indptr.scalar_type() == at::kLong,
+                    "indptr must be int32 or int64");
+  TORCH_CHECK_VALUE(nnz >= 0 && items_per_worker >= 1, "nnz must be >= 0 and items_per_worker >= 1");
+  auto ip = indptr.contiguous();
+  const int64_t rows = ip.numel() - 1, workers = graph::merge_path_workers(rows, nnz, items_per_worker);
+  auto plan = at::empty({workers, 6}, ip.options().dtype(at::kLong));
+  int64_t* o = plan.data_ptr<int64_t>();
+  AT_DISPATCH_INDEX_TYPES(ip.scalar_type(), "graph_partition_cpu", [&] {
+    const index_t* p = ip.data_ptr<index_t>();
+    for (int64_t w = 0; w < workers; ++w) {
+      const graph::WorkerPlan wp = graph::plan_worker(w, items_per_worker, p, rows, nnz);
+      const int64_t row[6] = {wp.row0, wp.row1, wp.lead_begin, wp.chain_begin, wp.carry_begin, wp.carry_end};
+      std::copy(row, row + 6, o + w * 6);
+    }
+  });
+  return plan;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrec, CPU, m) {
+  m.impl("_graph_partition", &graph_partition_cpu);
   m.impl("spmm", &spmm_cpu);
   m.impl("lightgcn_propagate", &lightgcn_propagate_cpu);
   m.impl("topk_scores", &topk_scores_cpu);

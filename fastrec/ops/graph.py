@@ -38,6 +38,8 @@ def _triton_topk(queries, items, k, exclude_indptr, exclude_indices):
 
 define("spmm", "(Tensor indptr, Tensor indices, Tensor values, Tensor dense) -> Tensor", reference.spmm)
 define("lightgcn_propagate", _LIGHTGCN_SCHEMA, reference.lightgcn_propagate)
+# the merge-path partition of the CUDA SpMM (csrc/common/graph.h); an internal op for tests and benchmarks
+define("_graph_partition", "(Tensor indptr, int nnz, int items_per_worker) -> Tensor", reference.graph_partition)
 define(
     "topk_scores",
     "(Tensor queries, Tensor items, int k, Tensor? exclude_indptr, Tensor? exclude_indices) -> (Tensor, Tensor)",
@@ -54,6 +56,12 @@ def _(indptr, indices, values, dense):
 @torch.library.register_fake("fastrec::lightgcn_propagate")
 def _(indptr, indices, values, t_indptr, t_indices, t_values, emb, layer_weights):
     return emb.new_empty(emb.shape)  # contiguous, as every kernel returns it
+
+
+@torch.library.register_fake("fastrec::_graph_partition")
+def _(indptr, nnz, items_per_worker):
+    workers = (indptr.shape[0] - 1 + nnz + items_per_worker - 1) // items_per_worker
+    return indptr.new_empty(workers, 6, dtype=torch.int64)
 
 
 @torch.library.register_fake("fastrec::topk_scores")

@@ -18,6 +18,42 @@ def spmm(indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, dens
     return out.index_add(0, _rows(indptr, indices.numel()), contrib).to(dense.dtype)
 
 
+def graph_partition(indptr: torch.Tensor, nnz: int, items_per_worker: int) -> torch.Tensor:
+    """The merge-path plan of the CUDA SpMM (a plain-Python mirror of graph::plan_worker in
+    csrc/common/graph.h): ``[workers, 6]`` int64 rows ``(row0, row1, lead_begin, chain_begin, carry_begin,
+    carry_end)``. Items are every edge and one row end per row; worker ``w`` takes items
+    ``[w K, (w + 1) K)``, owns the rows whose end it holds, sums a short row whole and a long (> K edges)
+    split row from its segment start plus the carries of workers ``[chain_begin, w)``, and writes a carry
+    for the part of its trailing long row it holds."""
+    k = items_per_worker
+    ptr = [min(max(int(v), 0), nnz) for v in indptr.tolist()]
+    rows = len(ptr) - 1
+    total = rows + nnz
+    workers = (total + k - 1) // k
+
+    def row_at(diag: int) -> int:  # the first row whose end item is at or after diag
+        lo, hi = max(diag - nnz, 0), min(diag, rows)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if ptr[mid + 1] + mid < diag else (lo, mid)
+        return lo
+
+    plan = []
+    for w in range(workers):
+        d0 = min(w * k, total)
+        d1 = min(d0 + k, total)
+        r0, r1 = row_at(d0), row_at(d1)
+        e0, e1 = d0 - r0, d1 - r1
+        lead, chain = ptr[r0], w
+        if r0 < r1 and ptr[r0 + 1] - ptr[r0] > k and (r0 + ptr[r0]) // k < w:
+            lead, chain = e0, (r0 + ptr[r0]) // k
+        carry = (e1, e1)
+        if r1 < rows and ptr[r1 + 1] - ptr[r1] > k and max(ptr[r1], e0) < e1:
+            carry = (max(ptr[r1], e0), e1)
+        plan.append([r0, r1, lead, chain, *carry])
+    return torch.tensor(plan, dtype=torch.int64, device=indptr.device).reshape(workers, 6)
+
+
 def lightgcn_propagate(
     indptr: torch.Tensor,
     indices: torch.Tensor,
