@@ -81,6 +81,25 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
         csr = torch.sparse_csr_tensor(indptr, indices, rand(9), (5, 5))
         backward(ops.lightgcn_propagate(csr, emb, num_layers=3), emb)
 
+    def graph_power_law():
+        # the CUDA SpMM's merge-path paths: a 3,000-neighbour row split across ~12 warps (carries + the owner's
+        # ordered fix-up), empty rows, a popular column (a long row of the transpose, in the backward), d = 3
+        # and 130 (scalar loads), 64 (float4 loads), a misaligned dense view (scalar path), int32 and int64
+        deg = (torch.rand(600, generator=g) ** -1.5).long().clamp(max=60) - 1
+        deg[5], deg[-1] = 3_000, 0
+        cols = torch.randint(0, 600, (int(deg.sum()),), generator=g)
+        cols[::3] = 1
+        ptr = torch.cat([torch.zeros(1, dtype=torch.long), deg.cumsum(0)]).to(device)
+        cols = cols.to(device)
+        for dim, index in [(3, torch.int32), (64, torch.int64), (130, torch.int32)]:
+            values, dense = rand(cols.numel(), grad=True), rand(600, dim, grad=True)
+            backward(ops.spmm(ptr.to(index), cols.to(index), values, dense), values, dense)
+            emb = rand(600, dim, grad=True)
+            csr = torch.sparse_csr_tensor(ptr.to(index), cols.to(index), values.detach(), (600, 600))
+            backward(ops.lightgcn_propagate(csr, emb, num_layers=3, validate=False), emb)
+        view = rand(600 * 64 + 1)[1:].view(600, 64)  # 4-byte storage offset: no 16-byte loads
+        ops.lightgcn_propagate(torch.sparse_csr_tensor(ptr, cols, rand(cols.numel()), (600, 600)), view, 2)
+
     def topk():
         q, items = rand(6, 7, grad=True), rand(11, 7, grad=True)
         ex = (torch.tensor([0, 1, 1, 3, 3, 3, 4], device=device), torch.tensor([2, 0, 10, 5], device=device))
@@ -150,7 +169,8 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
 
     return [("nearest_code", nearest), ("residual_encode", residual), ("quantize bad input", quantize_bad),
             ("triton quantize", triton_quantize), ("sinkhorn_assign", sinkhorn), ("spmm", spmm),
-            ("lightgcn_propagate", lightgcn), ("topk_scores", topk), ("splice_collab", splice),
+            ("lightgcn_propagate", lightgcn), ("spmm / lightgcn power-law", graph_power_law),
+            ("topk_scores", topk), ("splice_collab", splice),
             ("collab_inputs_embeds", collab_embeds), ("triton splice bad ids", triton_collab),
             ("semantic_fusion_lookup", fusion), ("fusion bad input", fusion_bad), ("trie_mask", trie)]
 

@@ -135,7 +135,8 @@ def check_partition(plan, indptr, nnz, k):
     if workers == 0:
         return
     assert row0[0] == 0 and row1[-1] == rows
-    assert all(row1[w] == row0[w + 1] for w in range(workers - 1)) and all(a <= b for a, b in zip(row0, row1))
+    assert all(row1[w] == row0[w + 1] for w in range(workers - 1))
+    assert all(a <= b for a, b in zip(row0, row1, strict=True))
     covered = torch.zeros(nnz, dtype=torch.long)
     reads = [0] * workers
     for w in range(workers):
