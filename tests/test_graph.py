@@ -446,6 +446,7 @@ def test_opcheck(on_device):
     ex_p, ex_i = torch.tensor([0, 1, 1, 3, 3]), torch.tensor([2, 0, 10])
     torch.library.opcheck(torch.ops.fastrec.topk_scores, (q, it, 3, ex_p, ex_i))
     torch.library.opcheck(torch.ops.fastrec.topk_scores, (q, it, 3, None, None))
+    torch.library.opcheck(torch.ops.fastrec._graph_partition, (indptr, indices.numel(), 4))
 
 
 def test_torch_compile_fullgraph(on_device):
