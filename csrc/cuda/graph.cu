@@ -155,7 +155,7 @@ __device__ __forceinline__ void reduce_groups(Chunk<V>& acc, int group) {
 
 // First kernel of a pass: each warp whose trailing row is split sums its part of that row into its carry.
 template <int V, typename index_t>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp) spmm_carry_kernel(PassArgs<index_t> a, int64_t workers) {
+__global__ void spmm_carry_kernel(PassArgs<index_t> a, int64_t workers) {
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= workers) return;  // the whole warp
   const graph::WorkerPlan p = graph::plan_worker(w, kItemsPerWarp, a.indptr, a.rows, a.nnz);
@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * kWarp) spmm_carry_kernel(Pass
 // Second kernel of a pass: each warp sums the rows it owns (a split row0: its part, then the carries of
 // workers chain_begin..w-1 in that order) and writes them once, with the fused epilogue.
 template <int V, typename index_t>
-__global__ void __launch_bounds__(kWarpsPerBlock * kWarp) spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
+__global__ void spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= workers) return;  // the whole warp
   const graph::WorkerPlan p = graph::plan_worker(w, kItemsPerWarp, a.indptr, a.rows, a.nnz);
