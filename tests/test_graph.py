@@ -162,6 +162,26 @@ def check_partition(plan, indptr, nnz, k):
     assert reads == [1 if cb[w] < ce[w] else 0 for w in range(workers)]
 
 
+def spmm_from_plan(plan, indptr, indices, values, x):
+    """The two CUDA kernels' arithmetic replayed from a plan (fp64): carries of the split rows' parts first,
+    then each owner's rows, a split row0 adding the carries of workers [chain_begin, w) in order."""
+    ptr, x = indptr.cpu().long().tolist(), x.double()
+
+    def part(b, e):
+        return (values[b:e].double()[:, None] * x[indices[b:e].long()]).sum(0)
+
+    plan = plan.cpu().tolist()
+    carry = [part(cb, ce) if cb < ce else None for _, _, _, _, cb, ce in plan]
+    out = torch.full((len(ptr) - 1, x.shape[1]), float("nan"), dtype=torch.float64)
+    for w, (r0, r1, lead, chain, _, _) in enumerate(plan):
+        for r in range(r0, r1):
+            acc = part(lead if r == r0 else ptr[r], ptr[r + 1])
+            for c in range(chain, w) if r == r0 else ():
+                acc = acc + carry[c]
+            out[r] = acc
+    return out
+
+
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("k", [1, 2, 7, 64, 256])
 def test_graph_partition_covers_every_edge_once_and_matches_its_mirror(index_dtype, k, device):
@@ -176,6 +196,11 @@ def test_graph_partition_covers_every_edge_once_and_matches_its_mirror(index_dty
         plan = torch.ops.fastrec._graph_partition(indptr, indices.numel(), k)
         assert torch.equal(plan.cpu(), reference.graph_partition(indptr.cpu(), indices.numel(), k))
         check_partition(plan, indptr, indices.numel(), k)
+    indptr, indices, values = (t.cpu() for t in graphs[0])
+    x = torch.randn(300, 3, device="cpu")
+    got = spmm_from_plan(torch.ops.fastrec._graph_partition(indptr.to(device), indices.numel(), k), indptr, indices,
+                         values, x)
+    torch.testing.assert_close(got, spmm_fp64(indptr, indices, values, x), rtol=1e-9, atol=1e-9)
 
 
 def test_graph_partition_stays_in_bounds_on_a_malformed_indptr(device):
