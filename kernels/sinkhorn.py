@@ -43,7 +43,7 @@ def _load_tile(d_ptr, rows, ks, N, K, s0, s1):
 def _e_tile(d_ptr, rows, ks, rmin, scale, N, K, s0, s1):
     """E = exp(-(d - row min) * scale), 0 outside the matrix."""
     x, m = _load_tile(d_ptr, rows, ks, N, K, s0, s1)
-    e = tl.exp(-(x - rmin[:, None]) * scale)
+    e = tl.exp(-(tl.where(m, x, rmin[:, None]) - rmin[:, None]) * scale)  # exp(0) outside: no inf there
     return tl.where(m, e, 0.0)
 
 
@@ -156,7 +156,7 @@ def argmax_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, codes_ptr, N, K, s0, s1,
             ks = k0 + tl.arange(0, BLOCK_K)
             v = tl.load(v_ptr + ks, mask=ks < K, other=0.0)
             x, m = _load_tile(d_ptr, rows, ks, N, K, s0, s1)
-            p = tl.exp(-(x - rmin[:, None]) * scale) * v[None, :]
+            p = tl.exp(-(tl.where(m, x, rmin[:, None]) - rmin[:, None]) * scale) * v[None, :]
             p = tl.where(m & (p == p), p, -1.0)  # outside the matrix and NaN never win
             tile_best = tl.max(p, axis=1)
             tile_k = tl.argmax(p, axis=1, tie_break_left=True).to(tl.int64) + k0
@@ -185,9 +185,10 @@ def sinkhorn_assign(distances: torch.Tensor, epsilon: float, iters: int,
     codes = torch.empty(N, dtype=torch.int64, device=dev)
     if N == 0:
         return codes
-    rows, block_n, bk = blocks(K, os.environ.get("TRITON_INTERPRET") == "1")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    rows, block_n, bk = blocks(K, interpret)
     if block_k is not None:
-        bk, block_n = block_k, 4096 // block_k
+        bk, block_n = block_k, (16384 if interpret else 4096) // block_k
     block_n = min(block_n, rows)
     one_tile = K <= bk
     P = triton.cdiv(N, rows)
