@@ -155,7 +155,8 @@ def test_triton_sinkhorn_edge_cases(triton_device):
 
     dev = triton_device
     assert tk.sinkhorn_assign(torch.empty(0, 5, device=dev), 0.003, 50).shape == (0,)
-    assert torch.equal(tk.sinkhorn_assign(torch.rand(9, 1, device=dev), 0.003, 50).cpu(), torch.zeros(9, dtype=torch.long))
+    one_code = tk.sinkhorn_assign(torch.rand(9, 1, device=dev), 0.003, 50)
+    assert torch.equal(one_code.cpu(), torch.zeros(9, dtype=torch.long))
     d = torch.rand(50, 6)
     d[3] = d[3, 0]  # a row of exact ties: lowest index
     got = tk.sinkhorn_assign(d.to(dev), 0.003, 0)  # no iteration: each row's nearest code
@@ -183,9 +184,8 @@ def test_triton_sinkhorn_balances(triton_device):
 def test_triton_sinkhorn_uses_no_syncing_op_and_never_stores_n_by_k(triton_device, no_sync_ops):
     """Every float64 tensor the kernel allocates is O(N + K + programs x K): the only N x K access is reading
     the input. (The dispatch modes see every aten op the wrapper issues, syncing or allocating.)"""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from fastrec.kernels import sinkhorn as tk
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     sizes = []
 
