@@ -101,8 +101,8 @@ def row_pass_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, u_ptr, part_ptr, N, K, s0
             rows = pid.to(tl.int64) * ROWS + r0 + tl.arange(0, BLOCK_N)
             rmin = tl.load(rmin_ptr + rows, mask=rows < N, other=0.0)
             e = _e_tile(d_ptr, rows, ks, rmin, scale, N, K, s0, s1)
-            u = 1.0 / (n * tl.sum(e * v[None, :], axis=1))
-            u = tl.where(rows < N, u, 0.0)
+            r = tl.where(rows < N, tl.sum(e * v[None, :], axis=1), 1.0)
+            u = tl.where(rows < N, 1.0 / (n * r), 0.0)
             col += tl.sum(u[:, None] * e, axis=0)
         tl.store(part_ptr + pid.to(tl.int64) * K + ks, col, mask=ks < K)
     else:  # two sweeps over the row: u (to memory) first, then the column sums tile by tile
@@ -114,7 +114,7 @@ def row_pass_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, u_ptr, part_ptr, N, K, s0
                 ks = k0 + tl.arange(0, BLOCK_K)
                 v = tl.load(v_ptr + ks, mask=ks < K, other=0.0)
                 r += tl.sum(_e_tile(d_ptr, rows, ks, rmin, scale, N, K, s0, s1) * v[None, :], axis=1)
-            tl.store(u_ptr + rows, 1.0 / (n * r), mask=rows < N)
+            tl.store(u_ptr + rows, 1.0 / (n * tl.where(rows < N, r, 1.0)), mask=rows < N)
         tl.debug_barrier()  # u written by one thread is read by another below
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
@@ -136,7 +136,7 @@ def column_reduce_kernel(part_ptr, v_ptr, P, K, BLOCK_P: tl.constexpr, BLOCK_K: 
         ps = p0 + tl.arange(0, BLOCK_P)
         m = (ps < P)[:, None] & (ks < K)[None, :]
         c += tl.sum(tl.load(part_ptr + ps[:, None].to(tl.int64) * K + ks[None, :], mask=m, other=0.0), axis=0)
-    v = 1.0 / (K.to(tl.float64) * c)
+    v = 1.0 / (K.to(tl.float64) * tl.where(ks < K, c, 1.0))
     v = tl.where((v == v) & (tl.abs(v) < float("inf")), v, 0.0)
     tl.store(v_ptr + ks, v, mask=ks < K)
 
