@@ -261,6 +261,11 @@ def _collab_inputs(device: str, dtype: torch.dtype) -> dict:
             for k, v in i.items()} | {"projs": [tuple(move(t) for t in p) for p in i["projs"]]}
 
 
+# The splice reads B*T*H rows and writes B*T*H; the copy moves the same bytes, in the same case of the same run,
+# so this peer's ratio (copy ms / fastrec ms) is the fraction of the copy bandwidth the splice reaches.
+COPY_BOUND = "d2d copy of the same bytes (bound)"
+
+
 def collab_cases(device: str, quick: bool) -> list[Case]:
     from fastrec.bench.collab import eager_embeds
 
@@ -268,10 +273,10 @@ def collab_cases(device: str, quick: bool) -> list[Case]:
                                                                 validate=False)),
              "torch eager (embed+mask+index_put)": _no_grad(splice_eager),
              "torch.compile eager": _no_grad(_splice_compiled),
-             "device-to-device copy (bound)": lambda i: i["copy_src"].clone()}
+             COPY_BOUND: lambda i: i["copy_src"].clone()}
     out = [Case("splice_collab_tokens fwd", "B=16 T=2048 H=4096 bf16",
                 functools.partial(_splice_inputs, device, 16, _n(2048, 40), _n(4096, 24), torch.bfloat16), impls,
-                {"torch eager (embed+mask+index_put)": 2.0, "device-to-device copy (bound)": 0.7})]
+                {"torch eager (embed+mask+index_put)": 2.0, COPY_BOUND: 0.7})]
     out.append(Case("collab_inputs_embeds fwd", "B=16 T=256 H=4096 bf16",
                     functools.partial(_collab_inputs, device, torch.bfloat16),
                     {"fastrec": _no_grad(lambda i: collab_inputs_embeds(i["ids"], i["weight"], i["ph"], i["slot_ids"],
