@@ -33,7 +33,7 @@ from fastrec.kernels import device_guard
 def _load_tile(d_ptr, rows, ks, N, K, s0, s1):
     """distances[rows, ks] as float64, and the in-bounds mask."""
     m = (rows < N)[:, None] & (ks < K)[None, :]
-    x = tl.load(d_ptr + rows[:, None] * s0 + ks[None, :] * s1, mask=m, other=0.0)
+    x = tl.load(d_ptr + rows[:, None] * s0 + ks[None, :].to(tl.int64) * s1, mask=m, other=0.0)
     if x.dtype == tl.bfloat16:  # bf16 goes through fp32 (the interpreter has no bf16 -> fp64); exact
         x = x.to(tl.float32)
     return x.to(tl.float64), m
@@ -92,7 +92,7 @@ def row_pass_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, u_ptr, part_ptr, N, K, s0
     """u_i = 1 / (N sum_j E_ij v_j) for this program's rows, then its partial column sums sum_i u_i E_ij."""
     pid = tl.program_id(0)
     scale = tl.load(scale_ptr)
-    n = N.to(tl.float64)
+    n = tl.cast(N, tl.float64)  # N may arrive as a constexpr (Triton specialises 1)
     if ONE_TILE:  # K fits one tile: E stays in registers between the row sum and the column sums
         ks = tl.arange(0, BLOCK_K)
         v = tl.load(v_ptr + ks, mask=ks < K, other=0.0)
@@ -136,7 +136,7 @@ def column_reduce_kernel(part_ptr, v_ptr, P, K, BLOCK_P: tl.constexpr, BLOCK_K: 
         ps = p0 + tl.arange(0, BLOCK_P)
         m = (ps < P)[:, None] & (ks < K)[None, :]
         c += tl.sum(tl.load(part_ptr + ps[:, None].to(tl.int64) * K + ks[None, :], mask=m, other=0.0), axis=0)
-    v = 1.0 / (K.to(tl.float64) * tl.where(ks < K, c, 1.0))
+    v = 1.0 / (tl.cast(K, tl.float64) * tl.where(ks < K, c, 1.0))
     v = tl.where((v == v) & (tl.abs(v) < float("inf")), v, 0.0)
     tl.store(v_ptr + ks, v, mask=ks < K)
 

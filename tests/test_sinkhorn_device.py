@@ -150,6 +150,7 @@ def test_triton_sinkhorn_agrees_with_reference_on_random_data(shape, iters, bloc
     assert torch.equal(tk.sinkhorn_assign(d.to(triton_device), 0.003, iters, block_k=block_k), got)  # determinism
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy under the interpreter: inf - inf on the Inf input
 def test_triton_sinkhorn_edge_cases(triton_device):
     from fastrec.kernels import sinkhorn as tk
 
@@ -166,6 +167,11 @@ def test_triton_sinkhorn_edge_cases(triton_device):
     assert not nc.is_contiguous()
     got = tk.sinkhorn_assign(nc, 0.01, 10)
     assert torch.equal(got.cpu(), reference.sinkhorn_assign(nc.cpu().contiguous(), 0.01, 10))
+    for bad in (float("nan"), float("inf")):  # what validate=False lets through: codes stay in range
+        d = torch.rand(40, 9)
+        d[7, 3] = bad
+        codes = tk.sinkhorn_assign(d.to(dev), 0.003, 5).cpu()
+        assert codes.shape == (40,) and ((codes >= 0) & (codes < 9)).all()
     const = torch.full((5, 4), 2.0)  # every distance equal: the rescale's 1e-5 keeps it finite; code 0
     assert torch.equal(tk.sinkhorn_assign(const.to(dev), 0.003, 5).cpu(), torch.zeros(5, dtype=torch.long))
 
@@ -215,3 +221,34 @@ def test_triton_sinkhorn_property_against_reference(n, k, iters, epsilon, dtype,
     d = (torch.rand(n, k, generator=torch.Generator().manual_seed(seed)) * 4 - 2).to(dtype)
     got = tk.sinkhorn_assign(d.to(triton_device), epsilon, iters, block_k=16 if multi_tile else None)
     _assert_argmax_of_plan(got, d, epsilon, iters)
+
+
+def test_triton_sinkhorn_through_the_op_opcheck_and_compile():
+    """The op with its CUDA backend (the Triton function) registered for the CPU, under the interpreter:
+    schema, fake kernel and autograd registration hold for it, and torch.compile(fullgraph=True) runs it."""
+    import os
+    import warnings
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 (no GPU); on a GPU test_sinkhorn_on_device_* run it on CUDA")
+    from fastrec.kernels import sinkhorn as tk
+
+    calls = []
+
+    def triton_on_cpu(distances, epsilon, iters):
+        calls.append(distances.shape)
+        return tk.sinkhorn_assign(distances, epsilon, iters)
+
+    lib = torch.library.Library("fastrec", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # overriding the C++ CPU kernel until _destroy restores it
+        lib.impl("sinkhorn_assign", triton_on_cpu, "CPU")
+    try:
+        d = torch.rand(70, 9, generator=torch.Generator().manual_seed(4))
+        torch.library.opcheck(torch.ops.fastrec.sinkhorn_assign.default, (d, 0.05, 7))
+        torch._dynamo.reset()
+        f = torch.compile(lambda d: sinkhorn_assign(d, 0.05, 7, validate=False), fullgraph=True, backend="aot_eager")
+        got = f(d)
+    finally:
+        lib._destroy()
+    assert calls and torch.equal(got, reference.sinkhorn_assign(d, 0.05, 7))
