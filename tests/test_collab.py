@@ -400,8 +400,13 @@ def test_validate_true_does_check_and_validate_false_skips_the_host_checks(no_sy
         splice_collab_tokens(c["ids"], c["w"], c["ph"], c["vals"][:-1], validate=False)
 
 
+@pytest.mark.parametrize("path", ["kernel", "cuda path"])
 @pytest.mark.parametrize("op", ["tokens", "rows", "inputs_embeds"])
-def test_torch_compile_fullgraph_forward_backward_validate_false(op, on_device):
+def test_torch_compile_fullgraph_forward_backward_validate_false(op, path, on_device, request):
+    if path == "cuda path":  # the Triton splice on CPU tensors (on a GPU the "kernel" case runs it already)
+        if on_device.type != "cpu":
+            pytest.skip("the device's own kernel is the CUDA path")
+    calls = request.getfixturevalue("cuda_path_on_cpu") if path == "cuda path" else None
     c = _splice_case(seed=6)
     ph, slot_ids, projs = c["ph"], c["slot_ids"], c["projs"]
 
@@ -425,3 +430,4 @@ def test_torch_compile_fullgraph_forward_backward_validate_false(op, on_device):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b)
+    assert calls is None or "splice_collab_tokens" in calls
