@@ -70,10 +70,10 @@ def minmax_kernel(d_ptr, rmin_ptr, lo_ptr, hi_ptr, N, K, s0, s1,
 
 
 @triton.jit
-def scale_kernel(lo_ptr, hi_ptr, scale_ptr, P, BLOCK: tl.constexpr):
+def scale_kernel(lo_ptr, hi_ptr, eps_ptr, scale_ptr, P, BLOCK: tl.constexpr):
     """scale = 1 / (amplitude * epsilon) from the programs' min / max, as LC-Rec rescales to [-1, 1].
-    epsilon comes in through scale_ptr as float64 (a Python float argument would be rounded to fp32)."""
-    epsilon = tl.load(scale_ptr)
+    epsilon comes in as a float64 tensor (a Python float argument would be rounded to fp32)."""
+    epsilon = tl.load(eps_ptr)
     lo = tl.full([BLOCK], float("inf"), tl.float64)
     hi = tl.full([BLOCK], float("-inf"), tl.float64)
     for p0 in range(0, P, BLOCK):
@@ -201,14 +201,14 @@ def sinkhorn_assign(distances: torch.Tensor, epsilon: float, iters: int,
     f64 = dict(dtype=torch.float64, device=dev)
     s0, s1 = distances.stride()
     rmin, lo, hi = torch.empty(N, **f64), torch.empty(P, **f64), torch.empty(P, **f64)
-    scale, v = torch.full((1,), float(epsilon), **f64), torch.ones(K, **f64)
+    eps, scale, v = torch.full((1,), float(epsilon), **f64), torch.empty(1, **f64), torch.ones(K, **f64)
     part = torch.empty(P, K, **f64)
     u = rmin if one_tile else torch.empty(N, **f64)  # only the several-tiles path keeps u
     shape = (N, K, s0, s1)
     tiles = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=bk, num_warps=NUM_WARPS)
     with device_guard(distances):
         minmax_kernel[(P,)](distances, rmin, lo, hi, *shape, **tiles)
-        scale_kernel[(1,)](lo, hi, scale, P, BLOCK=256)
+        scale_kernel[(1,)](lo, hi, eps, scale, P, BLOCK=256)
         for _ in range(iters):
             row_pass_kernel[(P,)](distances, rmin, scale, v, u, part, *shape, **tiles, ONE_TILE=one_tile)
             column_reduce_kernel[(triton.cdiv(K, 64),)](part, v, P, K, BLOCK_P=64, BLOCK_K=64)

@@ -58,7 +58,8 @@ SCRIPT = textwrap.dedent('''
                                      "part_ptr": f64, **shape, "ONE_TILE": C_}, {**blk, "ONE_TILE": one}, nw)
         comp(S.argmax_kernel, {"d_ptr": p, "rmin_ptr": f64, "scale_ptr": f64, "v_ptr": f64, "codes_ptr": "*i64",
                                **shape}, blk, nw)
-    comp(S.scale_kernel, {"lo_ptr": f64, "hi_ptr": f64, "scale_ptr": f64, "P": "i32", "BLOCK": C_}, {"BLOCK": 256})
+    comp(S.scale_kernel, {"lo_ptr": f64, "hi_ptr": f64, "eps_ptr": f64, "scale_ptr": f64, "P": "i32", "BLOCK": C_},
+         {"BLOCK": 256})
     comp(S.column_reduce_kernel, {"part_ptr": f64, "v_ptr": f64, "P": "i32", "K": "i32", "BLOCK_P": C_,
                                   "BLOCK_K": C_}, {"BLOCK_P": 64, "BLOCK_K": 64})
     print("compiled")
