@@ -95,6 +95,8 @@ def main(argv: list[str]) -> int:
         md += ["| op | shape | impl | ms | ratio | target | extra MB |", "|---|---|---|---|---|---|---|"]
         for r in bench:
             ratio = "-" if r["impl"] == "fastrec" else f"{float(r['peer_ms_over_fastrec_ms']):.2f}x"
+            if "bound" in r["impl"]:  # a copy of the same bytes: the ratio is the fraction of its bandwidth
+                ratio += f" ({100 * float(r['peer_ms_over_fastrec_ms']):.0f}% of its bandwidth)"
             target = f"{float(r['target']):g}x {verdict(bench, r)}" if r["target"] else ""
             md.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {float(r['ms']):.3f} | {ratio} | {target} | "
                       f"{float(r['peak_extra_mb']):.1f} |")
@@ -115,7 +117,9 @@ def main(argv: list[str]) -> int:
             print(f"  {r['op'][:30]:<30} {r['shape'][:44]:<44} fastrec {float(r['ms']):9.3f} ms")
         else:
             target = f"(target {float(r['target']):g}x: {verdict(bench, r)})" if r["target"] else ""
-            print(f"      vs {r['impl'][:36]:<36} {float(r['peer_ms_over_fastrec_ms']):7.2f}x {target}")
+            ratio = float(r["peer_ms_over_fastrec_ms"])
+            share = f" = {100 * ratio:.0f}% of its bandwidth" if "bound" in r["impl"] else ""
+            print(f"      vs {r['impl'][:36]:<36} {float(r['peer_ms_over_fastrec_ms']):7.2f}x{share} {target}")
     print(f"gpu-check: {'all stages passed' if ok else 'FAILED'} -> {out / 'gpu-check.md'}")
     return 0 if ok else 1
 

@@ -66,6 +66,8 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
 
     def sinkhorn():
         ops.sinkhorn_assign(rand(37, 11).abs())
+        ops.sinkhorn_assign(rand(41, 600, dtype=torch.bfloat16).t().contiguous().t(), 0.01, 3)  # K over one tile
+        ops.sinkhorn_assign(rand(1100, 5, dtype=torch.float64)[:, ::2], 0.05, 2)  # several programs, strided
 
     # graph: a small non-symmetric CSR with an empty row, int32 and int64
     indptr = torch.tensor([0, 2, 2, 5, 6, 9], device=device)

@@ -281,3 +281,153 @@ def test_triton_fused_gather_projection_under_interpreter(dtype):
         want = project_rows(table.float()[ids], tuple(t.float() if t is not None else None for t in proj))
         tol = 1e-4 if dtype == torch.float32 else 3e-2
         torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+
+
+# ---- zero host syncs with validate=False: forward and backward of every splice op
+
+
+@pytest.fixture
+def cuda_path_on_cpu(monkeypatch):
+    """The code CUDA runs, on CPU tensors: the op's CPU kernel swapped for the Triton one (the CUDA backend,
+    under the interpreter) and the fused Triton gather + projection for no-grad calls, as on a GPU."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 (no GPU)")
+    import warnings
+
+    from fastrec.kernels import collab as tk
+
+    from fastrec.ops import collab as ops_collab
+
+    calls = []
+
+    def counted(fn):
+        def run(*args):
+            calls.append(fn.__name__)
+            return fn(*args)
+        return run
+
+    lib = torch.library.Library("fastrec", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel": restored by _destroy
+        lib.impl("splice_collab_tokens", counted(tk.splice_collab_tokens), "CPU")
+    fused = lambda w, tables, projs: not (torch.is_grad_enabled() and any(  # noqa: E731
+        t.requires_grad for t in [*tables, *[x for p in projs for x in p if x is not None]]))
+    monkeypatch.setattr(ops_collab, "_fused_projection", fused)
+    monkeypatch.setattr(tk, "project_gathered", counted(tk.project_gathered))
+    try:
+        yield calls
+    finally:
+        lib._destroy()
+
+
+def _splice_case(seed=4):
+    """Inputs of every splice op: ids with 1, 2, 1 occurrences of 3 placeholders per row, tables, projections."""
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
+    ids, w, ph, vals = make(3, 19, 40, 12, per_row=(1, 2, 1), seed=seed)
+    flat = ids.reshape(-1)
+    counts = [int((flat == p).sum()) for p in ph]
+    per_type = list(torch.randn(sum(counts), 12, generator=g).split(counts))
+    d = 5
+    tables = [torch.randn(7, d, generator=g) for _ in ph]
+    projs = [(torch.randn(9, d, generator=g), torch.randn(9, generator=g), torch.randn(12, 9, generator=g),
+              torch.randn(12, generator=g)), (torch.randn(12, d, generator=g), None),
+             (torch.randn(12, d, generator=g), torch.randn(12, generator=g))]
+    slot_ids = [torch.randint(0, 7, (c,), generator=g) for c in counts]
+    return dict(ids=ids, w=w, ph=ph, vals=vals, per_type=per_type, counts=counts, tables=tables, projs=projs,
+                slot_ids=slot_ids, grad=torch.randn(3, 19, 12, generator=g))
+
+
+def _leaves(c):
+    return [c["w"], c["vals"], *c["per_type"], *c["tables"], *[x for p in c["projs"] for x in p if x is not None]]
+
+
+def _run_every_splice(c, validate=False):
+    """(outputs, gradients) of splice_collab_tokens, splice_collab_rows, collab_inputs_embeds (with grads)
+    and collab_inputs_embeds without grads (the fused projection on a GPU)."""
+    w, vals, per_type = c["w"], c["vals"], c["per_type"]
+    out1 = splice_collab_tokens(c["ids"], w, c["ph"], vals, validate=validate)
+    g1 = torch.autograd.grad(out1, (w, vals), c["grad"])
+    out2 = splice_collab_rows(c["ids"], w, c["ph"], per_type, validate=validate)
+    g2 = torch.autograd.grad(out2, (w, *per_type), c["grad"])
+    leaves = [w, *c["tables"], *[x for p in c["projs"] for x in p if x is not None]]
+    out3 = collab_inputs_embeds(c["ids"], w, c["ph"], c["slot_ids"], c["tables"], c["projs"], validate=validate)
+    g3 = torch.autograd.grad(out3, leaves, c["grad"])
+    with torch.no_grad():
+        out4 = collab_inputs_embeds(c["ids"], w, c["ph"], c["slot_ids"], c["tables"], c["projs"], validate=validate)
+    return [out1, out2, out3, out4], [*g1, *g2, *g3]
+
+
+def _reference_every_splice(c):
+    w = c["w"]
+    ref1 = reference.splice_collab_tokens(c["ids"], w, c["ph"], c["vals"])[0]
+    ref2 = reference.splice_collab_tokens(c["ids"], w, c["ph"], torch.cat(c["per_type"]), c["counts"])[0]
+    ref3 = reference.collab_inputs_embeds(c["ids"], w, c["ph"], c["slot_ids"], c["tables"], c["projs"])
+    g1 = torch.autograd.grad(ref1, (w, c["vals"]), c["grad"])
+    g2 = torch.autograd.grad(ref2, (w, *c["per_type"]), c["grad"])
+    leaves = [w, *c["tables"], *[x for p in c["projs"] for x in p if x is not None]]
+    g3 = torch.autograd.grad(ref3, leaves, c["grad"])
+    return [ref1, ref2, ref3, ref3], [*g1, *g2, *g3]
+
+
+def _assert_every_splice(got, want):
+    for a, b in zip(got[0] + got[1], want[0] + want[1], strict=True):
+        torch.testing.assert_close(a.cpu(), b.detach().cpu(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["cpu kernel", "cuda path"])
+def test_every_splice_forward_backward_validate_false_uses_no_syncing_op(path, no_sync_ops, request):
+    calls = request.getfixturevalue("cuda_path_on_cpu") if path == "cuda path" else None
+    c = _splice_case()
+    for t in _leaves(c):
+        t.requires_grad_(True)
+    with no_sync_ops():
+        got = _run_every_splice(c)
+    _assert_every_splice(got, _reference_every_splice(c))
+    if calls is not None:  # the Triton splice ran for all four calls, the fused projection for the no-grad one
+        assert calls.count("splice_collab_tokens") == 4 and calls.count("project_gathered") == 3
+
+
+def test_validate_true_does_check_and_validate_false_skips_the_host_checks(no_sync_ops):
+    c = _splice_case()
+    with pytest.raises(AssertionError, match="syncs"), no_sync_ops():
+        splice_collab_tokens(c["ids"], c["w"], c["ph"], c["vals"])  # the placeholder checks read values
+    bad = c["ph"].clone()
+    bad[1] = bad[0]
+    with pytest.raises(ValueError, match="repeated"):
+        splice_collab_tokens(c["ids"], c["w"], bad, c["vals"])
+    # without the host checks the CPU kernel still refuses a count mismatch inside its pass
+    with pytest.raises(ValueError, match="placeholder occurrences"):
+        splice_collab_tokens(c["ids"], c["w"], c["ph"], c["vals"][:-1], validate=False)
+
+
+@pytest.mark.parametrize("path", ["kernel", "cuda path"])
+@pytest.mark.parametrize("op", ["tokens", "rows", "inputs_embeds"])
+def test_torch_compile_fullgraph_forward_backward_validate_false(op, path, on_device, request):
+    if path == "cuda path":  # the Triton splice on CPU tensors (on a GPU the "kernel" case runs it already)
+        if on_device.type != "cpu":
+            pytest.skip("the device's own kernel is the CUDA path")
+    calls = request.getfixturevalue("cuda_path_on_cpu") if path == "cuda path" else None
+    c = _splice_case(seed=6)
+    ph, slot_ids, projs = c["ph"], c["slot_ids"], c["projs"]
+
+    def f(ids, w, vals, t0, t1, t2, *rows):
+        if op == "tokens":
+            e = splice_collab_tokens(ids, w, ph, vals, validate=False)
+        elif op == "rows":
+            e = splice_collab_rows(ids, w, ph, list(rows), validate=False)
+        else:
+            e = collab_inputs_embeds(ids, w, ph, slot_ids, [t0, t1, t2], projs, validate=False)
+        return (e * e).sum()
+
+    args = (c["ids"], c["w"], c["vals"], *c["tables"], *c["per_type"])
+    for t in args[1:]:
+        t.requires_grad_(True)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(*args), args[1:], allow_unused=True)
+    want = torch.autograd.grad(f(*args), args[1:], allow_unused=True)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+    assert calls is None or "splice_collab_tokens" in calls

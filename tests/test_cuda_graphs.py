@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from fastrec import reference
-from fastrec.ops import lightgcn_propagate, semantic_fusion_lookup, splice_collab_rows, splice_collab_tokens, spmm
+from fastrec.ops import (
+    collab_inputs_embeds,
+    lightgcn_propagate,
+    semantic_fusion_lookup,
+    splice_collab_rows,
+    splice_collab_tokens,
+    spmm,
+)
 
 pytestmark = pytest.mark.cuda
 
@@ -51,6 +58,88 @@ def test_splice_validate_false_never_syncs(cuda_device, cuda_syncs_raise):
     with cuda_syncs_raise():
         splice_collab_tokens(ids, weight, ph, torch.cat(values), validate=False)
         splice_collab_rows(ids, weight, ph, values, validate=False)
+
+
+def _splice_training_inputs(device):
+    """Every splice op's inputs with their float leaves requiring grad: 3 placeholder types, 3/3/2 occurrences."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([[5, 1, 6, 5, 2, 7], [6, 2, 5, 3, 6, 7]])
+    ph, counts = torch.tensor([5, 6, 7]), [3, 3, 2]
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    c = dict(w=rnd(9, 33), vals=rnd(8, 33), per_type=[rnd(n, 33) for n in counts],
+             tables=[rnd(6, 4) for _ in counts], projs=[(rnd(10, 4), rnd(10), rnd(33, 10), rnd(33)),
+                                                        (rnd(33, 4), None), (rnd(33, 4), rnd(33))],
+             slot_ids=[torch.randint(0, 6, (n,), generator=g) for n in counts], grad=rnd(2, 6, 33))
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    out = {k: ([move(t) for t in v] if isinstance(v, list) and k != "projs" else move(v) if k != "projs" else v)
+           for k, v in c.items()}
+    out["projs"] = [tuple(move(t) for t in p) for p in c["projs"]]
+    out.update(ids=ids.to(device), ph=ph.to(device), counts=counts)
+    for t in [out["w"], out["vals"], *out["per_type"], *out["tables"], *_proj_leaves(out)]:
+        t.requires_grad_(True)
+    return out
+
+
+def _proj_leaves(c):
+    return [x for p in c["projs"] for x in p if x is not None]
+
+
+def _every_splice_step(c):
+    """Forward and backward of splice_collab_tokens, splice_collab_rows and collab_inputs_embeds, plus the
+    no-grad collab_inputs_embeds (the fused Triton projection), all with validate=False."""
+    w, grad = c["w"], c["grad"]
+    out1 = splice_collab_tokens(c["ids"], w, c["ph"], c["vals"], validate=False)
+    g1 = torch.autograd.grad(out1, (w, c["vals"]), grad)
+    out2 = splice_collab_rows(c["ids"], w, c["ph"], c["per_type"], validate=False)
+    g2 = torch.autograd.grad(out2, (w, *c["per_type"]), grad)
+    leaves = [w, *c["tables"], *_proj_leaves(c)]
+    out3 = collab_inputs_embeds(c["ids"], w, c["ph"], c["slot_ids"], c["tables"], c["projs"], validate=False)
+    g3 = torch.autograd.grad(out3, leaves, grad)
+    with torch.no_grad():
+        out4 = collab_inputs_embeds(c["ids"], w, c["ph"], c["slot_ids"], c["tables"], c["projs"], validate=False)
+    return [out1, out2, out3, out4, *g1, *g2, *g3]
+
+
+def _every_splice_reference(c):
+    w = c["w"].detach().cpu().requires_grad_(True)
+    vals = c["vals"].detach().cpu().requires_grad_(True)
+    per_type = [t.detach().cpu().requires_grad_(True) for t in c["per_type"]]
+    tables = [t.detach().cpu().requires_grad_(True) for t in c["tables"]]
+    projs = [tuple(None if t is None else t.detach().cpu().requires_grad_(True) for t in p) for p in c["projs"]]
+    ids, ph, grad, slot_ids = c["ids"].cpu(), c["ph"].cpu(), c["grad"].cpu(), [t.cpu() for t in c["slot_ids"]]
+    ref1 = reference.splice_collab_tokens(ids, w, ph, vals)[0]
+    ref2 = reference.splice_collab_tokens(ids, w, ph, torch.cat(per_type), c["counts"])[0]
+    ref3 = reference.collab_inputs_embeds(ids, w, ph, slot_ids, tables, projs)
+    g1 = torch.autograd.grad(ref1, (w, vals), grad)
+    g2 = torch.autograd.grad(ref2, (w, *per_type), grad)
+    g3 = torch.autograd.grad(ref3, [w, *tables, *[x for p in projs for x in p if x is not None]], grad)
+    return [ref1, ref2, ref3, ref3, *g1, *g2, *g3]
+
+
+def _assert_close_all(got, want):
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_every_splice_forward_backward_validate_false_never_syncs(cuda_device, cuda_syncs_raise):
+    c = _splice_training_inputs(cuda_device)
+    _every_splice_step(c)  # warm-up: Triton compiles and autotunes (which syncs)
+    torch.cuda.synchronize()
+    with cuda_syncs_raise():
+        got = _every_splice_step(c)
+    _assert_close_all(got, _every_splice_reference(c))
+
+
+def test_every_splice_forward_backward_capture_and_replay(cuda_device):
+    c = _splice_training_inputs(cuda_device)
+    graph, outs = _capture(lambda: _every_splice_step(c))
+    g = torch.Generator(device=cuda_device).manual_seed(1)
+    for _ in range(2):
+        with torch.no_grad():
+            for t in [c["w"], c["vals"], *c["per_type"], *c["tables"], *_proj_leaves(c), c["grad"]]:
+                t.copy_(torch.randn(t.shape, generator=g, device=cuda_device))
+        graph.replay()
+        _assert_close_all(outs, _every_splice_reference(c))
 
 
 def test_fusion_forward_capture_and_replay(cuda_device):

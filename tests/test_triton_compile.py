@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent('''
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from fastrec.kernels import collab as C, fusion as F, topk as T
+    from fastrec.kernels import collab as C, fusion as F, sinkhorn as S, topk as T
 
     def comp(fn, sig, cx, num_warps=4, num_stages=3):
         triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
@@ -45,6 +45,23 @@ SCRIPT = textwrap.dedent('''
                                       "BLOCK_O": C_, "BLOCK_K": C_},
              {"HAS_IDS": True, "HAS_BIAS": True, "GELU": True, "UPCAST": up, "PRECISION": prec,
               **C._LINEAR_CONFIGS[3].kwargs}, 8)
+    # sinkhorn: float64 math (libdevice exp) in the GPU tiles, both row-pass variants
+    rows, bn, bk = S.blocks(512, False)
+    blk = {"ROWS": rows, "BLOCK_N": bn, "BLOCK_K": bk}
+    shape = {"N": "i32", "K": "i32", "s0": "i64", "s1": "i64", "ROWS": C_, "BLOCK_N": C_, "BLOCK_K": C_}
+    f64 = "*fp64"
+    for p in ["*bf16", "*fp64"]:
+        nw = S.NUM_WARPS
+        comp(S.minmax_kernel, {"d_ptr": p, "rmin_ptr": f64, "lo_ptr": f64, "hi_ptr": f64, **shape}, blk, nw)
+        for one in (True, False):
+            comp(S.row_pass_kernel, {"d_ptr": p, "rmin_ptr": f64, "scale_ptr": f64, "v_ptr": f64, "u_ptr": f64,
+                                     "part_ptr": f64, **shape, "ONE_TILE": C_}, {**blk, "ONE_TILE": one}, nw)
+        comp(S.argmax_kernel, {"d_ptr": p, "rmin_ptr": f64, "scale_ptr": f64, "v_ptr": f64, "codes_ptr": "*i64",
+                               **shape}, blk, nw)
+    comp(S.scale_kernel, {"lo_ptr": f64, "hi_ptr": f64, "eps_ptr": f64, "scale_ptr": f64, "P": "i32", "BLOCK": C_},
+         {"BLOCK": 256})
+    comp(S.column_reduce_kernel, {"part_ptr": f64, "v_ptr": f64, "P": "i32", "K": "i32", "BLOCK_P": C_,
+                                  "BLOCK_K": C_}, {"BLOCK_P": 64, "BLOCK_K": 64})
     print("compiled")
 ''')
 

@@ -21,6 +21,7 @@ from fastrec.ops import (
     lightgcn_propagate,
     residual_encode,
     semantic_fusion_lookup,
+    sinkhorn_assign,
     splice_collab_tokens,
     topk_scores,
     trie_mask,
@@ -94,6 +95,29 @@ def quantize_cases(device: str, quick: bool) -> list[Case]:
                  "torch.compile eager": lambda i: compiled_residual_encode(i["x"], i["cb"])}
         out.append(Case("residual_encode", f"N={n:,} D={d} K={k} L={levels} fp32", make, impls,
                         {"torch eager (addmm+argmin)": 3.0, "torch.compile eager": 2.0}))
+    return out
+
+
+def _sinkhorn_inputs(device: str, n: int, k: int, d: int = 32) -> dict:
+    """Squared distances of RQ-VAE residuals to a last-level codebook, as LC-Rec feeds its Sinkhorn."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, d, generator=g, device=device)
+    cb = torch.randn(k, d, generator=g, device=device)
+    return {"d": torch.cdist(x, cb).pow_(2)}
+
+
+def sinkhorn_cases(device: str, quick: bool) -> list[Case]:
+    """LC-Rec's uniform mapping (epsilon 0.003, 50 iterations) on the whole catalogue and on a group the size
+    of a collision-resolution batch. Target: faster than the reference's float64 N x K torch ops (>1x)."""
+    from fastrec import reference
+
+    out = []
+    for n, k in [(_n(1_000_000, 333), _n(256, 37)), (_n(50_000, 61), _n(256, 19))]:
+        impls = {"fastrec": lambda i: sinkhorn_assign(i["d"], 0.003, 50, validate=False),
+                 "torch reference (float64 N x K)": lambda i: reference.sinkhorn_assign(i["d"], 0.003, 50)}
+        out.append(Case("sinkhorn_assign", f"N={n:,} K={k} iters=50 fp32",
+                        functools.partial(_sinkhorn_inputs, device, n, k), impls,
+                        {"torch reference (float64 N x K)": 1.0}))
     return out
 
 
@@ -255,6 +279,11 @@ def _collab_inputs(device: str, dtype: torch.dtype) -> dict:
             for k, v in i.items()} | {"projs": [tuple(move(t) for t in p) for p in i["projs"]]}
 
 
+# The splice reads B*T*H rows and writes B*T*H; the copy moves the same bytes, in the same case of the same run,
+# so this peer's ratio (copy ms / fastrec ms) is the fraction of the copy bandwidth the splice reaches.
+COPY_BOUND = "d2d copy of the same bytes (bound)"
+
+
 def collab_cases(device: str, quick: bool) -> list[Case]:
     from fastrec.bench.collab import eager_embeds
 
@@ -262,10 +291,10 @@ def collab_cases(device: str, quick: bool) -> list[Case]:
                                                                 validate=False)),
              "torch eager (embed+mask+index_put)": _no_grad(splice_eager),
              "torch.compile eager": _no_grad(_splice_compiled),
-             "device-to-device copy (bound)": lambda i: i["copy_src"].clone()}
+             COPY_BOUND: lambda i: i["copy_src"].clone()}
     out = [Case("splice_collab_tokens fwd", "B=16 T=2048 H=4096 bf16",
                 functools.partial(_splice_inputs, device, 16, _n(2048, 40), _n(4096, 24), torch.bfloat16), impls,
-                {"torch eager (embed+mask+index_put)": 2.0, "device-to-device copy (bound)": 0.7})]
+                {"torch eager (embed+mask+index_put)": 2.0, COPY_BOUND: 0.7})]
     out.append(Case("collab_inputs_embeds fwd", "B=16 T=256 H=4096 bf16",
                     functools.partial(_collab_inputs, device, torch.bfloat16),
                     {"fastrec": _no_grad(lambda i: collab_inputs_embeds(i["ids"], i["weight"], i["ph"], i["slot_ids"],
@@ -371,7 +400,7 @@ def lcrec_cases(device: str, quick: bool) -> list[Case]:
     return out
 
 
-FAMILIES = {"quantize": [quantize_cases], "graph": [graph_cases, topk_cases], "collab": [collab_cases],
+FAMILIES = {"quantize": [quantize_cases, sinkhorn_cases], "graph": [graph_cases, topk_cases], "collab": [collab_cases],
             "fusion": [fusion_cases], "lcrec": [lcrec_cases]}
 
 

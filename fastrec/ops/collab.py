@@ -68,8 +68,10 @@ torch.library.register_autograd("fastrec::splice_collab_tokens", _splice_backwar
 
 
 def _may_sync(t: torch.Tensor, validate: bool) -> bool:
-    """Value checks read data: free on CPU, a host sync elsewhere; never while tracing or capturing."""
-    return _checks.can_read(t) and (t.device.type == "cpu" or validate)
+    """Value checks read data (a host sync on a GPU): only with validate, never while tracing or capturing.
+    validate=False skips them on every device, as CollabTokenEmbedding does; on the CPU the C++ kernel and
+    F.embedding still check ids and counts inside their own passes."""
+    return validate and _checks.can_read(t)
 
 
 def _check_ids_range(name: str, ids: torch.Tensor, size: int, what: str) -> None:
@@ -121,10 +123,11 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
         placeholder_ids: [S] the token ids that mark slots (distinct, inside the vocabulary).
         slot_values: [N, H], same dtype and device as token_weight, one row per placeholder occurrence in
             row-major order of input_ids. N must equal the number of occurrences.
-        validate: on CUDA, check the placeholder ids, the input ids and the occurrence count (host
-            syncs); False skips them all, so a forward never waits on the device (the kernels clamp every
-            id, so bad input still reads nothing out of bounds). Skipped automatically under
-            torch.compile and CUDA-graph capture. On CPU the checks are free and always run.
+        validate: check the placeholder ids, the input ids and the occurrence count (host syncs on a
+            GPU); False skips them all, so neither the forward nor the backward ever waits on the device
+            (the kernels clamp every id, so bad input still reads nothing out of bounds; on the CPU the C++
+            kernel still raises for bad ids and counts). Skipped automatically under torch.compile and
+            CUDA-graph capture.
 
     Differentiable in slot_values and token_weight (scatter-add over the non-placeholder positions).
     """
