@@ -979,7 +979,10 @@ def config_from_args(args: argparse.Namespace) -> SellaRecConfig:
         if not (args.demo and v == getattr(base, name)):
             values[name] = v
     for f in fields(SellaRecConfig):
-        if f.name not in _SKIP and f.name not in values and getattr(args, f.name, None) is not None:
+        # an engine flag's field is set by the loop above only (its argparse default is not a user's choice)
+        if f.name in _SKIP or f.name in ENGINE_FLAGS.values():
+            continue
+        if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
     if args.demo:
         return demo_config(args.out, **values)
