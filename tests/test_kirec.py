@@ -390,3 +390,25 @@ def test_length_sorted_evaluation_equals_brute_force(backbone):
     rows = torch.tensor([3, 0, 5])
     sub_ptr, sub_idx = kirec._csr_rows(ptr, idx, rows)
     assert sub_idx.tolist() == sum((idx[ptr[r]:ptr[r + 1]].tolist() for r in rows.tolist()), [])
+
+
+def test_no_progress_silences_the_llm_and_encoder_bars(tmp_path, capsys):
+    """`--no-progress` (progress=False) reaches both long passes: LLM extraction and the text encoder."""
+    model, tok = _tiny_causal_lm()
+    model.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    folder = synthetic(tmp_path / "data", num_users=20, num_items=12)
+
+    def run(progress: bool, out: str) -> str:
+        kirec.prepare(folder, tmp_path / out, generator=str(tmp_path / "llm"), encoder="generator", device="cpu",
+                      batch_size=4, log=lambda _: None, progress=progress)
+        return capsys.readouterr().err
+
+    quiet = run(False, "quiet")
+    assert "extract attributes" not in quiet and "text embeddings" not in quiet
+    loud = run(True, "loud")
+    assert "extract attributes" in loud and "text embeddings" in loud  # the bars exist when asked for
+    assert _cli(["extract", "--data", str(folder), "--out", str(tmp_path / "cli"), "--model", str(tmp_path / "llm"),
+                 "--encoder", "generator", "--device", "cpu", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "extract attributes" not in err and "text embeddings" not in err

@@ -366,6 +366,10 @@ def test_cli_flags_cover_the_config_and_demo_keeps_data_model_device():
     assert (cfg.data, cfg.model, cfg.device, cfg.lora_r, cfg.tallrec, cfg.lora_lr) == \
         ("some/folder", "ckpt", "cuda", 4, False, 0.01)
     assert cfg.mf_dim == sr.DEMO["mf_dim"] and cfg.lora_epochs == sr.DEMO["lora_epochs"]  # the rest: the demo's
+    # engine flags left at their argparse defaults keep the demo's values too (batch size, LoRA alpha, ...)
+    assert sr.config_from_args(parse(["sellarec", "train", "--demo", "--out", "o"])) == sr.demo_config("o")
+    assert (cfg.batch_size, cfg.lora_alpha, cfg.gradient_checkpointing) == \
+        (sr.DEMO["batch_size"], sr.DEMO["lora_alpha"], sr.DEMO["gradient_checkpointing"])
     full = sr.config_from_args(parse(["sellarec", "train"]))
     assert full == sr.SellaRecConfig()  # the defaults are the original code's
     assert (full.mf_dim, full.mf_lr, full.mf_batch, full.mf_patience, full.tau, full.robust_q) == \

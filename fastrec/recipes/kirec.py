@@ -122,14 +122,14 @@ def _chat(prompts: list[str], tokenizer) -> tuple[list[str], bool]:
 
 
 def _llm_attributes(prompts: list[str], model, tokenizer, batch_size: int, max_new_tokens: int,
-                    desc: str) -> list[str]:
+                    desc: str, progress: bool = True) -> list[str]:
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     texts, special = _chat(prompts, tokenizer)
     outs = []
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=not progress):
         batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
                           max_length=512, add_special_tokens=special).to(device)
         with torch.no_grad():
@@ -149,7 +149,7 @@ def _generator_of(rec: dict) -> str:
 
 def extract_attributes(item_text: dict[int, dict[str, str]], num_items: int, cache: str | Path | None = None,
                        model=None, tokenizer=None, model_name: str = "", batch_size: int = 8,
-                       max_new_tokens: int = 64) -> dict[int, dict]:
+                       max_new_tokens: int = 64, progress: bool = True) -> dict[int, dict]:
     """Attribute text of every item 0..num_items-1: {item: {"item", "source", "generator", "attributes"}}.
 
     With `model`/`tokenizer` (a local HF causal LM), the LM answers PROMPT for each item (batched, greedy,
@@ -175,7 +175,7 @@ def extract_attributes(item_text: dict[int, dict[str, str]], num_items: int, cac
                                  description=" ".join(_clean(item_text.get(i, {}).get("description", "")).split()[:80]))
                    for i in todo]
         for i, text in zip(todo, _llm_attributes(prompts, model, tokenizer, batch_size, max_new_tokens,
-                                                 "extract attributes"), strict=True):
+                                                 "extract attributes", progress), strict=True):
             records[i] = ({"item": i, "source": f"llm:{generator}", "generator": generator, "attributes": text}
                           if text.strip() else fallback(i))
     if cache is not None and todo:
@@ -195,7 +195,8 @@ def attribute_sources(records: dict[int, dict]) -> dict[str, int]:
 
 
 def attribute_embeddings(records: dict[int, dict], encoder=None, tokenizer=None, cache: str | Path | None = None,
-                         batch_size: int = 64, device: str | torch.device | None = None) -> torch.Tensor:
+                         batch_size: int = 64, device: str | torch.device | None = None,
+                         progress: bool = True) -> torch.Tensor:
     """[I, D] fp32 embedding of every item's attribute text (`fastrec.data.text_embeddings`, mean pooling).
 
     encoder: None (offline MiniLM), a local folder (an encoder or a causal LM: its last hidden states), or a
@@ -212,7 +213,7 @@ def attribute_embeddings(records: dict[int, dict], encoder=None, tokenizer=None,
                          "text supports IDs-only training: fusion 'none')")
     kept = [t for t in texts if t.strip()]
     part = text_embeddings(kept, model=encoder, tokenizer=tokenizer, batch_size=batch_size, cache=cache,
-                           device=device).float()
+                           device=device, progress=progress).float()
     if not bool(torch.isfinite(part).all()):
         raise ValueError("the text encoder returned NaN or Inf embeddings")
     emb = part.mean(0).repeat(len(texts), 1)
@@ -474,12 +475,13 @@ def _has_text(data: Interactions) -> bool:
 
 def prepare(data_dir: str | Path, out: str | Path, generator: str | None = None, batch_size: int = 8,
             encoder: str | None = None, semantic: bool = True, device: str | torch.device | None = None,
-            log=print) -> tuple[Interactions, torch.Tensor | None, dict]:
+            log=print, progress: bool = True) -> tuple[Interactions, torch.Tensor | None, dict]:
     """Load the data set; when `semantic`, extract (cached JSONL) and embed (cached .npy) the attributes.
 
     encoder: None (offline MiniLM), a local HF folder, or "generator" (the generator LLM's mean-pooled last
-    hidden states; needs `generator`). Returns (data, semantic [I, D] or None, info) where info says where
-    the attributes came from (per-source item counts) and which encoder embedded them.
+    hidden states; needs `generator`). `progress`: tqdm bars for the LLM and encoder passes. Returns (data,
+    semantic [I, D] or None, info) where info says where the attributes came from (per-source item counts)
+    and which encoder embedded them.
     """
     data = load_lcrec(data_dir)
     info: dict = {"data": str(data_dir), "num_items": data.num_items, "attribute_sources": None, "encoder": None}
@@ -496,7 +498,8 @@ def prepare(data_dir: str | Path, out: str | Path, generator: str | None = None,
     if generator:
         model, tok = load_generator(generator, device)
     records = extract_attributes(data.item_text, data.num_items, out / "attributes.jsonl", model, tok,
-                                 model_name=Path(generator).name if generator else "", batch_size=batch_size)
+                                 model_name=Path(generator).name if generator else "", batch_size=batch_size,
+                                 progress=progress)
     sources = attribute_sources(records)
     empty = sum(not r["attributes"].strip() for r in records.values())
     log(f"[kirec] attributes of {len(records)} items: " + ", ".join(f"{n} from {k}" for k, n in sources.items())
@@ -511,7 +514,7 @@ def prepare(data_dir: str | Path, out: str | Path, generator: str | None = None,
         name = Path(encoder).name if encoder else f"{default_encoder_path().parent.name} (all-MiniLM-L6-v2)"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.split(" ")[0])
     semantic_table = attribute_embeddings(records, enc, enc_tok, cache=out / f"attribute_embeddings-{slug}.npy",
-                                          device=device)
+                                          device=device, progress=progress)
     info.update(attribute_sources=sources, encoder=name, semantic_dim=semantic_table.shape[1])
     log(f"[kirec] semantic table [{semantic_table.shape[0]}, {semantic_table.shape[1]}] from {name}")
     return data, semantic_table, info
@@ -634,14 +637,16 @@ def _prepare_device(args) -> str | None:
 
 
 def _cmd_extract(args) -> int:
-    prepare(args.data, args.out, args.model, args.batch_size, encoder=args.encoder, device=args.device)
+    prepare(args.data, args.out, args.model, args.batch_size, encoder=args.encoder, device=args.device,
+            progress=args.progress)
     print(f"wrote {Path(args.out) / 'attributes.jsonl'} and the attribute embeddings in {args.out}")
     return 0
 
 
 def _cmd_train(args) -> int:
     data, semantic, info = prepare(args.data, args.out, args.model, encoder=args.encoder,
-                                   semantic=_needs_semantic([args.fusion]), device=_prepare_device(args))
+                                   semantic=_needs_semantic([args.fusion]), device=_prepare_device(args),
+                                   progress=args.progress)
     split = leave_one_out(data)
     run = Path(args.out) / f"{args.backbone}-{args.fusion}-s{args.seed}"
     model, hist = train(split, semantic, args.fusion, init=args.init, backbone=args.backbone, cfg=_cfg(args),
@@ -678,7 +683,8 @@ def _cmd_eval(args) -> int:
 
 def _cmd_compare(args) -> int:
     data, semantic, info = prepare(args.data, args.out, args.model, encoder=args.encoder,
-                                   semantic=_needs_semantic(args.fusions), device=_prepare_device(args))
+                                   semantic=_needs_semantic(args.fusions), device=_prepare_device(args),
+                                   progress=args.progress)
     split = leave_one_out(data)
     out = Path(args.out)
     head = (f"data {args.data}; encoder {info['encoder']}; attributes {info['attribute_sources']}; "
@@ -720,6 +726,7 @@ def add_parser(sub) -> None:
     e = ks.add_parser("extract", help="extract item attributes (LLM or structured fallback) and embed them")
     common(e)
     e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     e.set_defaults(func=_cmd_extract)
     for name, fn, hlp in (("train", _cmd_train, "train one backbone with IDs only, semantic only or KIRec fusion"),
                           ("compare", _cmd_compare, "backbones x variants over several seeds (table, JSON, plot)")):
