@@ -67,9 +67,10 @@ def _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_
     """(A, B) of a [BLOCK_N, BLOCK_K] tile: A = ||c||^2 - 2 r.c by a tf32 dot, B its error bound.
     Codes past K get A = +inf."""
     kmask = ks < K
+    koff = ks.to(tl.int64) * D
     dims = tl.arange(0, BLOCK_D)
     if IN_REGS:
-        c = tl.load(cb + ks[:, None] * D + dims[None, :], mask=kmask[:, None] & (dims < D)[None, :],
+        c = tl.load(cb + koff[:, None] + dims[None, :], mask=kmask[:, None] & (dims < D)[None, :],
                     other=0.0).to(tl.float32)
         dot = tl.dot(_tf32(r, EMULATE), tl.trans(_tf32(c, EMULATE)), input_precision="tf32")
     else:
@@ -78,7 +79,7 @@ def _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_
             dd = d0 + dims
             dm = dd < D
             rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-            c = tl.load(cb + ks[:, None] * D + dd[None, :], mask=kmask[:, None] & dm[None, :],
+            c = tl.load(cb + koff[:, None] + dd[None, :], mask=kmask[:, None] & dm[None, :],
                         other=0.0).to(tl.float32)
             dot = tl.dot(_tf32(rt, EMULATE), tl.trans(_tf32(c, EMULATE)), dot, input_precision="tf32")
     norms = tl.load(nb + ks, mask=kmask, other=0.0)
@@ -94,9 +95,10 @@ def _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_
 def _exact(r, res_ptr, cb, rows, rmask, j, D, IN_REGS: tl.constexpr, BLOCK_D: tl.constexpr):
     """Exact fp32 sum_d (r_d - c_jd)^2 of every row against its own code j (a gathered code row)."""
     dims = tl.arange(0, BLOCK_D)
+    joff = j.to(tl.int64) * D
     if IN_REGS:
         m = rmask[:, None] & (dims < D)[None, :]
-        c = tl.load(cb + j[:, None] * D + dims[None, :], mask=m, other=0.0).to(tl.float32)
+        c = tl.load(cb + joff[:, None] + dims[None, :], mask=m, other=0.0).to(tl.float32)
         diff = r - c
         e = tl.sum(diff * diff, axis=1)
     else:
@@ -105,25 +107,24 @@ def _exact(r, res_ptr, cb, rows, rmask, j, D, IN_REGS: tl.constexpr, BLOCK_D: tl
             dd = d0 + dims
             m = rmask[:, None] & (dd < D)[None, :]
             rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=m, other=0.0)
-            c = tl.load(cb + j[:, None] * D + dd[None, :], mask=m, other=0.0).to(tl.float32)
+            c = tl.load(cb + joff[:, None] + dd[None, :], mask=m, other=0.0).to(tl.float32)
             diff = rt - c
             e += tl.sum(diff * diff, axis=1)
     return e
 
 
 @triton.jit
-def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, qacc_ptr, N, K, D, L,
+def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, N, K, D, L,
                   eps_dot, eps_acc, IN_REGS: tl.constexpr, WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr,
                   EMULATE_TF32: tl.constexpr, APPROX_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """All L levels of BLOCK_N rows. IN_REGS: x [N, D] is read once into registers (BLOCK_D >= D); otherwise
-    res_ptr / qacc_ptr hold the fp32 residual / sum of codes [N, D] (res starts as x, qacc as 0)."""
+    res_ptr holds the fp32 residual [N, D] (it starts as x). Codes are int64 [N, L]."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     dims = tl.arange(0, BLOCK_D)
     K64 = K.to(tl.int64)
     r = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    q = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     if IN_REGS:
         m = rmask[:, None] & (dims < D)[None, :]
         r = tl.load(x_ptr + rows[:, None] * D + dims[None, :], mask=m, other=0.0).to(tl.float32)
@@ -145,15 +146,15 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
         # pass 1: U = min_j (A_j + B_j), an upper bound of the exact minimum (minus ||r||^2)
         upper = tl.full([BLOCK_N], float("inf"), tl.float32)
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
-        best_k = tl.zeros([BLOCK_N], dtype=tl.int64)
+        best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+            ks = k0 + tl.arange(0, BLOCK_K)
             a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS, EMULATE_TF32,
                            BLOCK_N, BLOCK_K, BLOCK_D)
             upper = tl.minimum(upper, tl.min(a + b, axis=1))
             if APPROX_ONLY:  # the tensor-core ranking alone (tests): argmin of A, ties to the lowest index
                 tile_best = tl.min(a, axis=1)
-                tile_k = tl.argmin(a, axis=1, tie_break_left=True).to(tl.int64) + k0
+                tile_k = tl.argmin(a, axis=1, tie_break_left=True).to(tl.int32) + k0
                 take = tile_best < best
                 best = tl.where(take, tile_best, best)
                 best_k = tl.where(take, tile_k, best_k)
@@ -162,13 +163,13 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
         else:
             # pass 2: exact distances of the candidates A_j - B_j <= U, lowest index first
             for k0 in range(0, K, BLOCK_K):
-                ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+                ks = k0 + tl.arange(0, BLOCK_K)
                 a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
                                EMULATE_TF32, BLOCK_N, BLOCK_K, BLOCK_D)
                 cand = (a - b <= upper[:, None]) & (ks < K)[None, :] & (rmask & ~bad)[:, None]
                 while tl.max(tl.max(cand.to(tl.int32), axis=1), axis=0) > 0:
-                    j = tl.min(tl.where(cand, ks[None, :], K64), axis=1)
-                    has = j < K64
+                    j = tl.min(tl.where(cand, ks[None, :], K), axis=1)
+                    has = j < K
                     j = tl.where(has, j, 0)
                     e = _exact(r, res_ptr, cb, rows, rmask & has, j, D, IN_REGS, BLOCK_D)
                     take = has & ((e < best) | ((e == best) & (j < best_k)))
@@ -177,31 +178,36 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
                     cand = cand & (ks[None, :] != j[:, None])
         best_k = tl.where(bad, 0, best_k)
         best = tl.where(bad, s, best)  # NaN stays NaN, Inf stays Inf
-        tl.store(codes_ptr + rows * L + level, best_k, mask=rmask)
-        # residual -= chosen code; quantized += chosen code (fp32, level order)
+        tl.store(codes_ptr + rows * L + level, best_k.to(tl.int64), mask=rmask)
+        # residual -= chosen code
+        koff = best_k.to(tl.int64) * D
         if IN_REGS:
             m = rmask[:, None] & (dims < D)[None, :]
-            c = tl.load(cb + best_k[:, None] * D + dims[None, :], mask=m, other=0.0).to(tl.float32)
-            r = r - c
-            q = q + c
+            r = r - tl.load(cb + koff[:, None] + dims[None, :], mask=m, other=0.0).to(tl.float32)
         else:
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + dims
                 m = rmask[:, None] & (dd < D)[None, :]
                 off = rows[:, None] * D + dd[None, :]
-                c = tl.load(cb + best_k[:, None] * D + dd[None, :], mask=m, other=0.0).to(tl.float32)
+                c = tl.load(cb + koff[:, None] + dd[None, :], mask=m, other=0.0).to(tl.float32)
                 rt = tl.load(res_ptr + off, mask=m, other=0.0)
                 tl.store(res_ptr + off, rt - c, mask=m)
-                if WRITE_Q:
-                    qt = tl.load(qacc_ptr + off, mask=m, other=0.0)
-                    tl.store(qacc_ptr + off, qt + c, mask=m)
             tl.debug_barrier()  # the next level reads the residual in other threads' layouts
     if WRITE_DIST:
         tl.store(dist_ptr + rows, best, mask=rmask)
     if WRITE_Q:
-        if IN_REGS:
-            m = rmask[:, None] & (dims < D)[None, :]
-            tl.store(q_ptr + rows[:, None] * D + dims[None, :], q.to(q_ptr.dtype.element_ty), mask=m)
+        # quantized = the fp32 sum of the chosen code rows in level order, from the codes just stored (a
+        # register tile for it would spill)
+        tl.debug_barrier()
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + dims
+            m = rmask[:, None] & (dd < D)[None, :]
+            acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            for level in range(L):
+                k = tl.load(codes_ptr + rows * L + level, mask=rmask, other=0)
+                acc += tl.load(cb_ptr + ((K64 * level + k) * D)[:, None] + dd[None, :], mask=m,
+                               other=0.0).to(tl.float32)
+            tl.store(q_ptr + rows[:, None] * D + dd[None, :], acc.to(q_ptr.dtype.element_ty), mask=m)
 
 
 def _interpret() -> bool:
@@ -209,24 +215,24 @@ def _interpret() -> bool:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Register budget of the in-register path: residual + quantized [BLOCK_N, BLOCK_D] and the code tile
-    [BLOCK_K, BLOCK_D] at <= 64 fp32 values a thread."""
-    bd = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs.get("BLOCK_D", 64)
+    """At most 16 values a thread in each [BLOCK_N, BLOCK_D] and [BLOCK_N, BLOCK_K] tile. ptxas -v on sm_90
+    (offline; tests/test_triton_compile.py): (64, 64, 8 warps) spills nothing at D = 64, (32, 32, 8 warps)
+    nothing at D = 128; some kept configs spill up to ~80 bytes in some dtype/op (autotune weighs that)."""
+    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
     fit = [c for c in configs
-           if (2 * c.kwargs["BLOCK_N"] + c.kwargs["BLOCK_K"]) * bd <= 64 * 32 * c.num_warps]
+           if max(bd, c.kwargs["BLOCK_K"]) * c.kwargs["BLOCK_N"] <= 16 * 32 * c.num_warps]
     return fit or configs[:1]
 
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) tried on a GPU, keyed on (D, K)
 _CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st) for bn, bk, w, st in [
-    (64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 3),
-    (32, 128, 8, 2)]]
+    (64, 64, 8, 2), (64, 32, 8, 2), (64, 64, 8, 1), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2)]]
 encode_tuned = triton.autotune(_CONFIGS, key=["D", "K"], prune_configs_by={"early_config_prune": _prune})(
     encode_kernel)
 
 # The scratch path (D > REGS_MAX_D) updates its buffers in place, so it is not autotuned (a rerun would
 # start from a moved residual): one config.
-_SCRATCH = (64, 64, 4, 2)
+_SCRATCH = (32, 64, 8, 2)  # no spill at BLOCK_D = 64 (ptxas -v, sm_90)
 
 
 def _interpreter_blocks(N: int, K: int) -> tuple[int, int]:
@@ -269,13 +275,8 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, want_q: bool, want_dist: bo
         blocks = _interpreter_blocks(N, K)
     in_regs = D <= REGS_MAX_D
     block_d = max(16, triton.next_power_of_2(D)) if in_regs else 64
-    if in_regs:
-        res = qacc = x  # unused
-        args = (x, codebooks, norms, codes, q if want_q else x, dist_arg, x, x, N, K, D, L, eps_dot, eps_acc)
-    else:
-        res = x.to(torch.float32, copy=True)
-        qacc = torch.zeros_like(res) if want_q else res
-        args = (x, codebooks, norms, codes, x, dist_arg, res, qacc, N, K, D, L, eps_dot, eps_acc)
+    res = x if in_regs else x.to(torch.float32, copy=True)  # the scratch residual (unused in registers)
+    args = (x, codebooks, norms, codes, q if want_q else x, dist_arg, res, N, K, D, L, eps_dot, eps_acc)
     with device_guard(x):
         if in_regs and blocks is None:
             grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
@@ -284,8 +285,6 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, want_q: bool, want_dist: bo
             bn, bk, w, st = _SCRATCH if blocks is None else (*blocks, 4, 2)
             encode_kernel[(triton.cdiv(N, bn),)](*args, IN_REGS=in_regs, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=block_d,
                                                  num_warps=w, num_stages=st, **flags)
-    if want_q and not in_regs:
-        q.copy_(qacc)
     return codes, q, dist
 
 
