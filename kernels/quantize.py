@@ -1,102 +1,303 @@
-"""Triton kernels of the residual-quantization family.
+"""Triton kernels of the residual-quantization family: nearest_code and residual_encode, the CUDA backend of both.
 
-nearest_code: a program owns BLOCK_N rows; it walks the codebook in BLOCK_K tiles, computes the ranking
-||c||^2 - 2 x.c with tl.dot in fp32 (IEEE, not TF32, so ranks match the reference), keeps a running
-argmin (strict '<' across tiles and tie_break_left inside a tile: ties go to the lowest index), and
-finally recomputes the exact squared distance of the winner. The N x K matrix never exists.
-A NaN row never beats the start value, so it gets code 0 and a NaN distance, as in every backend.
+One kernel, `encode_kernel`, serves both ops (nearest_code is one level without `quantized`). A program owns
+BLOCK_N rows and walks all L levels in one launch; each row's fp32 residual stays in registers when D <= 128
+(otherwise in an fp32 scratch buffer it alone reads and writes). Per level:
+
+  pass 1  over BLOCK_K code tiles: the distance GEMM on tensor cores, tl.dot(input_precision="tf32"), gives
+          A_j = ||c_j||^2 - 2 r.c_j; with a per-(row, code) error bound B_j it keeps U = min_j (A_j + B_j);
+  pass 2  recomputes the tiles; every code with A_j - B_j <= U is a candidate, whose exact fp32 distance
+          E_j = sum_d (r_d - c_jd)^2 is computed from the gathered code row; the best E wins, ties to the
+          lowest index (fastrec::better in csrc/common/quantize.h, torch.argmin in the reference). A tile
+          without candidates costs only its dot.
+
+Why the codes equal exact fp32 search. Let E_j be the fp32 distance a code would get from the exact search.
+If |A_j + ||r||^2 - E_j| <= B_j for every j, the exact winner w (E_w <= E_i for all i) satisfies
+A_w - B_w <= E_w - ||r||^2 <= E_i - ||r||^2 <= A_i + B_i for every i, so A_w - B_w <= U: the winner is always a
+candidate, and among candidates the exact E decides. The ||r||^2 term cancels (it is never computed in A).
+B_j = 2 * (2 (2u + u^2) ||r|| ||c_j|| + g (||r|| + ||c_j||)^2), u = 2^-10, g = (2D + 16) 2^-20, bounds:
+  - tf32 operands: each rounded operand carries a relative error <= u (2^-11 for round-to-nearest; 2^-10 also
+    covers truncation), so |r~.c~ - r.c| <= (2u + u^2) sum_d |r_d c_jd| <= (2u + u^2) ||r|| ||c_j||
+    (Cauchy-Schwarz), twice in A;
+  - fp32 accumulation of the dot (<= D 2^-23 sum |r_d c_jd|, 2^-23 a step covers a truncating accumulator;
+    g allows 2^-20 a step, so an accumulator up to 3 bits worse than fp32 is still covered, at no cost: the
+    tf32 term dominates B by two orders of magnitude),
+    of ||c_j||^2 (torch, <= D 2^-24 ||c_j||^2), of A itself and of E (<= (D + 3) 2^-24 E), and the fp32
+    roundings of A - B, A + B and the min, all below g (||r|| + ||c_j||)^2 (every quantity involved is at
+    most (||r|| + ||c_j||)^2 in size, and 2 ||r|| ||c_j|| <= (||r|| + ||c_j||)^2);
+  - the leading 2 is a safety factor (it also absorbs the rounding of ||r|| and ||c_j|| themselves).
+E itself is computed in one fixed order (a tree over D inside a tile, tiles in order); the search is exact with
+respect to that E. Two codes whose distances agree to within fp32 rounding of the sum order (~D 2^-24 E)
+may rank differently in another summation order (torch's); exact ties (duplicate codes, points equidistant
+in exact arithmetic) are bitwise ties in every order and go to the lowest index.
+
+Rows whose ||r||^2 is NaN or Inf get code 0 and that NaN/Inf as distance (never an out-of-range index), as in
+every backend; D = 0 gives code 0 at distance 0; N = 0 gives empty outputs. `quantized` is the fp32 sum of
+the chosen code rows (level order), cast to x's dtype, as the C++ kernels do.
+
+EMULATE_TF32 (on under the interpreter, off on a GPU): the interpreter's tl.dot computes in full fp32, so the
+candidate path would never see a tf32 error; with it both dot operands are rounded to tf32 (10 mantissa bits,
+to nearest) before the dot, so every interpreter test runs the re-rank against a real tf32 ranking.
+APPROX_ONLY (tests only): returns the argmin of A (no re-rank), to show that emulation changes the ranking.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 from fastrec.kernels import device_guard
 
-
-@triton.jit
-def _dot_tile(x_ptr, c_ptr, rows, ks, N, K, D, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-              BLOCK_D: tl.constexpr):
-    """x[rows] . c[ks]^T accumulated over D in BLOCK_D slices, fp32."""
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dims = d0 + tl.arange(0, BLOCK_D)
-        dmask = dims < D
-        xt = tl.load(x_ptr + rows[:, None] * D + dims[None, :], mask=(rows < N)[:, None] & dmask[None, :],
-                     other=0.0).to(tl.float32)
-        ct = tl.load(c_ptr + ks[:, None] * D + dims[None, :], mask=(ks < K)[:, None] & dmask[None, :],
-                     other=0.0).to(tl.float32)
-        acc += tl.dot(xt, tl.trans(ct), input_precision="ieee")
-    return acc
+REGS_MAX_D = 128  # up to this D the residual lives in registers
+_U_TF32 = 2.0 ** -10
 
 
 @triton.jit
-def nearest_code_kernel(x_ptr, c_ptr, norm_ptr, index_ptr, dist_ptr, N, K, D,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+def _tf32(v, EMULATE: tl.constexpr):
+    """v rounded to tf32 (10 mantissa bits, to nearest) when EMULATE, else v (the tensor core rounds it)."""
+    if EMULATE:
+        bits = v.to(tl.int32, bitcast=True)
+        bits = (bits + 0x1000) & -8192  # add half an ulp of tf32, clear the 13 low mantissa bits
+        v = bits.to(tl.float32, bitcast=True)
+    return v
+
+
+@triton.jit
+def _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS: tl.constexpr,
+            EMULATE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(A, B) of a [BLOCK_N, BLOCK_K] tile: A = ||c||^2 - 2 r.c by a tf32 dot, B its error bound.
+    Codes past K get A = +inf."""
+    kmask = ks < K
+    koff = ks.to(tl.int64) * D
+    dims = tl.arange(0, BLOCK_D)
+    if IN_REGS:
+        c = tl.load(cb + koff[:, None] + dims[None, :], mask=kmask[:, None] & (dims < D)[None, :],
+                    other=0.0).to(tl.float32)
+        dot = tl.dot(_tf32(r, EMULATE), tl.trans(_tf32(c, EMULATE)), input_precision="tf32")
+    else:
+        dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + dims
+            dm = dd < D
+            rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+            c = tl.load(cb + koff[:, None] + dd[None, :], mask=kmask[:, None] & dm[None, :],
+                        other=0.0).to(tl.float32)
+            dot = tl.dot(_tf32(rt, EMULATE), tl.trans(_tf32(c, EMULATE)), dot, input_precision="tf32")
+    norms = tl.load(nb + ks, mask=kmask, other=0.0)
+    cn = tl.sqrt(norms)
+    a = tl.where(kmask[None, :], norms[None, :] - 2.0 * dot, float("inf"))
+    rc = rn[:, None] * cn[None, :]
+    both = rn[:, None] + cn[None, :]
+    b = 2.0 * (eps_dot * rc + eps_acc * both * both)
+    return a, b
+
+
+@triton.jit
+def _exact(r, res_ptr, cb, rows, rmask, j, D, IN_REGS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Exact fp32 sum_d (r_d - c_jd)^2 of every row against its own code j (a gathered code row)."""
+    dims = tl.arange(0, BLOCK_D)
+    joff = j.to(tl.int64) * D
+    if IN_REGS:
+        m = rmask[:, None] & (dims < D)[None, :]
+        c = tl.load(cb + joff[:, None] + dims[None, :], mask=m, other=0.0).to(tl.float32)
+        diff = r - c
+        e = tl.sum(diff * diff, axis=1)
+    else:
+        e = tl.zeros([rows.shape[0]], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + dims
+            m = rmask[:, None] & (dd < D)[None, :]
+            rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=m, other=0.0)
+            c = tl.load(cb + joff[:, None] + dd[None, :], mask=m, other=0.0).to(tl.float32)
+            diff = rt - c
+            e += tl.sum(diff * diff, axis=1)
+    return e
+
+
+@triton.jit
+def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, N, K, D, L,
+                  eps_dot, eps_acc, IN_REGS: tl.constexpr, WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr,
+                  EMULATE_TF32: tl.constexpr, APPROX_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """All L levels of BLOCK_N rows. IN_REGS: x [N, D] is read once into registers (BLOCK_D >= D); otherwise
+    res_ptr holds the fp32 residual [N, D] (it starts as x). Codes are int64 [N, L]."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    best = tl.full([BLOCK_N], float("inf"), tl.float32)
-    best_k = tl.zeros([BLOCK_N], dtype=tl.int64)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        dot = _dot_tile(x_ptr, c_ptr, rows, ks, N, K, D, BLOCK_N, BLOCK_K, BLOCK_D)
-        norms = tl.load(norm_ptr + ks, mask=ks < K, other=float("inf"))
-        dist = norms[None, :] - 2.0 * dot
-        dist = tl.where(dist == dist, dist, float("inf"))  # NaN never wins (a NaN row keeps code 0)
-        tile_best = tl.min(dist, axis=1)
-        tile_k = tl.argmin(dist, axis=1, tie_break_left=True).to(tl.int64) + k0
-        take = tile_best < best
-        best = tl.where(take, tile_best, best)
-        best_k = tl.where(take, tile_k, best_k)
-    # exact distance of the winner (the expanded form cancels badly when x is close to c)
-    exact = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dims = d0 + tl.arange(0, BLOCK_D)
-        m = (rows < N)[:, None] & (dims < D)[None, :]
-        xt = tl.load(x_ptr + rows[:, None] * D + dims[None, :], mask=m, other=0.0).to(tl.float32)
-        ct = tl.load(c_ptr + best_k[:, None] * D + dims[None, :], mask=m, other=0.0).to(tl.float32)
-        diff = xt - ct
-        exact += tl.sum(diff * diff, axis=1)
-    tl.store(index_ptr + rows, best_k, mask=rows < N)
-    tl.store(dist_ptr + rows, exact, mask=rows < N)
+    rmask = rows < N
+    dims = tl.arange(0, BLOCK_D)
+    K64 = K.to(tl.int64)
+    r = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    if IN_REGS:
+        m = rmask[:, None] & (dims < D)[None, :]
+        r = tl.load(x_ptr + rows[:, None] * D + dims[None, :], mask=m, other=0.0).to(tl.float32)
+    best = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for level in range(L):
+        cb = cb_ptr + K64 * D * level
+        nb = norm_ptr + K64 * level
+        if IN_REGS:
+            s = tl.sum(r * r, axis=1)
+        else:
+            s = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + dims
+                rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=rmask[:, None] & (dd < D)[None, :],
+                             other=0.0)
+                s += tl.sum(rt * rt, axis=1)
+        bad = ~(s < float("inf"))  # a NaN or Inf in the residual
+        rn = tl.sqrt(tl.where(bad, 0.0, s))
+        # pass 1: U = min_j (A_j + B_j), an upper bound of the exact minimum (minus ||r||^2)
+        upper = tl.full([BLOCK_N], float("inf"), tl.float32)
+        best = tl.full([BLOCK_N], float("inf"), tl.float32)
+        best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS, EMULATE_TF32,
+                           BLOCK_N, BLOCK_K, BLOCK_D)
+            upper = tl.minimum(upper, tl.min(a + b, axis=1))
+            if APPROX_ONLY:  # the tensor-core ranking alone (tests): argmin of A, ties to the lowest index
+                tile_best = tl.min(a, axis=1)
+                tile_k = tl.argmin(a, axis=1, tie_break_left=True).to(tl.int32) + k0
+                take = tile_best < best
+                best = tl.where(take, tile_best, best)
+                best_k = tl.where(take, tile_k, best_k)
+        if APPROX_ONLY:
+            best = _exact(r, res_ptr, cb, rows, rmask, best_k, D, IN_REGS, BLOCK_D)
+        else:
+            # pass 2: exact distances of the candidates A_j - B_j <= U, lowest index first
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
+                               EMULATE_TF32, BLOCK_N, BLOCK_K, BLOCK_D)
+                cand = (a - b <= upper[:, None]) & (ks < K)[None, :] & (rmask & ~bad)[:, None]
+                while tl.max(tl.max(cand.to(tl.int32), axis=1), axis=0) > 0:
+                    j = tl.min(tl.where(cand, ks[None, :], K), axis=1)
+                    has = j < K
+                    j = tl.where(has, j, 0)
+                    e = _exact(r, res_ptr, cb, rows, rmask & has, j, D, IN_REGS, BLOCK_D)
+                    take = has & ((e < best) | ((e == best) & (j < best_k)))
+                    best = tl.where(take, e, best)
+                    best_k = tl.where(take, j, best_k)
+                    cand = cand & (ks[None, :] != j[:, None])
+        best_k = tl.where(bad, 0, best_k)
+        best = tl.where(bad, s, best)  # NaN stays NaN, Inf stays Inf
+        tl.store(codes_ptr + rows * L + level, best_k.to(tl.int64), mask=rmask)
+        # residual -= chosen code
+        koff = best_k.to(tl.int64) * D
+        if IN_REGS:
+            m = rmask[:, None] & (dims < D)[None, :]
+            r = r - tl.load(cb + koff[:, None] + dims[None, :], mask=m, other=0.0).to(tl.float32)
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + dims
+                m = rmask[:, None] & (dd < D)[None, :]
+                off = rows[:, None] * D + dd[None, :]
+                c = tl.load(cb + koff[:, None] + dd[None, :], mask=m, other=0.0).to(tl.float32)
+                rt = tl.load(res_ptr + off, mask=m, other=0.0)
+                tl.store(res_ptr + off, rt - c, mask=m)
+            tl.debug_barrier()  # the next level reads the residual in other threads' layouts
+    if WRITE_DIST:
+        tl.store(dist_ptr + rows, best, mask=rmask)
+    if WRITE_Q:
+        # quantized = the fp32 sum of the chosen code rows in level order, from the codes just stored (a
+        # register tile for it would spill)
+        tl.debug_barrier()
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + dims
+            m = rmask[:, None] & (dd < D)[None, :]
+            acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+            for level in range(L):
+                k = tl.load(codes_ptr + rows * L + level, mask=rmask, other=0)
+                acc += tl.load(cb_ptr + ((K64 * level + k) * D)[:, None] + dd[None, :], mask=m,
+                               other=0.0).to(tl.float32)
+            tl.store(q_ptr + rows[:, None] * D + dd[None, :], acc.to(q_ptr.dtype.element_ty), mask=m)
 
 
-def _blocks(D: int, interpret: bool) -> tuple[int, int, int]:
-    block_d = min(64, max(16, triton.next_power_of_2(D)))
-    # Under the interpreter every program costs milliseconds: few, large programs.
-    return (128 if interpret else 64), 64, block_d
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _prune(configs, named_args, **kwargs):
+    """At most 16 values a thread in each [BLOCK_N, BLOCK_D] and [BLOCK_N, BLOCK_K] tile. ptxas -v on sm_90
+    (offline; tests/test_triton_compile.py): (64, 64, 8 warps) spills nothing at D = 64, (32, 32, 8 warps)
+    nothing at D = 128; some kept configs spill up to ~80 bytes in some dtype/op (autotune weighs that)."""
+    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+    fit = [c for c in configs
+           if max(bd, c.kwargs["BLOCK_K"]) * c.kwargs["BLOCK_N"] <= 16 * 32 * c.num_warps]
+    return fit or configs[:1]
+
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) tried on a GPU, keyed on (D, K)
+_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st) for bn, bk, w, st in [
+    (64, 64, 8, 2), (64, 32, 8, 2), (64, 64, 8, 1), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2)]]
+encode_tuned = triton.autotune(_CONFIGS, key=["D", "K"], prune_configs_by={"early_config_prune": _prune})(
+    encode_kernel)
+
+# The scratch path (D > REGS_MAX_D) updates its buffers in place, so it is not autotuned (a rerun would
+# start from a moved residual): one config.
+_SCRATCH = (32, 64, 8, 2)  # no spill at BLOCK_D = 64 (ptxas -v, sm_90)
+
+
+def _interpreter_blocks(N: int, K: int) -> tuple[int, int]:
+    """Under the interpreter each program costs a numpy call per op: few, large programs (tests pass
+    `blocks` to force small tiles where tile boundaries matter)."""
+    return min(256, max(16, triton.next_power_of_2(N))), min(256, max(16, triton.next_power_of_2(K)))
+
+
+def _eps(D: int) -> tuple[float, float]:
+    u = _U_TF32
+    return 2.0 * (2.0 * u + u * u), (2 * D + 16) * 2.0 ** -20
+
+
+def encode(x: torch.Tensor, codebooks: torch.Tensor, want_q: bool, want_dist: bool, emulate_tf32: bool | None = None,
+           approx_only: bool = False, blocks: tuple[int, int] | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """codes [N, L] (and quantized [N, D] in x's dtype, and the last level's exact distance [N] fp32).
+
+    emulate_tf32 (default: on under the interpreter, so every interpreter run sees real tf32 error; off on a GPU,
+    whose tensor cores round for themselves), approx_only and blocks (BLOCK_N, BLOCK_K) are for tests."""
+    if emulate_tf32 is None:
+        emulate_tf32 = _interpret()
+    x = x.contiguous()
+    codebooks = codebooks.contiguous()
+    N, D = x.shape
+    L, K = codebooks.shape[0], codebooks.shape[1]
+    codes = torch.empty(N, L, dtype=torch.int64, device=x.device)
+    q = torch.empty_like(x) if want_q else None
+    dist = torch.empty(N, dtype=torch.float32, device=x.device) if want_dist else None
+    if N == 0:
+        return codes, q, dist
+    if D == 0:  # every distance is 0: code 0 wins (and an empty row has no pointer to pass)
+        codes.zero_()
+        return codes, q, (dist.zero_() if want_dist else None)
+    norms = codebooks.float().pow(2).sum(-1).contiguous()  # [L, K]
+    eps_dot, eps_acc = _eps(D)
+    flags = dict(WRITE_Q=want_q, WRITE_DIST=want_dist, EMULATE_TF32=emulate_tf32, APPROX_ONLY=approx_only)
+    dist_arg = dist if want_dist else codes
+    if blocks is None and _interpret():
+        blocks = _interpreter_blocks(N, K)
+    in_regs = D <= REGS_MAX_D
+    block_d = max(16, triton.next_power_of_2(D)) if in_regs else 64
+    res = x if in_regs else x.to(torch.float32, copy=True)  # the scratch residual (unused in registers)
+    args = (x, codebooks, norms, codes, q if want_q else x, dist_arg, res, N, K, D, L, eps_dot, eps_acc)
+    with device_guard(x):
+        if in_regs and blocks is None:
+            grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+            encode_tuned[grid](*args, IN_REGS=True, BLOCK_D=block_d, **flags)
+        else:
+            bn, bk, w, st = _SCRATCH if blocks is None else (*blocks, 4, 2)
+            encode_kernel[(triton.cdiv(N, bn),)](*args, IN_REGS=in_regs, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=block_d,
+                                                 num_warps=w, num_stages=st, **flags)
+    return codes, q, dist
 
 
 def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton nearest-code search; x [N, D], codebook [K, D] (checked by fastrec.ops)."""
-    import os
-
-    x = x.contiguous()
-    codebook = codebook.contiguous()
-    N, D = x.shape
-    K = codebook.shape[0]
-    index = torch.empty(N, dtype=torch.int64, device=x.device)
-    dist = torch.empty(N, dtype=torch.float32, device=x.device)
-    if N == 0 or D == 0:  # D = 0: every distance is 0, code 0 wins (and an empty row has no pointer to pass)
-        return index.zero_(), dist.zero_()
-    norms = codebook.float().pow(2).sum(1).contiguous()
-    block_n, block_k, block_d = _blocks(D, os.environ.get("TRITON_INTERPRET") == "1")
-    grid = (triton.cdiv(N, block_n),)
-    with device_guard(x):
-        nearest_code_kernel[grid](x, codebook, norms, index, dist, N, K, D,
-                                  BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d)
-    return index, dist
+    """Nearest code of every row, x [N, D], codebook [K, D] (checked by fastrec.ops): (index [N], sqdist [N])."""
+    codes, _, dist = encode(x, codebook[None], want_q=False, want_dist=True)
+    return codes[:, 0], dist
 
 
 def residual_encode(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy residual quantization, one nearest_code launch per level on an fp32 residual."""
-    residual = x.to(torch.float32, copy=True).contiguous()
-    quantized = torch.zeros_like(residual)
-    codes = torch.empty(x.shape[0], codebooks.shape[0], dtype=torch.int64, device=x.device)
-    for level, codebook in enumerate(codebooks.float()):
-        index, _ = nearest_code(residual, codebook)
-        chosen = codebook[index]
-        residual -= chosen
-        quantized += chosen
-        codes[:, level] = index
-    return codes, quantized.to(x.dtype)
+    """Greedy residual quantization, all L levels in one launch: (codes [N, L], quantized [N, D])."""
+    codes, q, _ = encode(x, codebooks, want_q=True, want_dist=False)
+    return codes, q

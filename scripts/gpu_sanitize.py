@@ -63,6 +63,7 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
         if triton_here:
             tk_quantize.nearest_code(rand(37, 13), rand(29, 13))
             tk_quantize.residual_encode(rand(37, 13, dtype=torch.bfloat16), rand(2, 29, 13, dtype=torch.bfloat16))
+            tk_quantize.residual_encode(rand(37, 150), rand(2, 29, 150))  # D > 128: the scratch-buffer path
 
     def sinkhorn():
         ops.sinkhorn_assign(rand(37, 11).abs())

@@ -58,3 +58,17 @@ def test_optional_peers_are_skipped_when_their_package_is_missing(monkeypatch):
     monkeypatch.setattr("fastrec.bench.core.importlib.util.find_spec", lambda name: None if name == "faiss" else 1)
     names = [impl for c in quantize.cases(quick=True) + graph.topk_cases(quick=True) for impl in c.impls]
     assert names and not any("faiss" in n for n in names)
+
+
+def test_the_bench_checks_codes_against_exact_search():
+    """The residual_encode case refuses codes that are not exact fp32 search's (beyond fp32 rounding ties)."""
+    g = torch.Generator().manual_seed(0)
+    x, codebooks = torch.randn(200, 8, generator=g), torch.randn(3, 16, 8, generator=g)
+    from fastrec import reference
+
+    codes, _ = reference.residual_encode(x, codebooks)
+    assert gpu.check_exact_codes(x, codebooks, codes) == 0
+    wrong = codes.clone()
+    wrong[5, 1] = (wrong[5, 1] + 1) % 16
+    with pytest.raises(AssertionError, match="level 1"):
+        gpu.check_exact_codes(x, codebooks, wrong)

@@ -58,7 +58,7 @@ def _nan_rows(device):
 
 
 def test_nan_rows_have_one_defined_result_in_every_backend(triton_device):
-    """A NaN row: code 0 and a NaN distance (the reference, the Triton kernel, the CUDA kernel)."""
+    """A NaN row: code 0 and a NaN distance (the reference and the Triton kernel, the CUDA backend)."""
     from fastrec.kernels import quantize as tk
 
     x, codebook = _nan_rows("cpu")
@@ -77,7 +77,8 @@ def test_nan_rows_have_one_defined_result_in_every_backend(triton_device):
 
 @pytest.mark.cuda
 def test_nan_rows_in_the_cuda_kernel(cuda_device):
-    """The CUDA kernel started its argmin at INT64_MAX, which a NaN row kept and used as an offset."""
+    """The CUDA backend (the Triton kernel) alone, without the host check: a NaN row keeps code 0 (an argmin
+    started at INT64_MAX once kept it and used it as an offset)."""
     x, codebook = _nan_rows(cuda_device)
     index, dist = torch.ops.fastrec.nearest_code(x, codebook)  # no host check: the kernel alone
     torch.cuda.synchronize()

@@ -72,3 +72,56 @@ def test_gpu_paths_compile_for_sm90():
     if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("Triton's ptxas is not available here")
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+
+
+QUANTIZE_SCRIPT = textwrap.dedent('''
+    import re, subprocess, sys, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+    from fastrec.kernels import quantize as Q
+
+    ptxas = get_ptxas(90).path
+    C_ = "constexpr"
+    for dt in ("fp32", "bf16"):
+        p = "*" + dt
+        sig = {"x_ptr": p, "cb_ptr": p, "norm_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": p, "dist_ptr": "*fp32",
+               "res_ptr": "*fp32", "N": "i32", "K": "i32", "D": "i32", "L": "i32", "eps_dot": "fp32",
+               "eps_acc": "fp32", "IN_REGS": C_, "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_,
+               "APPROX_ONLY": C_, "BLOCK_N": C_, "BLOCK_K": C_, "BLOCK_D": C_}
+        # residual_encode (quantized) and nearest_code (distance) in registers at D = 64 and 128, and the
+        # scratch path
+        cases = [(d, True, (bn, bk, w, st), q) for d, (bn, bk, w, st) in ((64, (64, 64, 8, 2)), (128, (32, 32, 8, 2)))
+                 for q in (True, False)] + [(256, False, Q._SCRATCH, True)]
+        for d, in_regs, (bn, bk, warps, stages), want_q in cases:
+            assert any(c.kwargs == {"BLOCK_N": bn, "BLOCK_K": bk} and c.num_warps == warps for c in
+                       Q._prune(Q._CONFIGS, {}, BLOCK_D=d)) or not in_regs
+            blocks = {"BLOCK_N": bn, "BLOCK_K": bk}
+            k = triton.compile(ASTSource(fn=Q.encode_kernel, signature=sig, constexprs={
+                "IN_REGS": in_regs, "WRITE_Q": want_q, "WRITE_DIST": not want_q, "EMULATE_TF32": False,
+                "APPROX_ONLY": False,
+                "BLOCK_D": d if in_regs else 64, **blocks}), target=GPUTarget("cuda", 90, 32),
+                options={"num_warps": warps, "num_stages": stages})
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                f.write(k.asm["ptx"])
+            out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
+                                 capture_output=True, text=True).stderr
+            spill = max(int(v) for v in re.findall(r"(\\d+) bytes spill", out))
+            print(dt, d, want_q, "spill", spill)
+    print("compiled")
+''')
+
+
+def test_quantize_kernel_compiles_for_sm90_without_spilling():
+    """The tf32 encode kernel (the CUDA backend of nearest_code/residual_encode) for sm_90: no register spill
+    (ptxas -v) at D = 64 and 128 in registers, nor on the scratch path (D > 128)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", QUANTIZE_SCRIPT], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("Triton's ptxas is not available here")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+    spills = {tuple(line.split()[:3]): int(line.split()[-1]) for line in proc.stdout.splitlines() if "spill" in line}
+    assert len(spills) == 10, proc.stdout
+    assert all(v == 0 for v in spills.values()), spills

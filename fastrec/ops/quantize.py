@@ -3,8 +3,10 @@
     index, sqdist = fastrec.ops.nearest_code(x, codebook)          # x [N, D], codebook [K, D]
     codes, quantized = fastrec.ops.residual_encode(x, codebooks)   # codebooks [L, K, D]
 
-Both are `torch.ops.fastrec.*` custom ops with fake kernels and autograd; the C++ CPU kernel and the
-CUDA kernel never materialise the N x K distance matrix; ties go to the lowest code index.
+Both are `torch.ops.fastrec.*` custom ops with fake kernels and autograd; the C++ CPU kernel and, on CUDA,
+the Triton kernel (kernels/quantize.py: a TF32 tensor-core distance GEMM, then an exact fp32 re-rank of the
+candidates its error bound leaves, all levels in one launch) never materialise the N x K distance matrix and
+return the codes of exact fp32 search; ties go to the lowest code index.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor,
     Defined results, the same in every backend: D = 0 gives code 0 at distance 0 (every distance is 0).
     A NaN/Inf in x raises ValueError here wherever the values may be read (always on the CPU, whose
     kernel checks inside its pass; on CUDA unless compiling or capturing a CUDA graph); where they are
-    not, a NaN row gets code 0 and a NaN distance (CUDA C++, Triton and the reference alike), never an
+    not, a NaN row gets code 0 and a NaN distance (Triton and the reference alike), never an
     out-of-range index.
     """
     _check(x, codebook, "codebook", 2)
