@@ -72,3 +72,17 @@ def test_the_bench_checks_codes_against_exact_search():
     wrong[5, 1] = (wrong[5, 1] + 1) % 16
     with pytest.raises(AssertionError, match="level 1"):
         gpu.check_exact_codes(x, codebooks, wrong)
+
+
+def test_the_bench_checks_that_constrained_generate_yields_items():
+    """The lcrec generate case refuses a generation with any sequence that is not an item of the index."""
+    from fastrec.bench.lcrec import _generate, _lm_setup
+
+    s = _lm_setup(num_items=50, hidden=32, layers=1, batch=3, vocab=2_000)
+    out = _generate(s, 4, [s["proc"]])
+    assert gpu.check_valid_items(s, out) == 1.0
+    prompt = s["batch"]["input_ids"].shape[1]
+    broken = out.clone()
+    broken[0, prompt] = s["tok"].eos_token_id  # not an index token
+    with pytest.raises(AssertionError, match="valid items"):
+        gpu.check_valid_items(s, broken)

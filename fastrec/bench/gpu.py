@@ -430,12 +430,27 @@ def _trie_reference(i: dict) -> torch.Tensor:
                                float("-inf"))
 
 
-def _lm_inputs(device: str) -> dict:
-    from fastrec.bench.lcrec import _lm_setup
+def check_valid_items(s: dict, sequences: torch.Tensor) -> float:
+    """Fraction of generated sequences (after the prompt) whose first `levels` tokens are an item of the
+    index; the constrained case must reach 1.0, else this raises."""
+    prompt = s["batch"]["input_ids"].shape[1]
+    items = {tuple(t) for t in s["index"].values()}
+    new = [s["tok"].convert_ids_to_tokens(row[:s["levels"]]) for row in sequences[:, prompt:].tolist()]
+    valid = sum(tuple(t) in items for t in new) / max(1, len(new))
+    if valid != 1.0:
+        raise AssertionError(f"trie-constrained generate produced {valid:.1%} valid items (must be 100%)")
+    return valid
 
-    s = _lm_setup(num_items=_n(10_000, 300))
+
+def _lm_inputs(device: str) -> dict:
+    from fastrec.bench.lcrec import _generate, _lm_setup
+
+    # the issue's shape: Llama hidden 512, 4 layers, 32,000 text tokens + 1,024 index tokens, batch 16
+    s = _lm_setup(num_items=_n(10_000, 300), hidden=_n(512, 64), layers=_n(4, 2), batch=_n(16, 4),
+                  vocab=_n(32_000 + 1_024, None))
     s["model"] = s["model"].to(device)
     s["batch"] = s["batch"].to(device)
+    check_valid_items(s, _generate(s, 20, [s["proc"]]))  # the target's "100% valid items", on these inputs
     return s
 
 
@@ -449,7 +464,7 @@ def lcrec_cases(device: str, quick: bool) -> list[Case]:
                  "torch reference": _trie_reference})]
     impls = {"fastrec": lambda s: lcrec._generate(s, 20, [s["proc"]]),
              "HF generate unconstrained": lambda s: lcrec._generate(s, 20)}
-    out.append(Case("lcrec generate", "tiny Llama items=10,000 L=4 batch=8 beams=20",
+    out.append(Case("lcrec generate", "Llama h=512 4 layers V=33,024 items=10,000 L=4 batch=16 beams=20",
                     functools.partial(_lm_inputs, device), impls, {"HF generate unconstrained": round(1 / 1.02, 3)}))
     return out
 

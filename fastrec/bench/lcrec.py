@@ -20,7 +20,10 @@ import torch
 from fastrec.bench.core import Case
 
 
-def _lm_setup(num_items: int = 10_000, levels: int = 4, codes: int = 256, seed: int = 0):
+def _lm_setup(num_items: int = 10_000, levels: int = 4, codes: int = 256, seed: int = 0, hidden: int = 128,
+              layers: int = 2, batch: int = 8, vocab: int | None = None):
+    """A tiny Llama over a random semantic index, `batch` prompts, the trie processor. `vocab` pads the model's
+    vocabulary (as real checkpoints do: 32,000 text tokens + the index tokens) beyond the tokenizer's."""
     from fastrec.data.semantic_index import index_tokens, token_of
     from fastrec.integrations.hf import ItemTrieLogitsProcessor, build_local_tokenizer
     from fastrec.recipes.lcrec import seqrec_prompt, tiny_llama
@@ -32,9 +35,11 @@ def _lm_setup(num_items: int = 10_000, levels: int = 4, codes: int = 256, seed: 
     index = {str(i): [token_of(lv, c) for lv, c in enumerate(r)] for i, r in enumerate(sorted(rows))}
     texts = [seqrec_prompt(index, [rng.randrange(num_items) for _ in range(5)]) for _ in range(200)]
     tok = build_local_tokenizer(texts, vocab_size=1000, extra_tokens=index_tokens(levels, codes))
-    model = tiny_llama(tok, hidden=128, layers=2, seed=seed).eval()
+    model = tiny_llama(tok, hidden=hidden, layers=layers, seed=seed).eval()
+    if vocab is not None and vocab > len(tok):
+        model.resize_token_embeddings(vocab, mean_resizing=False)
     prompts = [seqrec_prompt(index, [rng.randrange(num_items) for _ in range(rng.randrange(3, 8))])
-               for _ in range(8)]
+               for _ in range(batch)]
     batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     return {"index": index, "tok": tok, "model": model, "batch": batch, "levels": levels,
             "proc": ItemTrieLogitsProcessor(index, tok)}
