@@ -6,8 +6,9 @@ and exposes the same interface, so KIRec's fusion drops into each unchanged:
     encode(seqs) -> [B, L, d]; forward(seqs) -> user vectors [B, d]; item_table() -> [num_items, d];
     loss(seqs, targets) -> scalar (cross-entropy over the full item set); scores(seqs) -> [B, num_items].
 
-GRU4Rec (Hidasi et al., 2016; RecBole's full-softmax form): embedding dropout, a GRU over the real items of
-each sequence (packed, so left padding never enters the state), a Linear back to the embedding space.
+GRU4Rec (Hidasi et al., 2016; RecBole's full-softmax form): LayerNorm and dropout on the item rows, a GRU
+over the real items of each sequence (packed, so left padding never enters the state), a Linear back to the
+embedding space.
 BERT4Rec (Sun et al., 2019): a bidirectional Transformer trained by the cloze task: a fraction
 `mask_prob` of each sequence's items is replaced by a learned [mask] vector (at least one per sequence)
 and predicted; `loss(seqs)` draws the masks itself (targets unused). At inference a [mask] is appended
@@ -15,6 +16,8 @@ after the history and its hidden state is the user vector.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -57,14 +60,29 @@ class _Backbone(nn.Module):
 
 
 class GRU4Rec(_Backbone):
-    """GRU4Rec with a pluggable item embedding (num_items includes the padding row 0)."""
+    """GRU4Rec with a pluggable item embedding (num_items includes the padding row 0).
+
+    The item rows enter the GRU through a LayerNorm (as they enter SASRec's and BERT4Rec's blocks): the
+    tied item table starts at std 0.02, and without it the GRU's input term is ~100x smaller than its
+    biases, so the hidden state barely depends on the items and IDs-only training stalls near the
+    popularity loss. A checkpoint saved without the norm loads with the norm off (and a warning).
+    """
 
     def __init__(self, num_items: int, d: int = 64, num_layers: int = 1, max_len: int = 50, dropout: float = 0.2,
                  item_embedding: nn.Module | None = None) -> None:
         super().__init__(num_items, d, max_len, item_embedding)
+        self.norm: nn.Module = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
         self.gru = nn.GRU(d, d, num_layers, batch_first=True)
         self.dense = nn.Linear(d, d)
+        self.register_load_state_dict_pre_hook(self._without_norm)
+
+    def _without_norm(self, module, state_dict, prefix, *args) -> None:
+        # checkpoints from before the input norm: keep their function (no norm) rather than fail or change it
+        if prefix + "norm.weight" not in state_dict and any(k.startswith(prefix + "gru.") for k in state_dict):
+            warnings.warn("this GRU4Rec checkpoint has no input LayerNorm (saved before GRU4Rec had one): "
+                          "loading it with the norm off, as it was trained", stacklevel=2)
+            self.norm = nn.Identity()
 
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """Hidden state after each position, [B, L, d] (zero at padding positions)."""
@@ -74,7 +92,7 @@ class GRU4Rec(_Backbone):
         # left-padded -> left-aligned, so that packing skips the padding entirely
         shift = (torch.arange(L, device=seqs.device)[None, :] + (L - lengths)[:, None]) % L
         aligned = seqs.gather(1, shift)
-        x = self.drop(self.item_embedding(aligned))
+        x = self.drop(self.norm(self.item_embedding(aligned)))
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True,
                                                    enforce_sorted=False)
         h, _ = self.gru(packed)
