@@ -54,23 +54,33 @@ def test_bert4rec_cloze_and_mask_token():
         BERT4Rec(40, mask_prob=1.0)
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
-def test_learns_a_fixed_successor(name):
-    torch.manual_seed(0)
-    model = BACKBONES[name](20, d=16, max_len=5, dropout=0.0, item_embedding=IDEmbedding(20, 16))
+def _successor_chains(items: int, rows: int, length: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences over items 1..items-1 where each item's successor is fixed, and their targets."""
+    seqs = torch.randint(1, items, (rows, length), generator=generator)
+    for i in range(1, length):
+        seqs[:, i] = seqs[:, i - 1] % (items - 1) + 1
+    return seqs, seqs % (items - 1) + 1
+
+
+def _fit_accuracy(model, seqs: torch.Tensor, targets: torch.Tensor, lr: float, steps: int) -> float:
+    """Adam for `steps` full-batch steps, then the share of sequences whose next item is ranked first."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-    seqs = torch.randint(1, 20, (64, 5))
-    for i in range(1, 5):  # a chain: each item's successor is fixed
-        seqs[:, i] = seqs[:, i - 1] % 19 + 1
-    targets = seqs % 19 + 1
-    for _ in range(120):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
         loss = model.loss(seqs, targets)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
-    assert (model.scores(seqs).argmax(1) == targets[:, -1]).float().mean() >= 0.9
+    return float((model.scores(seqs).argmax(1) == targets[:, -1]).float().mean())
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_learns_a_fixed_successor(name):
+    torch.manual_seed(0)
+    model = BACKBONES[name](20, d=16, max_len=5, dropout=0.0, item_embedding=IDEmbedding(20, 16))
+    seqs, targets = _successor_chains(20, 64, 5)
+    assert _fit_accuracy(model, seqs, targets, lr=3e-2, steps=120) >= 0.9
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -99,20 +109,9 @@ def test_gru4rec_learns_from_small_init_id_rows():
     """IDs-only GRU4Rec at the tables' std-0.02 init: the input LayerNorm lets the GRU see the items at once
     (without it this reaches 0.14 after 60 steps; the hidden state then hardly depends on the input)."""
     torch.manual_seed(0)
-    items = 500
-    model = GRU4Rec(items, d=32, max_len=8, dropout=0.0, item_embedding=IDEmbedding(items, 32))
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    seqs = torch.randint(1, items, (256, 8), generator=torch.Generator().manual_seed(1))
-    for i in range(1, 8):
-        seqs[:, i] = seqs[:, i - 1] % (items - 1) + 1
-    targets = seqs % (items - 1) + 1
-    for _ in range(60):
-        loss = model.loss(seqs, targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    assert (model.scores(seqs).argmax(1) == targets[:, -1]).float().mean() >= 0.9
+    model = GRU4Rec(500, d=32, max_len=8, dropout=0.0, item_embedding=IDEmbedding(500, 32))
+    seqs, targets = _successor_chains(500, 256, 8, torch.Generator().manual_seed(1))
+    assert _fit_accuracy(model, seqs, targets, lr=5e-3, steps=60) >= 0.9
 
 
 def test_gru4rec_checkpoint_from_before_the_input_norm_loads_as_trained():
