@@ -8,6 +8,8 @@ from fastrec import reference
 from fastrec.ops import (
     collab_inputs_embeds,
     lightgcn_propagate,
+    nearest_code,
+    residual_encode,
     semantic_fusion_lookup,
     splice_collab_rows,
     splice_collab_tokens,
@@ -374,3 +376,25 @@ def test_lightgcn_power_law_forward_backward_validate_false_never_syncs(cuda_dev
     with cuda_syncs_raise():
         got = step()
     assert torch.equal(got, want)  # deterministic: no atomics in the forward or the transpose's backward
+
+
+@pytest.mark.parametrize("d", [32, 130])  # 130: the residual in the scratch buffer, not in registers
+def test_residual_encode_and_nearest_code_capture_and_replay(cuda_device, d):
+    """The Triton quantize kernel (autotuned in the warm-up) replays in a CUDA graph on new input and still
+    gives exact fp32 search's codes."""
+    from fastrec.bench.gpu import check_exact_codes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, d, generator=g).to(cuda_device)
+    codebooks = torch.randn(3, 256, d, generator=g).to(cuda_device)
+    graph, (codes, quantized) = _capture(lambda: residual_encode(x, codebooks))
+    graph_nc, (index, sqdist) = _capture(lambda: nearest_code(x, codebooks[0]))
+    x.copy_(torch.randn(3000, d, generator=g).to(cuda_device))
+    graph.replay()
+    graph_nc.replay()
+    torch.cuda.synchronize()
+    check_exact_codes(x.cpu(), codebooks.cpu(), codes.cpu())
+    torch.testing.assert_close(quantized.cpu(), codebooks.cpu()[torch.arange(3)[None], codes.cpu()].sum(1))
+    assert torch.equal(index, residual_encode(x, codebooks[:1])[0][:, 0])
+    torch.testing.assert_close(sqdist.cpu(), (x.cpu() - codebooks[0].cpu()[index.cpu()]).pow(2).sum(1))
+
