@@ -122,6 +122,14 @@ def spmm_fp64(indptr, indices, values, dense):
     return out.index_add_(0, rows, values.double()[:, None] * dense.double()[indices])
 
 
+def assert_close_to_oracle(got: torch.Tensor, want: torch.Tensor) -> None:
+    """fp32 sums over the power-law graphs' hub row and column (tens of thousands of terms) round at the
+    scale of the largest output, not of each element (cancellation), in any summation order: atol follows
+    that scale."""
+    want = want.detach().cpu().double()
+    torch.testing.assert_close(got.detach().cpu().double(), want, rtol=1e-4, atol=2e-5 * float(want.abs().max()))
+
+
 def check_partition(plan, indptr, nnz, k):
     """The merge-path plan's invariants: owned rows tile [0, rows) in order; every edge is summed exactly
     once (by its row's owner or in one carry of that row); every carry written is read by exactly one owner,
@@ -224,16 +232,15 @@ def test_spmm_power_law_hub_row_forward_backward(index_dtype, d, on_device):
     x = torch.randn(2500, d, requires_grad=True)
     v = values.clone().requires_grad_(True)
     out = spmm(indptr, indices, v, x)
-    torch.testing.assert_close(out.double().cpu(), spmm_fp64(indptr, indices, values, x.detach()),
-                               rtol=1e-4, atol=1e-4)
+    assert_close_to_oracle(out, spmm_fp64(indptr, indices, values, x.detach()))
     grad = torch.randn(2500, d)
     out.backward(grad)
     rows = torch.repeat_interleave(torch.arange(2500), (indptr[1:] - indptr[:-1]).long().cpu())
     t_oracle = torch.zeros(2500, d, dtype=torch.float64).index_add_(
         0, indices.long().cpu(), values.double().cpu()[:, None] * grad.double().cpu()[rows])
-    torch.testing.assert_close(x.grad.double().cpu(), t_oracle, rtol=1e-4, atol=1e-4)
+    assert_close_to_oracle(x.grad, t_oracle)
     g_values = (grad.double().cpu()[rows] * x.detach().double().cpu()[indices.long().cpu()]).sum(1)
-    torch.testing.assert_close(v.grad.double().cpu(), g_values, rtol=1e-4, atol=1e-4)
+    assert_close_to_oracle(v.grad, g_values)
 
 
 @pytest.mark.parametrize("d", [3, 64])
@@ -245,11 +252,12 @@ def test_spmm_misaligned_dense_view(d, on_device):
     x = storage[1:].view(2500, d)
     assert x.is_contiguous() and x.storage_offset() == 1
     out = spmm(indptr, indices, values, x)
-    torch.testing.assert_close(out.double().cpu(), spmm_fp64(indptr, indices, values, x), rtol=1e-4, atol=1e-4)
+    assert_close_to_oracle(out, spmm_fp64(indptr, indices, values, x))
     emb = torch.randn(2500 * d + 1)[1:].view(2500, d)
     got = lightgcn_propagate(_Csr(indptr, indices, values), emb, 2)
-    want = reference.lightgcn_propagate(indptr, indices, values, indptr, indices, values, emb, [1 / 3] * 3)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    ip, ix, vals = indptr.cpu().long(), indices.cpu().long(), values.cpu().double()
+    assert_close_to_oracle(got, reference.lightgcn_propagate(ip, ix, vals, ip, ix, vals, emb.cpu().double(),
+                                                             [1 / 3] * 3))
 
 
 @pytest.mark.parametrize("d", [4, 64, 130])
@@ -269,11 +277,12 @@ def test_propagate_power_law_forward_backward_and_bitwise_deterministic(d, on_de
         return out.detach(), e.grad
 
     out, g = run()
-    e2 = emb.detach().clone().requires_grad_(True)
-    ref = reference.lightgcn_propagate(indptr, indices, values, indptr, indices, values, e2, weights)
-    ref.backward(grad)
-    torch.testing.assert_close(out, ref.detach(), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(g, e2.grad, rtol=1e-4, atol=1e-4)
+    ip, ix, vals = indptr.cpu().long(), indices.cpu().long(), values.cpu().double()
+    e2 = emb.detach().double().requires_grad_(True)
+    ref = reference.lightgcn_propagate(ip, ix, vals, ip, ix, vals, e2, weights)
+    ref.backward(grad.double())
+    assert_close_to_oracle(out, ref)
+    assert_close_to_oracle(g, e2.grad)
     out2, g2 = run()
     assert torch.equal(out, out2) and torch.equal(g, g2)
     assert torch.equal(spmm(indptr, indices, values, emb.detach()), spmm(indptr, indices, values, emb.detach()))
