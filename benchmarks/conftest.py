@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastrec.bench import Row, format_table, plot, write_csv
-from fastrec.bench.core import peak_extra_memory_mb
+from fastrec.bench.core import peak_extra_cuda_mb, peak_extra_memory_mb
 
 _ROWS: list[Row] = []
 _INPUTS: dict[str, object] = {}
@@ -22,13 +22,23 @@ _INPUTS: dict[str, object] = {}
 def run_impl(benchmark):
     """Benchmark one implementation of a case; inputs are built once per case and shared by its impls."""
 
-    def run(case, impl: str):
+    def run(case, impl: str, cuda: bool = False):
+        """cuda: the case runs on the GPU; each call ends with a synchronize (so the wall time is the GPU
+        time) and the memory column is the CUDA caching allocator's peak, not host RSS."""
         if case.name not in _INPUTS:
             _INPUTS.clear()  # one case's inputs in memory at a time
             _INPUTS[case.name] = case.make()
         inputs = _INPUTS[case.name]
         fn = case.impls[impl]
-        mem = peak_extra_memory_mb(lambda: fn(inputs))
+        if cuda:
+            import torch
+
+            def fn(i, call=fn):
+                out = call(i)
+                torch.cuda.synchronize()
+                return out
+
+        mem = (peak_extra_cuda_mb if cuda else peak_extra_memory_mb)(lambda: fn(inputs))
         benchmark.group = case.name
         benchmark.extra_info["peak_extra_mb"] = round(mem, 2)
         benchmark.pedantic(fn, args=(inputs,), rounds=5, warmup_rounds=1, iterations=1)
