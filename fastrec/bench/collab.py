@@ -21,13 +21,20 @@ from fastrec.ops.collab import project_rows
 B, T, V, D, MID = 16, 256, 32_000, 256, 1024
 
 
+def prompts_with_slots(b: int, t: int, h: int, vocab: int, dtype: torch.dtype, g: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids [b, t], placeholder ids [3], token table [vocab, h]): the last three ids are the placeholders,
+    each once per prompt at a random position (the CPU and GPU benches draw their prompts from this)."""
+    ph = torch.tensor([vocab - 3, vocab - 2, vocab - 1])
+    ids = torch.randint(0, vocab - 3, (b, t), generator=g)
+    for row in range(b):
+        ids[row, torch.randperm(t, generator=g)[:3]] = ph
+    return ids, ph, (torch.randn(vocab, h, generator=g) * 0.02).to(dtype)
+
+
 def _inputs(h: int, dtype: torch.dtype, grad: bool) -> dict:
     g = torch.Generator().manual_seed(0)
-    ph = torch.tensor([V - 3, V - 2, V - 1])
-    ids = torch.randint(0, V - 3, (B, T), generator=g)
-    for b in range(B):
-        ids[b, torch.randperm(T, generator=g)[:3]] = ph
-    weight = (torch.randn(V, h, generator=g) * 0.02).to(dtype)
+    ids, ph, weight = prompts_with_slots(B, T, h, V, dtype, g)
     n_users, n_items = 6000, 4000
     tables = [torch.randn(n_users, D, generator=g).to(dtype), torch.randn(n_items, D, generator=g).to(dtype),
               torch.randn(n_items, h, generator=g).to(dtype)]

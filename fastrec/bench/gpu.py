@@ -302,12 +302,10 @@ def topk_cases(device: str, quick: bool) -> list[Case]:
 
 
 def _splice_inputs(device: str, b: int, t: int, h: int, dtype: torch.dtype, vocab: int = 32_000) -> dict:
+    from fastrec.bench.collab import prompts_with_slots
+
     g = torch.Generator().manual_seed(0)
-    ph = torch.tensor([vocab - 3, vocab - 2, vocab - 1])
-    ids = torch.randint(0, vocab - 3, (b, t), generator=g)
-    for row in range(b):
-        ids[row, torch.randperm(t, generator=g)[:3]] = ph
-    weight = (torch.randn(vocab, h, generator=g) * 0.02).to(dtype)
+    ids, ph, weight = prompts_with_slots(b, t, h, vocab, dtype, g)
     return {"ids": ids.to(device), "ph": ph.to(device), "weight": weight.to(device),
             "values": torch.randn(3 * b, h, generator=g).to(dtype).to(device),
             "copy_src": torch.empty(b * t, h, dtype=dtype, device=device).normal_()}
