@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fastrec.nn.fusion import IDEmbedding
+from fastrec.nn.sequential import add_transformer_stack
 
 __all__ = ["SASRec"]
 
@@ -34,12 +35,7 @@ class SASRec(nn.Module):
             raise ValueError(f"num_items must be >= 2 (row 0 is padding), got {num_items}")
         self.num_items, self.d, self.max_len = num_items, d, max_len
         self.item_embedding = item_embedding if item_embedding is not None else IDEmbedding(num_items, d)
-        self.position = nn.Embedding(max_len, d)
-        nn.init.normal_(self.position.weight, std=0.02)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(d, num_heads, 4 * d, dropout, activation="gelu", batch_first=True)
-        self.blocks = nn.TransformerEncoder(layer, num_blocks, enable_nested_tensor=False)
+        add_transformer_stack(self, d, num_heads, num_blocks, max_len, dropout)
         self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1), persistent=False)
 
     def item_table(self) -> torch.Tensor:

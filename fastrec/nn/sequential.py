@@ -35,6 +35,19 @@ def full_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, table: torch.
     return nn.functional.cross_entropy(logits, targets[keep])
 
 
+def add_transformer_stack(module: nn.Module, d: int, num_heads: int, num_blocks: int, max_len: int,
+                          dropout: float) -> None:
+    """The Transformer parts SASRec and BERT4Rec share, as attributes of `module` (so their state-dict names
+    stay `position`, `norm`, `blocks`): learned positions (std 0.02), the input LayerNorm and dropout, and
+    `num_blocks` post-norm GELU encoder layers of width 4d."""
+    module.position = nn.Embedding(max_len, d)
+    nn.init.normal_(module.position.weight, std=0.02)
+    module.norm = nn.LayerNorm(d)
+    module.drop = nn.Dropout(dropout)
+    layer = nn.TransformerEncoderLayer(d, num_heads, 4 * d, dropout, activation="gelu", batch_first=True)
+    module.blocks = nn.TransformerEncoder(layer, num_blocks, enable_nested_tensor=False)
+
+
 class _Backbone(nn.Module):
     def __init__(self, num_items: int, d: int, max_len: int, item_embedding: nn.Module | None) -> None:
         super().__init__()
@@ -126,12 +139,7 @@ class BERT4Rec(_Backbone):
         self.mask_prob = mask_prob
         self.mask_id = num_items  # an id past the catalogue: replaced by `mask_embedding`
         self.mask_embedding = nn.Parameter(torch.randn(d) * 0.02)
-        self.position = nn.Embedding(max_len, d)
-        nn.init.normal_(self.position.weight, std=0.02)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(d, num_heads, 4 * d, dropout, activation="gelu", batch_first=True)
-        self.blocks = nn.TransformerEncoder(layer, num_blocks, enable_nested_tensor=False)
+        add_transformer_stack(self, d, num_heads, num_blocks, max_len, dropout)
 
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
         """Bidirectional hidden states [B, L, d]; ids equal to `mask_id` are [mask] tokens."""
