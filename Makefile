@@ -6,7 +6,7 @@ PYTHON ?= python3
 export CUDA_HOME ?= /usr/local/cuda
 SOURCES := $(wildcard setup.py pyproject.toml csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
 
-.PHONY: install demo test bench lint clean gpu-check
+.PHONY: install demo test bench lint clean gpu-check compat-check
 
 $(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: install
 # gpu-check.md, bench.csv and gpu-check.log under $$OUT (default results/gpu-check/). See docs/gpu.md.
 gpu-check:
 	PYTHON=$(PYTHON) bash scripts/gpu_check.sh
+
+# The CPU suite, the CUDA build and the offline `pip install -e .` under the GPU machine's package stack (python
+# 3.12, torch 2.11, triton 3.6, transformers 5.17) in .venv-compat: see scripts/compat_check.sh. Needs PyPI once.
+compat-check:
+	bash scripts/compat_check.sh
 
 clean:
 	rm -rf build fastrec/_C*.so $(VENV)/.built

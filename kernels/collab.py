@@ -119,7 +119,18 @@ def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, OUT, ROWS,
 _LINEAR_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_O": bo, "BLOCK_K": bk}, num_warps=w, num_stages=st)
                    for bn, bo, bk, w, st in [(16, 64, 32, 4, 3), (32, 64, 32, 4, 3), (64, 64, 32, 4, 3),
                                              (64, 128, 32, 8, 3), (128, 128, 32, 8, 3), (64, 64, 64, 4, 3)]]
-gather_linear_tuned = triton.autotune(_LINEAR_CONFIGS, key=["K", "OUT"])(gather_linear_kernel)
+
+
+def _prune_linear(configs, named_args, **kwargs):
+    """fp32 (upcast) operands go through FMA dots that hold both operand tiles in each thread: BLOCK_K = 64 then
+    spilled 12 KB a thread (ptxas -v, sm_90, Triton 3.6), so they keep BLOCK_K <= 32."""
+    if not kwargs.get("UPCAST", named_args.get("UPCAST", False)):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_K"] <= 32] or configs[:1]
+
+
+gather_linear_tuned = triton.autotune(_LINEAR_CONFIGS, key=["K", "OUT"],
+                                      prune_configs_by={"early_config_prune": _prune_linear})(gather_linear_kernel)
 
 
 def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor | None = None,

@@ -138,12 +138,14 @@ def sorted_exclusions(indptr: torch.Tensor, indices: torch.Tensor, num_users: in
     return (torch.sort(key).values % (num_items + 2) - 1).to(torch.int32)
 
 
-def _config(u: int, kp: int) -> tuple[int, int]:
-    """(BLOCK_U, BLOCK_I): small under the interpreter; on a GPU, fewer queries per program for a large k so
-    the running top-k stays in registers."""
+def _config(kp: int, d: int) -> tuple[int, int, int, int]:
+    """(BLOCK_U, BLOCK_I, BLOCK_D, num_warps): small under the interpreter; on a GPU, fewer queries per program
+    for a large k so the running top-k stays in registers. ptxas -v (sm_90, Triton 3.6 and 3.8, fp32 and bf16,
+    tests/test_triton_compile.py): these spill nothing; 4 warps with BLOCK_D = 64 spilled up to 896 bytes."""
     if _interpret():
-        return 16, 32
-    return (64 if kp <= 32 else 32 if kp <= 64 else 16), 64
+        return 16, 32, min(64, max(16, triton.next_power_of_2(d))), 4
+    block_u = 64 if kp <= 32 else 32 if kp <= 64 else 16
+    return block_u, 64, min(32 if kp <= 32 else 64, max(16, triton.next_power_of_2(d))), 8
 
 
 def _num_chunks(blocks_u: int, num_items: int, block_i: int, device: torch.device) -> int:
@@ -166,7 +168,7 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
     queries, items = queries.contiguous(), items.contiguous()
     (U, d), NI = queries.shape, items.shape[0]
     kp = max(16, triton.next_power_of_2(k))
-    block_u, block_i = _config(U, kp)
+    block_u, block_i, block_d, warps = _config(kp, d)
     blocks_u = triton.cdiv(U, block_u)
     chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
     chunk = triton.cdiv(triton.cdiv(NI, chunks), block_i) * block_i
@@ -186,7 +188,7 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
         topk_kernel[(blocks_u, chunks)](
             queries, items, ex_indptr, ex_sorted, part_s, part_i, U, NI, d, ex_sorted.numel() if has_ex else 0,
             chunk, chunks, k, HAS_EX=has_ex, UPCAST=upcast, PRECISION=precision(queries.dtype),
-            BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=min(64, max(16, triton.next_power_of_2(d))), KP=kp)
+            BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, KP=kp, num_warps=warps)
     return merge(part_s.view(U, -1), part_i.view(U, -1).long(), k)
 
 

@@ -17,6 +17,33 @@ if not HAS_CUDA:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+def _interpreter_scalars_index() -> None:
+    """Triton before 3.7 interprets a scalar as a 1-element array and indexes it with int(array), which
+    numpy >= 2.4 refuses ("only 0-dimensional arrays..."), so `range(n)` over a kernel argument fails under
+    TRITON_INTERPRET=1 (e.g. triton 3.6, torch 2.11's). Triton 3.7+ squeezes first; do the same for older ones.
+    Test harness only: compiled kernels never take this path."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    try:
+        import inspect
+
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or "squeeze" in inspect.getsource(patch):
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patched
+
+
+_interpreter_scalars_index()
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

@@ -26,7 +26,10 @@ def random_csr(rows, cols, density=0.3, dtype=torch.int64, seed=0, empty_rows=Tr
         dense = torch.where(mask, vals, torch.zeros_like(vals))
         csr = dense.to_sparse_csr()
     to = torch.get_default_device()
-    return csr.crow_indices().to(to, dtype), csr.col_indices().to(to, dtype), csr.values().to(to), dense.to(to)
+    # clones: views of a sparse tensor's parts keep it as their _base, which torch 2.11's fake tensors cannot
+    # describe (opcheck's aot_dispatch test); a user's CSR arrives as plain tensors too
+    parts = (csr.crow_indices().to(to, dtype), csr.col_indices().to(to, dtype), csr.values().to(to))
+    return *(t.clone() for t in parts), dense.to(to)
 
 
 class _OnDevice:
