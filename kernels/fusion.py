@@ -58,7 +58,7 @@ def fuse_gather_kernel(inv_ptr, rows_ptr, id_ptr, red_ptr, fw_ptr, fb_ptr, out_p
                        BLOCK_K: tl.constexpr):
     """Output columns [BLOCK_J] of BLOCK_N lookups. Gate/concat: z = [e, s] @ fuse_weight^T as a GEMM tiled over
     k (BLOCK_K), so no [d, d] weight tile is ever held in registers (that spilled ~500 bytes at d = 64, and at
-    d = 256 ptxas did not finish in 15 minutes)."""
+    d = 256 its compile had not finished after 14 minutes)."""
     ns = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = ns < N
     inv = tl.load(inv_ptr + ns, mask=nmask, other=-1)
