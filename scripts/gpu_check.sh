@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make gpu-check`: build fastrec._C in place for the visible GPU, then
-#   1. pytest -m cuda            (every CUDA test case)
+#   1. pytest -m cuda            (every CUDA test case; in up to 8 processes with pytest-xdist)
 #   2. compute-sanitizer memcheck over scripts/gpu_sanitize.py (every op, forward + backward, odd shapes)
 #   3. fastrec bench --device cuda --quick   (GPU peers, CUDA-event medians, ratios in the same run)
 #   4. gpu-check.md (tables), bench.csv and gpu-check.log under $OUT (default results/gpu-check/)
@@ -103,8 +103,15 @@ print('gpu-check: backends', info['cuda'])
 assert info['extension_cuda_kernels'] or '$DEVICE' == 'cpu', 'fastrec._C was built without its CUDA kernels'
 "
 
-# 1. every CUDA test case
-stage pytest 240 "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q \
+# 1. every CUDA test case. Most of this stage's time is Triton compiling each kernel variant the tests reach
+# (one per dtype, block config and integer specialization, ~1 s of one core each), so with pytest-xdist the
+# tests run in up to 8 processes sharing one GPU and Triton's on-disk cache.
+XDIST=()
+if [ "$DEVICE" = cuda ] && "$PY" -c "import xdist" 2>/dev/null; then
+  WORKERS=$((JOBS < 8 ? JOBS : 8))
+  [ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS")
+fi
+stage pytest 240 "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q "${XDIST[@]}" \
   --junitxml="$OUT/pytest.xml"
 
 # 2. compute-sanitizer memcheck over the op driver (exit 3 = the tool is missing or cannot attach: skipped)
