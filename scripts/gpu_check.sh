@@ -65,7 +65,9 @@ stage() {
   [ "$limit" -gt "$left" ] && limit=$left
   echo "=== gpu-check: $name ($(date -u +%H:%M:%S), limit ${limit}s) ===" | tee -a "$LOG"
   local t0=$SECONDS rc
-  timeout --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  # SIGINT first: pytest then still prints its summary and writes pytest.xml with the tests it ran (TERM
+  # would lose them all); KILL 20 s later
+  timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
   local took=$((SECONDS - t0))
   if [ "$rc" -eq 0 ]; then
