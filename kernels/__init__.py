@@ -2,6 +2,10 @@
 
 They run on CUDA devices, and on the CPU under ``TRITON_INTERPRET=1`` (set before this is imported),
 which is how the test suite checks them on a machine without a GPU.
+
+Integer arguments that only bound a mask (row and query counts) are `do_not_specialize`: Triton would
+otherwise compile a new variant for every such count that is 1 or a multiple of 16, for no speed (the
+test suite on a GPU is mostly compile time).
 """
 
 try:

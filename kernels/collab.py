@@ -18,7 +18,7 @@ import triton.language as tl
 from fastrec.kernels import device_guard
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def splice_kernel(ids_ptr, slot_ptr, w_ptr, v_ptr, out_ptr, n, H, V, N,
                   BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -86,7 +86,7 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
     return out, slot_pos
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "ROWS"])
 def gather_linear_kernel(ids_ptr, x_ptr, w_ptr, b_ptr, out_ptr, N, K, OUT, ROWS,
                          HAS_IDS: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, UPCAST: tl.constexpr,
                          PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr,

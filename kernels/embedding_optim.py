@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def sparse_update_kernel(w_ptr, m_ptr, v_ptr, g_ptr, pos_ptr, seg_ptr, rows_ptr, d, num_rows,
                          lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt,
                          ADAM: tl.constexpr, BLOCK_D: tl.constexpr):

@@ -28,7 +28,7 @@ from fastrec.kernels import device_guard
 MODE_ID = {"add": 0, "gate": 1, "concat": 2}
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["U"])
 def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, out_ptr, U, D, d, HAS_BIAS: tl.constexpr,
                          UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
@@ -52,7 +52,7 @@ def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, out_ptr, U, D, d, HAS_
     tl.store(out_ptr + us[:, None] * d + ks[None, :], acc, mask=umask[:, None] & kmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def fuse_gather_kernel(inv_ptr, rows_ptr, id_ptr, red_ptr, fw_ptr, fb_ptr, out_ptr, N, d,
                        MODE: tl.constexpr, HAS_FB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr,
                        BLOCK_K: tl.constexpr):
@@ -98,7 +98,7 @@ def fuse_gather_kernel(inv_ptr, rows_ptr, id_ptr, red_ptr, fw_ptr, fb_ptr, out_p
              mask=nmask[:, None] & jmask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["U"])
 def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
     dims = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)

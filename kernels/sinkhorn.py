@@ -48,7 +48,7 @@ def _e_tile(d_ptr, rows, ks, rmin, scale, N, K, s0, s1):
     return tl.where(m, e, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def minmax_kernel(d_ptr, rmin_ptr, lo_ptr, hi_ptr, N, K, s0, s1,
                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Row minima (float64) and this program's min / max over its rows (for the global rescale)."""
@@ -87,7 +87,7 @@ def scale_kernel(lo_ptr, hi_ptr, eps_ptr, scale_ptr, P, BLOCK: tl.constexpr):
     tl.store(scale_ptr, 1.0 / (amplitude * epsilon))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def row_pass_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, u_ptr, part_ptr, N, K, s0, s1,
                     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr):
     """u_i = 1 / (N sum_j E_ij v_j) for this program's rows, then its partial column sums sum_i u_i E_ij."""
@@ -142,7 +142,7 @@ def column_reduce_kernel(part_ptr, v_ptr, P, K, BLOCK_P: tl.constexpr, BLOCK_K: 
     tl.store(v_ptr + ks, v, mask=ks < K)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def argmax_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, codes_ptr, N, K, s0, s1,
                   ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """codes_i = argmax_j E_ij v_j: strict '>' across tiles, tie_break_left inside one (lowest index)."""

@@ -51,7 +51,7 @@ def _beats(s, ids, ws, wi):
     return (s > ws[:, None]) | ((s == ws[:, None]) & (ids[None, :] < wi[:, None]))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["U", "NI", "nnz"])
 def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, chunk, C, k,
                 HAS_EX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
                 BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr, KP: tl.constexpr):
