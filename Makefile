@@ -33,7 +33,7 @@ lint: install
 	$(VENV)/bin/ruff check fastrec kernels tests benchmarks scripts setup.py
 
 # On a machine with one CUDA GPU, with its own python3 (no venv, no network): build fastrec._C in place for
-# that GPU, pytest -m cuda, compute-sanitizer memcheck, fastrec bench --device cuda --quick; writes
+# that GPU, pytest -m cuda, fastrec bench --device cuda --quick, compute-sanitizer memcheck; writes
 # gpu-check.md, bench.csv and gpu-check.log under $$OUT (default results/gpu-check/). See docs/gpu.md.
 gpu-check:
 	PYTHON=$(PYTHON) bash scripts/gpu_check.sh

@@ -86,3 +86,33 @@ def test_the_bench_checks_that_constrained_generate_yields_items():
     broken[0, prompt] = s["tok"].eos_token_id  # not an index token
     with pytest.raises(AssertionError, match="valid items"):
         gpu.check_valid_items(s, broken)
+
+
+def _gpu_report():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_report.py"
+    spec = importlib.util.spec_from_file_location("gpu_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_report_verdict_counts_and_unselected_stages(tmp_path, capsys):
+    """gpu_report.py (make gpu-check's last step): stages left out by GPU_CHECK_STAGES do not fail the verdict
+    and say so; a failed stage does; pytest.xml's failures are counted and named."""
+    report = _gpu_report()
+    (tmp_path / "stages.tsv").write_text("import\tok\t2\npytest\tnot selected\t0\nsanitizer\tskipped\t0\n")
+    assert report.pytest_counts(tmp_path) == "not run (GPU_CHECK_STAGES)"
+    assert report.main(["gpu_report.py", str(tmp_path)]) == 0
+    (tmp_path / "stages.tsv").write_text("import\tok\t2\npytest\tFAILED (rc 124)\t240\n")
+    (tmp_path / "pytest.xml").write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.test_x" name="test_a"/><testcase classname="tests.test_x" name="test_b">'
+        '<failure message="boom"/></testcase><testcase classname="tests.test_x" name="test_c"><skipped/>'
+        '</testcase></testsuite></testsuites>')
+    counts = report.pytest_counts(tmp_path)
+    assert counts.startswith("1 passed, 1 failed, 0 errors, 1 skipped") and "tests.test_x::test_b" in counts
+    assert report.main(["gpu_report.py", str(tmp_path)]) == 1
+    assert "FAILED" in capsys.readouterr().out
