@@ -212,6 +212,31 @@ def test_triton_kernels_under_interpreter(mode):
     torch.testing.assert_close(half.float().view_as(out), out, rtol=2e-2, atol=2e-2)
 
 
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("mode", ["add", "gate", "concat"])
+@pytest.mark.parametrize("d", [12, 40, 64])
+def test_fuse_gather_in_its_gpu_tiles_under_interpreter(mode, d, monkeypatch):
+    """fuse_gather with the GPU's (32, 32, 16) tiles (the interpreter's own cover d in one tile): several output
+    column blocks, a k loop over several BLOCK_K slices with a ragged last one, and a ragged lookup block."""
+    pytest.importorskip("triton")
+    from fastrec.kernels import fusion as tk
+
+    from fastrec.ops.fusion import _triton_lookup
+
+    t = make(num_items=70, D=45, d=d)
+    kw = {k: (v.detach() if v is not None else None) for k, v in args_for(t, mode).items()}
+    ids = torch.randint(0, 70, (5, 13))
+    ids[1, :4] = 0
+    want = _triton_lookup(ids, kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"], kw["fuse_weight"],
+                          kw["fuse_bias"], mode, 0, 0)
+    monkeypatch.setattr(tk, "fuse_blocks", lambda d: (32, 32, 16, 4, 1))
+    out, _, inverse, reduced = _triton_lookup(ids, kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"],
+                                              kw["fuse_weight"], kw["fuse_bias"], mode, 0, 0)
+    torch.testing.assert_close(out, eager(ids, kw, mode, 0), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(out, want[0], rtol=1e-5, atol=1e-5)
+    assert (out[ids == 0] == 0).all()
+
+
 def _bad(**over):
     t = {k: (v.detach() if v is not None else None) for k, v in make(num_items=10, D=6, d=4).items()}
     kw = dict(item_ids=torch.tensor([[1, 2]]), id_table=t["id_table"], semantic_table=t["semantic_table"],
