@@ -19,9 +19,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _interpreter_scalars_index() -> None:
-    """Triton before 3.7 interprets a scalar as a 1-element array and indexes it with int(array), which
-    numpy >= 2.4 refuses ("only 0-dimensional arrays..."), so `range(n)` over a kernel argument fails under
-    TRITON_INTERPRET=1 (e.g. triton 3.6, torch 2.11's). Triton 3.7+ squeezes first; do the same for older ones.
+    """Triton 3.6 interprets a scalar as a 1-element array and indexes it with int(array), which numpy >= 2.4
+    refuses ("only 0-dimensional arrays..."), so `range(n)` over a kernel argument fails under
+    TRITON_INTERPRET=1 (triton 3.6 is torch 2.11's). Triton 3.8 squeezes first; do the same where it does not.
     Test harness only: compiled kernels never take this path."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         return
