@@ -93,7 +93,7 @@ def row_pass_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, u_ptr, part_ptr, N, K, s0
     """u_i = 1 / (N sum_j E_ij v_j) for this program's rows, then its partial column sums sum_i u_i E_ij."""
     pid = tl.program_id(0)
     scale = tl.load(scale_ptr)
-    n = tl.cast(N, tl.float64)  # N may arrive as a constexpr (Triton specialises 1)
+    n = tl.cast(N, tl.float64)
     if ONE_TILE:  # K fits one tile: E stays in registers between the row sum and the column sums
         ks = tl.arange(0, BLOCK_K)
         v = tl.load(v_ptr + ks, mask=ks < K, other=0.0)
@@ -156,8 +156,8 @@ def argmax_kernel(d_ptr, rmin_ptr, scale_ptr, v_ptr, codes_ptr, N, K, s0, s1,
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             v = tl.load(v_ptr + ks, mask=ks < K, other=0.0)
-            x, m = _load_tile(d_ptr, rows, ks, N, K, s0, s1)
-            p = tl.exp(-(tl.where(m, x, rmin[:, None]) - rmin[:, None]) * scale) * v[None, :]
+            m = (rows < N)[:, None] & (ks < K)[None, :]
+            p = _e_tile(d_ptr, rows, ks, rmin, scale, N, K, s0, s1) * v[None, :]
             p = tl.where(m & (p == p), p, -1.0)  # outside the matrix and NaN never win
             tile_best = tl.max(p, axis=1)
             tile_k = tl.argmax(p, axis=1, tie_break_left=True).to(tl.int64) + k0
