@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/amx.h"
+
 extern "C" {
 // A plain module so that `import fastrec._C` loads the library and runs the registrations below.
 PyObject* PyInit__C(void) {
@@ -24,6 +26,8 @@ TORCH_LIBRARY(fastrec, m) {
     return false;
 #endif
   });
+  // whether the CPU kernels of nearest_code / residual_encode use the AMX tile unit (cpu/amx.h)
+  m.def("_cpu_amx() -> bool", []() -> bool { return fastrec::amx::enabled(); });
   // collaborative graph: CSR x dense, fused LightGCN propagation, full-ranking top-K (fastrec/ops/graph.py)
   m.def("spmm(Tensor indptr, Tensor indices, Tensor values, Tensor dense) -> Tensor");
   m.def(

@@ -426,6 +426,110 @@ def test_triton_kernels_in_their_gpu_block_configs(cuda_device):
         assert_nearest(xb, cb, *tk.nearest_code(xb, cb))
 
 
+# ------------------------------------------------------------------ the CPU kernel: AMX and fp32 paths
+# With AMX the C++ kernel ranks codes by bf16 tile-unit dots and re-ranks the candidates by exact fp32
+# distance, so its codes equal exact search bit for bit (like the Triton kernel's); FASTREC_CPU_AMX=0, or a
+# CPU without AMX, takes the fp32 micro-kernel (nearest up to fp32 rounding of near ties). Both are tested here.
+NEEDS_AMX = pytest.mark.skipif(not fastrec.backends()["cpu_amx"], reason="this CPU has no AMX tile unit")
+
+
+@pytest.fixture(params=["amx", "fp32"])
+def cpu_path(request, monkeypatch):
+    """Runs a test once per CPU kernel path (the AMX one only where the CPU has it)."""
+    if request.param == "amx":
+        monkeypatch.delenv("FASTREC_CPU_AMX", raising=False)
+        if not fastrec.backends()["cpu_amx"]:
+            pytest.skip("this CPU has no AMX tile unit")
+    else:
+        monkeypatch.setenv("FASTREC_CPU_AMX", "0")
+        assert fastrec.backends()["cpu_amx"] is False
+    return request.param
+
+
+def _cpu_equals_reference(x, codebooks):
+    codes, q = residual_encode(x, codebooks)
+    ref_codes, ref_q = reference.residual_encode(x, codebooks)
+    assert torch.equal(codes, ref_codes)
+    assert q.dtype == x.dtype and torch.equal(q, ref_q)  # sums of grid values: exact
+    index, dist = nearest_code(x, codebooks[0])
+    ref_index, ref_dist = reference.nearest_code(x, codebooks[0])
+    assert torch.equal(index, ref_index)
+    torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-6)
+    return codes
+
+
+@NEEDS_AMX
+@pytest.mark.parametrize("d,k", SHAPES, ids=[f"D{d}-K{k}" for d, k in SHAPES])
+def test_cpu_amx_codes_equal_exact_search(d, k):
+    """D and K off the tile sizes (D = 1..130, K = 1..256), rows off the 32-row step, L = 1..4, three dtypes."""
+    i = SHAPES.index((d, k))
+    dtype = (torch.float32, torch.bfloat16, torch.float16)[i % 3]
+    x, codebooks = _grid_inputs(97, d, k, 1 + i % 4, torch.Generator().manual_seed(i))
+    _cpu_equals_reference(x.to(dtype), codebooks.to(dtype))
+
+
+@NEEDS_AMX
+@pytest.mark.parametrize("scale", [1.0, 1024.0], ids=["unit", "magnitude-1e3"])
+def test_cpu_amx_kmeans_codebooks_with_ties_and_near_ties(scale):
+    x, codebooks = _kmeans_case(scale=scale)
+    codes = _cpu_equals_reference(x, codebooks)
+    k, n = codebooks.shape[1], x.shape[0]
+    assert not bool((codes >= k - 5).any())  # a duplicate never beats its lower-index twin
+    assert codes[n - 23:n - 13, 0].tolist() == list(range(10))  # rows equal to codes 0..9
+    assert codes[n - 13:n - 10, 0].tolist() == [3, 3, 3]  # the exact midpoint of codes 3 and k - 6: the lower
+    assert codes[n - 10:n - 8, 0].tolist() == [3, k - 6]  # a quarter step toward code 3 / toward code k - 6
+    assert codes[n - 8:, 0].tolist() == [4, k - 7] * 4  # off-grid near ties
+
+
+def test_cpu_bf16_rounding_is_re_ranked(cpu_path):
+    """x = e_0; code 9 = e_0 + 2^-14 e_1 (exact distance 2^-28), code 5 = (1 - 2^-9) e_0 (2^-18). In bf16,
+    1 - 2^-9 rounds to 1, so the tile unit's ranking puts code 5 first (and it is also the lower index of the
+    two candidates); both paths must return code 9."""
+    d = 40  # two depth chunks, the second partial
+    x = torch.zeros(70, d)
+    x[:, 0] = 1.0
+    codebook = torch.randn(40, d, generator=torch.Generator().manual_seed(0)) * 3 + 10
+    codebook[9] = 0.0
+    codebook[9, 0], codebook[9, 1] = 1.0, 2.0 ** -14
+    codebook[5] = 0.0
+    codebook[5, 0] = 1.0 - 2.0 ** -9
+    bf16_rank = codebook.pow(2).sum(1) - 2 * x[:1].bfloat16().float() @ codebook.bfloat16().float().T
+    assert bf16_rank.argmin().item() == 5  # what the dots alone would choose
+    assert nearest_code(x, codebook)[0].tolist() == [9] * 70
+    assert residual_encode(x, codebook[None])[0][:, 0].tolist() == [9] * 70
+
+
+def test_cpu_norms_too_large_for_the_tile_unit(cpu_path):
+    """Rows or codes with a norm >= 2^60 (bf16 dots could overflow) take the exact scan / the fp32 path."""
+    g = torch.Generator().manual_seed(3)
+    x, codebooks = _grid_inputs(45, 3, 20, 2, g)
+    for xs, cs in [(2.0 ** 61, 2.0 ** 61), (2.0 ** 61, 1.0), (1.0, 2.0 ** 61)]:
+        codes, q = residual_encode(x * xs, codebooks * cs)
+        ref_codes, ref_q = reference.residual_encode(x * xs, codebooks * cs)
+        if cpu_path == "amx":  # grid inputs scaled by a power of two: exact distances
+            assert torch.equal(codes, ref_codes)
+        assert_nearest(x * xs, codebooks[0] * cs, *nearest_code(x * xs, codebooks[0] * cs))
+        summed = sum((codebooks[lv] * cs)[codes[:, lv]] for lv in range(2))
+        assert torch.equal(q, summed)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 2), (1000, 32, 256, 4), (77, 64, 512, 3), (333, 130, 37, 2)])
+def test_cpu_paths_agree_with_the_reference(shape, cpu_path):
+    n, d, k, levels = shape
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g)
+    codebooks = torch.randn(levels, k, d, generator=g) * torch.logspace(0, -1.5, levels)[:, None, None]
+    codebooks[:, -1] = codebooks[:, 0]  # duplicates: the later copy never wins
+    codes, _ = residual_encode(x, codebooks)
+    if k > 1:
+        assert not bool((codes == k - 1).any())
+    index, sqdist = nearest_code(x, codebooks[0])
+    assert_nearest(x, codebooks[0], index, sqdist)
+    ref_codes, _ = reference.residual_encode(x, codebooks)
+    agree = (codes == ref_codes).all(1).float().mean()
+    assert agree == 1.0 if cpu_path == "amx" else agree > 0.97
+
+
 BAD = [
     (lambda: nearest_code(torch.randn(4, 3), torch.randn(5, 4)), ValueError, "codebook has D=4"),
     (lambda: nearest_code(torch.randn(4, 3, 1), torch.randn(5, 3)), ValueError, "x must be 2-D"),

@@ -3,13 +3,18 @@
 Peers, all in the same run: torch eager (addmm + argmin over row chunks, the best chunk), faiss
 IndexFlatL2 search per level, faiss ResidualQuantizer with beam 1, vector-quantize-pytorch ResidualVQ,
 and plain sgemm of the same shapes into a preallocated output (the compute bound of any GEMM-based
-search).
+search). On a CPU with AMX, "fastrec fp32 path" is fastrec with the tile unit turned off (FASTREC_CPU_AMX=0):
+the AMX gain, measured in the same run.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import torch
 
+import fastrec
 from fastrec.bench.core import Case, available, have, time_ms
 from fastrec.ops import nearest_code, residual_encode
 
@@ -86,7 +91,23 @@ def sgemm_bound(x: torch.Tensor, codebooks: torch.Tensor, out: torch.Tensor) -> 
     return out
 
 
+def fp32_path(fn: Callable) -> Callable:
+    """`fn` with the AMX tile unit turned off (the fp32 micro-kernel), the environment restored after."""
+    def run(inputs):
+        old = os.environ.get("FASTREC_CPU_AMX")
+        os.environ["FASTREC_CPU_AMX"] = "0"
+        try:
+            return fn(inputs)
+        finally:
+            if old is None:
+                del os.environ["FASTREC_CPU_AMX"]
+            else:
+                os.environ["FASTREC_CPU_AMX"] = old
+    return run
+
+
 def cases(quick: bool = False) -> list[Case]:
+    amx = bool(fastrec.backends()["cpu_amx"])
     out = []
     shapes = SHAPES[:1] if quick else SHAPES
     for n, d, k, levels in shapes:
@@ -104,6 +125,7 @@ def cases(quick: bool = False) -> list[Case]:
 
         impls = {
             "fastrec": lambda i: residual_encode(i["x"], i["cb"]),
+            **({"fastrec fp32 path": fp32_path(lambda i: residual_encode(i["x"], i["cb"]))} if amx else {}),
             "torch eager (best chunk)": lambda i: eager_encode(i["x"], i["cb"], i["chunk"]),
             "faiss IndexFlatL2 per level": lambda i: faiss_flat_per_level(i["x"], i["cb"]),
             "faiss ResidualQuantizer b=1": lambda i: i["rq"].compute_codes(i["x"].numpy()),
@@ -126,6 +148,7 @@ def cases(quick: bool = False) -> list[Case]:
 
     out.append(Case("nearest_code", "N=100,000 D=32 K=256", make_nc, {
         "fastrec": lambda i: nearest_code(i["x"], i["cb"]),
+        **({"fastrec fp32 path": fp32_path(lambda i: nearest_code(i["x"], i["cb"]))} if amx else {}),
         "torch eager (cdist+argmin)": lambda i: torch.cdist(i["x"], i["cb"]).argmin(1),
     }))
     return out

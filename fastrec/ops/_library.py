@@ -82,4 +82,7 @@ def backends() -> dict[str, object]:
         "triton": HAS_TRITON,
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
         "cpu_threads": torch.get_num_threads(),
+        # nearest_code / residual_encode on the AMX tile unit (bf16 dots, exact fp32 re-rank); FASTREC_CPU_AMX=0
+        # turns it off
+        "cpu_amx": bool(torch.ops.fastrec._cpu_amx()) if HAS_C else False,
     }
