@@ -324,20 +324,26 @@ def test_triton_tiles_across_k_and_rows(triton_device):
     assert bool((codes == 0).all())
 
 
+def _rounding_trap(rows, d, k, winner, decoy, decoy_gap):
+    """x = e_0 in every row; code `winner` = e_0 + 2^-14 e_1 (exact distance 2^-28), code `decoy` =
+    (1 - decoy_gap) e_0 (exact distance decoy_gap^2, but rounded to e_0 by a short mantissa); the rest far."""
+    x = torch.zeros(rows, d)
+    x[:, 0] = 1.0
+    codebook = torch.randn(k, d, generator=torch.Generator().manual_seed(0)) * 3 + 10
+    codebook[winner] = 0.0
+    codebook[winner, 0], codebook[winner, 1] = 1.0, 2.0 ** -14
+    codebook[decoy] = 0.0
+    codebook[decoy, 0] = 1.0 - decoy_gap
+    return x, codebook
+
+
 @INTERPRETER_ONLY
 def test_tf32_emulation_changes_the_approximate_ranking_not_the_codes():
     """x = e_0; code 5 = e_0 + 2^-14 e_1 (exact distance 2^-28), code 9 = (1 - 2^-13) e_0 (2^-26). In tf32,
     1 - 2^-13 rounds to 1, so ||c||^2 - 2 x.c ranks code 9 first by 2^-12; the fp32 dot ties them (code 5
     by index); the re-rank must return code 5 either way."""
     tk = _tk()
-    d = 16
-    x = torch.zeros(4, d)
-    x[:, 0] = 1.0
-    codebook = torch.randn(20, d, generator=torch.Generator().manual_seed(0)) * 3 + 10
-    codebook[5] = 0.0
-    codebook[5, 0], codebook[5, 1] = 1.0, 2.0 ** -14
-    codebook[9] = 0.0
-    codebook[9, 0] = 1.0 - 2.0 ** -13
+    x, codebook = _rounding_trap(4, 16, 20, winner=5, decoy=9, decoy_gap=2.0 ** -13)
     cb = codebook[None]
 
     def codes(**kw):
@@ -485,14 +491,7 @@ def test_cpu_bf16_rounding_is_re_ranked(cpu_path):
     """x = e_0; code 9 = e_0 + 2^-14 e_1 (exact distance 2^-28), code 5 = (1 - 2^-9) e_0 (2^-18). In bf16,
     1 - 2^-9 rounds to 1, so the tile unit's ranking puts code 5 first (and it is also the lower index of the
     two candidates); both paths must return code 9."""
-    d = 40  # two depth chunks, the second partial
-    x = torch.zeros(70, d)
-    x[:, 0] = 1.0
-    codebook = torch.randn(40, d, generator=torch.Generator().manual_seed(0)) * 3 + 10
-    codebook[9] = 0.0
-    codebook[9, 0], codebook[9, 1] = 1.0, 2.0 ** -14
-    codebook[5] = 0.0
-    codebook[5, 0] = 1.0 - 2.0 ** -9
+    x, codebook = _rounding_trap(70, 40, 40, winner=9, decoy=5, decoy_gap=2.0 ** -9)  # D = 40: a partial chunk
     bf16_rank = codebook.pow(2).sum(1) - 2 * x[:1].bfloat16().float() @ codebook.bfloat16().float().T
     assert bf16_rank.argmin().item() == 5  # what the dots alone would choose
     assert nearest_code(x, codebook)[0].tolist() == [9] * 70
