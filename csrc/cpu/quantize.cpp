@@ -179,7 +179,7 @@ constexpr int kAmxDepth = 32;   // bf16 values per tile row (64 bytes)
 constexpr float kAmxMaxNorm = 0x1p60f;
 
 struct AmxCodebooks {
-  int64_t K, Kp, D, Dp, KT, DC;
+  int64_t Kp, Dp, KT, DC;  // K and D padded to the tile step, and their counts of 16-code and 32-deep tiles
   int64_t Ks;  // row stride of the dot-product buffer: Kp + 16, so the 16 rows of a tile store do not share cache sets
   float alpha, beta, gamma;
   std::vector<uint16_t> tiles;      // [L][KT][DC][16 pairs][16 codes][2]: bf16 codes in the tile unit's pair layout
@@ -193,7 +193,6 @@ struct AmxCodebooks {
 // nullptr when a code norm is too large for the tile unit (the call then takes the fp32 path).
 std::unique_ptr<AmxCodebooks> pack_amx(const PackedCodebooks& p) {
   auto a = std::make_unique<AmxCodebooks>();
-  a->K = p.K, a->D = p.D;
   a->Kp = round_up(p.K, kAmxCodes), a->Dp = round_up(p.D, kAmxDepth);
   a->KT = a->Kp / 16, a->DC = a->Dp / kAmxDepth;
   a->Ks = a->Kp + 16;
