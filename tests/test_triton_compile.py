@@ -92,16 +92,43 @@ def test_gpu_paths_compile_for_sm90():
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
 
 
-QUANTIZE_SCRIPT = textwrap.dedent('''
-    import re, subprocess, sys, tempfile
+# Compiles a kernel for sm_90 and returns the bytes a thread spills (ptxas -v): the start of the spill scripts.
+SPILL_PRELUDE = textwrap.dedent('''
+    import re, subprocess, tempfile
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
-    from fastrec.kernels import quantize as Q
 
     ptxas = get_ptxas(90).path
     C_ = "constexpr"
+
+    def spill_bytes(fn, sig, cx, num_warps, num_stages):
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                           options={"num_warps": num_warps, "num_stages": num_stages})
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(k.asm["ptx"])
+        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
+                             capture_output=True, text=True).stderr
+        return max(int(v) for v in re.findall(r"(\\d+) bytes spill", out))
+''')
+
+
+def _run_spill_script(body: str) -> dict[str, int]:
+    """Runs SPILL_PRELUDE + body without the interpreter; body prints "<case...> spill <bytes>" lines."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", SPILL_PRELUDE + textwrap.dedent(body)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("Triton's ptxas is not available here")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+    return {" ".join(line.split()[:-2]): int(line.split()[-1]) for line in proc.stdout.splitlines()
+            if " spill " in line}
+
+
+QUANTIZE_SCRIPT = '''
+    from fastrec.kernels import quantize as Q
+
     for dt in ("fp32", "bf16"):
         p = "*" + dt
         sig = {"x_ptr": p, "cb_ptr": p, "norm_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": p, "dist_ptr": "*fp32",
@@ -109,15 +136,9 @@ QUANTIZE_SCRIPT = textwrap.dedent('''
                "eps_acc": "fp32", "IN_REGS": C_, "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_,
                "APPROX_ONLY": C_, "BLOCK_N": C_, "BLOCK_K": C_, "BLOCK_D": C_}
         def spill(in_regs, d, blocks, warps, stages, want_q):
-            k = triton.compile(ASTSource(fn=Q.encode_kernel, signature=sig, constexprs={
+            return spill_bytes(Q.encode_kernel, sig, {
                 "IN_REGS": in_regs, "WRITE_Q": want_q, "WRITE_DIST": not want_q, "EMULATE_TF32": False,
-                "APPROX_ONLY": False, "BLOCK_D": d if in_regs else 64, **blocks}), target=GPUTarget("cuda", 90, 32),
-                options={"num_warps": warps, "num_stages": stages})
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-                f.write(k.asm["ptx"])
-            out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
-                                 capture_output=True, text=True).stderr
-            return max(int(v) for v in re.findall(r"(\\d+) bytes spill", out))
+                "APPROX_ONLY": False, "BLOCK_D": d if in_regs else 64, **blocks}, warps, stages)
 
         # residual_encode (quantized) and nearest_code (distance) in registers at D = 64 and 128: the first
         # autotune config (after pruning) that spills nothing; which one it is depends on the Triton version
@@ -133,42 +154,22 @@ QUANTIZE_SCRIPT = textwrap.dedent('''
         bn, bk, warps, stages = Q._SCRATCH  # the scratch path (D > 128) has one config
         print(dt, 256, True, "spill", spill(False, 256, {"BLOCK_N": bn, "BLOCK_K": bk}, warps, stages, True))
     print("compiled")
-''')
+'''
 
 
 def test_quantize_kernel_compiles_for_sm90_without_spilling():
     """The tf32 encode kernel (the CUDA backend of nearest_code/residual_encode) for sm_90: at D = 64 and 128 in
     registers some autotune config spills no register (ptxas -v), nor does the scratch path (D > 128)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", QUANTIZE_SCRIPT], capture_output=True, text=True, env=env,
-                          timeout=600)
-    if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("Triton's ptxas is not available here")
-    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
-    spills = {tuple(line.split()[:3]): int(line.split()[-1]) for line in proc.stdout.splitlines() if "spill" in line}
-    assert len(spills) == 10, proc.stdout
+    spills = _run_spill_script(QUANTIZE_SCRIPT)
+    assert len(spills) == 10, spills
     assert all(v == 0 for v in spills.values()), spills
 
 
-SPILL_SCRIPT = textwrap.dedent('''
-    import re, subprocess, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.compiler import ASTSource
+SPILL_SCRIPT = '''
     from fastrec.kernels import fusion as F, topk as T
 
-    ptxas = get_ptxas(90).path
-    C_ = "constexpr"
-
     def spill(name, fn, sig, cx, num_warps, num_stages):
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
-                           options={"num_warps": num_warps, "num_stages": num_stages})
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(k.asm["ptx"])
-        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
-                             capture_output=True, text=True).stderr
-        print(name, "spill", max(int(v) for v in re.findall(r"(\\d+) bytes spill", out)))
+        print(name, "spill", spill_bytes(fn, sig, cx, num_warps, num_stages))
 
     for dt in ("fp32", "bf16"):
         p = "*" + dt
@@ -188,20 +189,15 @@ SPILL_SCRIPT = textwrap.dedent('''
                    "BLOCK_K": C_}, {"MODE": mode, "HAS_FB": True, "BLOCK_N": bn, "BLOCK_J": bj, "BLOCK_K": bk},
                   warps, stages)
     print("compiled")
-''')
+'''
 
 
 def test_topk_and_fuse_gather_gpu_blocks_spill_nothing():
     """topk_scores (every k bracket) and fuse_gather (every mode) in the blocks their launchers pick on a GPU
     compile for sm_90 without a register spill (ptxas -v): a spill there costs local-memory traffic in the inner
     loop (the old 4-warp top-k spilled up to 896 bytes, the old fuse_gather over 500)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", SPILL_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("Triton's ptxas is not available here")
-    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
-    spills = {line.split()[0]: int(line.split()[-1]) for line in proc.stdout.splitlines() if " spill " in line}
-    assert len(spills) == 14, proc.stdout
+    spills = _run_spill_script(SPILL_SCRIPT)
+    assert len(spills) == 14, spills
     assert all(v == 0 for v in spills.values()), spills
 
 
