@@ -228,16 +228,23 @@ def _grid_inputs(n, d, k, levels, g, device="cpu"):
     return x, codebooks
 
 
-def _assert_triton_equals_reference(tk, x, codebooks, **kw):
-    codes, q, _ = tk.encode(x, codebooks, want_q=True, want_dist=False, **kw)
+def _assert_equals_exact_search(encode, nearest, x, codebooks):
+    """encode(x, codebooks) -> (codes, quantized) and nearest(x, codebook) -> (index, sqdist) give exact search's
+    codes bit for bit; returns the codes."""
+    codes, q = encode(x, codebooks)
     ref_codes, ref_q = reference.residual_encode(x.cpu(), codebooks.cpu())
     assert torch.equal(codes.cpu(), ref_codes)
     assert q.dtype == x.dtype and torch.equal(q.cpu(), ref_q)  # sums of grid values: exact
-    index, dist = tk.nearest_code(x, codebooks[0])
+    index, dist = nearest(x, codebooks[0])
     ref_index, ref_dist = reference.nearest_code(x.cpu(), codebooks[0].cpu())
     assert torch.equal(index.cpu(), ref_index)
     torch.testing.assert_close(dist.cpu(), ref_dist, rtol=1e-5, atol=1e-6)  # sum order: off-grid rows differ
     return codes
+
+
+def _assert_triton_equals_reference(tk, x, codebooks, **kw):
+    return _assert_equals_exact_search(lambda x, c: tk.encode(x, c, want_q=True, want_dist=False, **kw)[:2],
+                                       tk.nearest_code, x, codebooks)
 
 
 SHAPES = [(d, k) for d in (1, 3, 33, 64, 130) for k in (1, 37, 256)]
@@ -295,18 +302,22 @@ def _kmeans_case(n=600, d=16, k=48, levels=3, scale=1.0, seed=0):
     return x * scale, codebooks * scale
 
 
+def _assert_kmeans_case_codes(codes, k):
+    """The planted rows of _kmeans_case (its last 23) get the codes exact search gives them."""
+    assert not bool((codes >= k - 5).any())  # a duplicate never beats its lower-index twin
+    n = codes.shape[0]
+    assert codes[n - 23:n - 13, 0].tolist() == list(range(10))  # rows equal to codes 0..9
+    assert codes[n - 13:n - 10, 0].tolist() == [3, 3, 3]  # the exact midpoint of codes 3 and k - 6: the lower
+    assert codes[n - 10:n - 8, 0].tolist() == [3, k - 6]  # a quarter step toward code 3 / toward code k - 6
+    assert codes[n - 8:, 0].tolist() == [4, k - 7] * 4  # off-grid near ties
+
+
 @pytest.mark.parametrize("scale", [1.0, 1024.0], ids=["unit", "magnitude-1e3"])
 def test_triton_kmeans_codebooks_with_ties_and_near_ties(scale, triton_device):
     tk = _tk()
     x, codebooks = _kmeans_case(scale=scale)
     codes = _assert_triton_equals_reference(tk, x.to(triton_device), codebooks.to(triton_device)).cpu()
-    k = codebooks.shape[1]
-    assert not bool((codes >= k - 5).any())  # a duplicate never beats its lower-index twin
-    n = x.shape[0]
-    assert codes[n - 23:n - 13, 0].tolist() == list(range(10))  # rows equal to codes 0..9
-    assert codes[n - 13:n - 10, 0].tolist() == [3, 3, 3]  # the exact midpoint of codes 3 and k - 6: the lower
-    assert codes[n - 10:n - 8, 0].tolist() == [3, k - 6]  # a quarter step toward code 3 / toward code k - 6
-    assert codes[n - 8:, 0].tolist() == [4, k - 7] * 4  # off-grid near ties
+    _assert_kmeans_case_codes(codes, codebooks.shape[1])
     if os.environ.get("TRITON_INTERPRET") == "1":  # the emulated tf32 ranking alone gets some of them wrong
         approx = tk.encode(x, codebooks[:1], False, True, approx_only=True)[0][:, 0]
         assert not torch.equal(approx, codes[:, 0])
@@ -452,18 +463,6 @@ def cpu_path(request, monkeypatch):
     return request.param
 
 
-def _cpu_equals_reference(x, codebooks):
-    codes, q = residual_encode(x, codebooks)
-    ref_codes, ref_q = reference.residual_encode(x, codebooks)
-    assert torch.equal(codes, ref_codes)
-    assert q.dtype == x.dtype and torch.equal(q, ref_q)  # sums of grid values: exact
-    index, dist = nearest_code(x, codebooks[0])
-    ref_index, ref_dist = reference.nearest_code(x, codebooks[0])
-    assert torch.equal(index, ref_index)
-    torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-6)
-    return codes
-
-
 @NEEDS_AMX
 @pytest.mark.parametrize("d,k", SHAPES, ids=[f"D{d}-K{k}" for d, k in SHAPES])
 def test_cpu_amx_codes_equal_exact_search(d, k):
@@ -471,20 +470,15 @@ def test_cpu_amx_codes_equal_exact_search(d, k):
     i = SHAPES.index((d, k))
     dtype = (torch.float32, torch.bfloat16, torch.float16)[i % 3]
     x, codebooks = _grid_inputs(97, d, k, 1 + i % 4, torch.Generator().manual_seed(i))
-    _cpu_equals_reference(x.to(dtype), codebooks.to(dtype))
+    _assert_equals_exact_search(residual_encode, nearest_code, x.to(dtype), codebooks.to(dtype))
 
 
 @NEEDS_AMX
 @pytest.mark.parametrize("scale", [1.0, 1024.0], ids=["unit", "magnitude-1e3"])
 def test_cpu_amx_kmeans_codebooks_with_ties_and_near_ties(scale):
     x, codebooks = _kmeans_case(scale=scale)
-    codes = _cpu_equals_reference(x, codebooks)
-    k, n = codebooks.shape[1], x.shape[0]
-    assert not bool((codes >= k - 5).any())  # a duplicate never beats its lower-index twin
-    assert codes[n - 23:n - 13, 0].tolist() == list(range(10))  # rows equal to codes 0..9
-    assert codes[n - 13:n - 10, 0].tolist() == [3, 3, 3]  # the exact midpoint of codes 3 and k - 6: the lower
-    assert codes[n - 10:n - 8, 0].tolist() == [3, k - 6]  # a quarter step toward code 3 / toward code k - 6
-    assert codes[n - 8:, 0].tolist() == [4, k - 7] * 4  # off-grid near ties
+    codes = _assert_equals_exact_search(residual_encode, nearest_code, x, codebooks)
+    _assert_kmeans_case_codes(codes, codebooks.shape[1])
 
 
 def test_cpu_bf16_rounding_is_re_ranked(cpu_path):
