@@ -9,7 +9,8 @@
 # still runs; the exit code is non-zero when any stage failed. Without a GPU: one line, exit 2.
 # The whole run keeps to GPU_CHECK_DEADLINE_S (default 470 s, under 8 minutes): each stage's time limit is
 # cut to what is left, and the benchmark's budget with it. Knobs: PYTHON (default python3),
-# GPU_CHECK_DEADLINE_S, GPU_CHECK_BENCH_S (most the bench may take, default 200), GPU_CHECK_SKIP_BUILD=1,
+# GPU_CHECK_DEADLINE_S, GPU_CHECK_BENCH_S (most the bench may take, default 200), GPU_CHECK_PYTEST_S (the
+# pytest stage's limit, default 240), GPU_CHECK_SKIP_BUILD=1,
 # GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer to run; default all: a rerun can
 # take only what the first run left undone).
 # GPU_CHECK_DRY_RUN=1 walks the whole flow on a machine without a GPU (no build, the CUDA tests skip, a
@@ -121,8 +122,8 @@ if [ "$DEVICE" = cuda ] && "$PY" -c "import xdist" 2>/dev/null; then
   WORKERS=$((JOBS < 8 ? JOBS : 8))
   [ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS")
 fi
-stage pytest 240 "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q "${XDIST[@]}" \
-  --junitxml="$OUT/pytest.xml"
+stage pytest "${GPU_CHECK_PYTEST_S:-240}" "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q \
+  --durations=10 "${XDIST[@]}" --junitxml="$OUT/pytest.xml"
 
 # 2. the GPU benchmark against the GPU peers (issue 10's figures): no new case starts after BENCH_S; a case in
 # flight may finish. 120 s are kept for that case and the report (the sanitizer gets any rest).
@@ -133,7 +134,8 @@ BENCH_OPS=""
 [ "$DEVICE" = cpu ] && BENCH_OPS="--ops=fusion"  # the dry run: one small CPU family
 stage bench $((BENCH_S + 90)) "$PY" -m fastrec bench --device "$DEVICE" --quick --out "$OUT/bench" \
   --budget-s "$BENCH_S" $BENCH_OPS
-[ -f "$OUT/bench/bench.csv" ] && cp "$OUT/bench/bench.csv" "$OUT/bench.csv"
+# moved, not copied: the device tool brings back at most 8 files from $OUT
+[ -f "$OUT/bench/bench.csv" ] && mv "$OUT/bench/bench.csv" "$OUT/bench.csv"
 
 # 3. compute-sanitizer memcheck over the op driver (exit 3 = the tool is missing or cannot attach: skipped)
 sanitize() {
