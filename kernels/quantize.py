@@ -116,7 +116,8 @@ def _exact(r, res_ptr, cb, rows, rmask, j, D, IN_REGS: tl.constexpr, BLOCK_D: tl
     return e
 
 
-@triton.jit(do_not_specialize=["N"])
+# K is not specialized: Triton turns an integer argument equal to 1 into a Python int, which has no .to()
+@triton.jit(do_not_specialize=["N", "K"])
 def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, N, K, D, L,
                   eps_dot, eps_acc, IN_REGS: tl.constexpr, WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr,
                   EMULATE_TF32: tl.constexpr, APPROX_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,

@@ -159,7 +159,7 @@ def _num_chunks(blocks_u: int, num_items: int, block_i: int, device: torch.devic
 
 def supports(queries: torch.Tensor, items: torch.Tensor, k: int) -> bool:
     """Whether the kernel takes this call (else the caller runs the reference)."""
-    return 0 < k <= MAX_K and queries.shape[1] > 0 and items.shape[0] + 1024 < NO_ID
+    return 0 < k <= min(MAX_K, items.shape[0]) and queries.shape[1] > 0 and items.shape[0] + 1024 < NO_ID
 
 
 def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
@@ -167,14 +167,14 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
     """(scores fp32 [U, k], ids int64 [U, k]) as reference.topk_scores; requires supports(...)."""
     queries, items = queries.contiguous(), items.contiguous()
     (U, d), NI = queries.shape, items.shape[0]
+    if U == 0:
+        return queries.new_empty(0, k, dtype=torch.float32), queries.new_empty(0, k, dtype=torch.int64)
     kp = max(16, triton.next_power_of_2(k))
     block_u, block_i, block_d, warps = _config(kp, d)
     blocks_u = triton.cdiv(U, block_u)
     chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
     chunk = triton.cdiv(triton.cdiv(NI, chunks), block_i) * block_i
     chunks = triton.cdiv(NI, chunk)
-    if U == 0:
-        return queries.new_empty(0, k, dtype=torch.float32), queries.new_empty(0, k, dtype=torch.int64)
     part_s = torch.empty(U, chunks, k, dtype=torch.float32, device=queries.device)
     part_i = torch.empty(U, chunks, k, dtype=torch.int32, device=queries.device)
     has_ex = exclude_indptr is not None and exclude_indices.numel() > 0

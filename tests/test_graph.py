@@ -120,9 +120,10 @@ def power_law_csr(rows=2500, cols=None, hub=50_000, index_dtype=torch.int64, see
 def spmm_fp64(indptr, indices, values, dense):
     """The oracle: A @ dense in float64 on the CPU."""
     indptr, indices, values, dense = indptr.cpu().long(), indices.cpu().long(), values.cpu(), dense.cpu()
-    rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1), indptr[1:] - indptr[:-1])
-    out = torch.zeros(indptr.numel() - 1, dense.shape[1], dtype=torch.float64)
-    return out.index_add_(0, rows, values.double()[:, None] * dense.double()[indices])
+    with torch.device("cpu"):  # the test's default device may be a GPU
+        rows = torch.repeat_interleave(torch.arange(indptr.numel() - 1), indptr[1:] - indptr[:-1])
+        out = torch.zeros(indptr.numel() - 1, dense.shape[1], dtype=torch.float64)
+        return out.index_add_(0, rows, values.double()[:, None] * dense.double()[indices])
 
 
 def assert_close_to_oracle(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -281,9 +282,10 @@ def test_propagate_power_law_forward_backward_and_bitwise_deterministic(d, on_de
 
     out, g = run()
     ip, ix, vals = indptr.cpu().long(), indices.cpu().long(), values.cpu().double()
-    e2 = emb.detach().double().requires_grad_(True)
-    ref = reference.lightgcn_propagate(ip, ix, vals, ip, ix, vals, e2, weights)
-    ref.backward(grad.double())
+    e2 = emb.detach().cpu().double().requires_grad_(True)
+    with torch.device("cpu"):  # the oracle on the CPU, whatever the test's default device
+        ref = reference.lightgcn_propagate(ip, ix, vals, ip, ix, vals, e2, weights)
+        ref.backward(grad.cpu().double())
     assert_close_to_oracle(out, ref)
     assert_close_to_oracle(g, e2.grad)
     out2, g2 = run()
@@ -399,7 +401,7 @@ def test_topk_dtypes(dtype, on_device):
 
 
 def test_topk_exact_ties_go_to_lowest_id(on_device):
-    it = torch.randn(100, 8)
+    it = torch.nn.functional.normalize(torch.randn(100, 8), dim=1)  # unit rows: q . it peaks at it = q only
     it[[70, 90]] = it[5].clone()  # three identical items
     q = it[[5]].clone() * 10
     _, ids = topk_scores(q, it, 3)
@@ -519,7 +521,8 @@ def test_csr_transpose_matches_dense_and_uses_no_syncing_op(on_device, no_sync_o
     with no_sync_ops():
         t_indptr, t_indices, t_values = csr_transpose(indptr, indices, values, 17)
     assert t_indptr.dtype == indptr.dtype and t_indices.dtype == indices.dtype
-    back = torch.sparse_csr_tensor(t_indptr.cpu(), t_indices.cpu(), t_values.cpu(), size=(17, 23)).to_dense()
+    with torch.device("cpu"):  # else the constructor takes the test's default device
+        back = torch.sparse_csr_tensor(t_indptr.cpu(), t_indices.cpu(), t_values.cpu(), size=(17, 23)).to_dense()
     assert torch.equal(back, dense_a.cpu().t())
 
 

@@ -17,9 +17,33 @@ SCRIPT = textwrap.dedent('''
     from triton.compiler import ASTSource
     from fastrec.kernels import collab as C, fusion as F, sinkhorn as S, topk as T
 
+    from triton._C.libtriton import ir
+    from triton.compiler.compiler import make_backend
+
+    def front_end(fn, sig, cx, num_warps):
+        """Only the Python -> TTIR step (where a Python int without .to() fails), not the whole compile."""
+        target = GPUTarget("cuda", 90, 32)
+        backend = make_backend(target)
+        options = backend.parse_options({"num_warps": num_warps})
+        context = ir.context()
+        ir.load_dialects(context)
+        backend.load_dialects(context)
+        ASTSource(fn=fn, signature=sig, constexprs=cx).make_ir(
+            target, options, backend.get_codegen_implementation(options), backend.get_module_map(), context)
+
+    def as_ones(fn, sig, cx):
+        """The launch where every integer argument Triton may specialize is 1: the JIT then passes it as a
+        constexpr Python int (the interpreter never does; an H200 run found K.to() failing at K = 1)."""
+        sig, cx = dict(sig), dict(cx)
+        for p in fn.params:
+            if sig.get(p.name) in ("i32", "i64") and not p.do_not_specialize:
+                sig[p.name], cx[p.name] = "constexpr", 1
+        return sig, cx
+
     def comp(fn, sig, cx, num_warps=4, num_stages=3):
         triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": num_warps, "num_stages": num_stages})
+        front_end(fn, *as_ones(fn, sig, cx), num_warps)
 
     C_ = "constexpr"
     for dt, up, prec in [("bf16", False, "ieee"), ("fp32", True, "tf32")]:
@@ -80,6 +104,15 @@ SCRIPT = textwrap.dedent('''
                                       "children_ptr": "*i64", "out_ptr": p, "V": "i32", "G": "i32", "S": "i32",
                                       "E": "i32", "fill": "fp32", "STEPS": C_, "BLOCK_V": C_},
                  {"STEPS": 14, "BLOCK_V": 1024})
+    # the quantize kernel (its spill test below compiles it at many block sizes; here once, and with ones)
+    from fastrec.kernels import quantize as Q
+    comp(Q.encode_kernel, {"x_ptr": "*fp32", "cb_ptr": "*fp32", "norm_ptr": "*fp32", "codes_ptr": "*i64",
+                           "q_ptr": "*fp32", "dist_ptr": "*fp32", "res_ptr": "*fp32", "N": "i32", "K": "i32",
+                           "D": "i32", "L": "i32", "eps_dot": "fp32", "eps_acc": "fp32", "IN_REGS": C_,
+                           "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_, "APPROX_ONLY": C_, "BLOCK_N": C_,
+                           "BLOCK_K": C_, "BLOCK_D": C_},
+         {"IN_REGS": False, "WRITE_Q": True, "WRITE_DIST": True, "EMULATE_TF32": False, "APPROX_ONLY": False,
+          "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 64})
     print("compiled")
 ''')
 

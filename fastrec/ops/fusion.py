@@ -51,7 +51,7 @@ def _triton_lookup(item_ids, id_table, semantic_table, weight, bias, fuse_weight
         inverse[valid] = inv_valid
     reduced = kernels.gather_reduce(semantic_table, rows, weight, bias)
     out = kernels.fuse_gather(inverse, rows, id_table, reduced, fuse_weight, fuse_bias, mode)
-    return out.view(*item_ids.shape, -1), rows, inverse.view(item_ids.shape), reduced
+    return out.view(*item_ids.shape, out.shape[-1]), rows, inverse.view(item_ids.shape), reduced
 
 
 def _triton_weight_grad(rows, grad_reduced, semantic_table):
