@@ -4,28 +4,37 @@ One kernel, `encode_kernel`, serves both ops (nearest_code is one level without 
 BLOCK_N rows and walks all L levels in one launch; each row's fp32 residual stays in registers when D <= 128
 (otherwise in an fp32 scratch buffer it alone reads and writes). Per level:
 
-  pass 1  over BLOCK_K code tiles: the distance GEMM on tensor cores, tl.dot(input_precision="tf32"), gives
-          A_j = ||c_j||^2 - 2 r.c_j; with a per-(row, code) error bound B_j it keeps U = min_j (A_j + B_j);
-  pass 2  recomputes the tiles; every code with A_j - B_j <= U is a candidate, whose exact fp32 distance
-          E_j = sum_d (r_d - c_jd)^2 is computed from the gathered code row; the best E wins, ties to the
-          lowest index (fastrec::better in csrc/common/quantize.h, torch.argmin in the reference). A tile
-          without candidates costs only its dot.
+  pass 1  over BLOCK_K code tiles: the distance GEMM on tensor cores gives A_j = ||c_j||^2 - 2 r.c_j, by
+          tl.dot(input_precision="tf32x3") (three tf32 dots over a hi/lo split of both operands: an error
+          near fp32's; FASTREC_QUANTIZE_DOT=tf32 takes one tf32 dot); with a per-(row, code) error bound B_j
+          it keeps U = min_j (A_j + B_j) and the three smallest A_j - B_j, the first two with their codes.
+          Every code with A_j - B_j <= U is a candidate, and the exact winner is always one (below);
+  resolve when every row of the block has its third smallest A - B above U, a row's candidates are its first
+          code (always one) and its second (when <= U): their exact fp32 distances E_j = sum_d (r_d - c_jd)^2
+          (the gathered code rows) decide, ties to the lower index (fastrec::better in
+          csrc/common/quantize.h, torch.argmin in the reference). With tf32x3 dots most blocks end here
+          (the bound simulated in float64 on random data, D = 64, K = 512: ~4% of 64-row blocks go on to
+          pass 2; with one tf32 dot ~90% would);
+  pass 2  otherwise recomputes the tiles and computes E_j of every candidate, lowest index first.
 
 Why the codes equal exact fp32 search. Let E_j be the fp32 distance a code would get from the exact search.
 If |A_j + ||r||^2 - E_j| <= B_j for every j, the exact winner w (E_w <= E_i for all i) satisfies
 A_w - B_w <= E_w - ||r||^2 <= E_i - ||r||^2 <= A_i + B_i for every i, so A_w - B_w <= U: the winner is always a
 candidate, and among candidates the exact E decides. The ||r||^2 term cancels (it is never computed in A).
-B_j = 2 * (2 (2u + u^2) ||r|| ||c_j|| + g (||r|| + ||c_j||)^2), u = 2^-10, g = (2D + 16) 2^-20, bounds:
+B_j = 2 * (2 p ||r|| ||c_j|| + g (||r|| + ||c_j||)^2), u = 2^-10, g = (2D + 16) 2^-20, p = 2u + u^2 for one tf32
+dot and 3u^2 + 4u^3 for tf32x3, bounds:
   - tf32 operands: each rounded operand carries a relative error <= u (2^-11 for round-to-nearest; 2^-10 also
     covers truncation), so |r~.c~ - r.c| <= (2u + u^2) sum_d |r_d c_jd| <= (2u + u^2) ||r|| ||c_j||
-    (Cauchy-Schwarz), twice in A;
+    (Cauchy-Schwarz), twice in A; tf32x3 (r = hi + lo + e, |lo| <= (1 + u) u |r|, |e| <= u^2 |r|; the
+    products hi hi, hi lo and lo hi are exact in fp32) misses lo lo and the e terms: <= (3u^2 + 4u^3) |r| |c|;
   - fp32 accumulation of the dot (<= D 2^-23 sum |r_d c_jd|, 2^-23 a step covers a truncating accumulator;
     g allows 2^-20 a step, so an accumulator up to 3 bits worse than fp32 is still covered, at no cost: the
     tf32 term dominates B by two orders of magnitude),
     of ||c_j||^2 (torch, <= D 2^-24 ||c_j||^2), of A itself and of E (<= (D + 3) 2^-24 E), and the fp32
     roundings of A - B, A + B and the min, all below g (||r|| + ||c_j||)^2 (every quantity involved is at
     most (||r|| + ||c_j||)^2 in size, and 2 ||r|| ||c_j|| <= (||r|| + ||c_j||)^2);
-  - the leading 2 is a safety factor (it also absorbs the rounding of ||r|| and ||c_j|| themselves).
+  - the leading 2 is a safety factor (it also absorbs the rounding of ||r|| and ||c_j|| themselves; with
+    tf32x3 the accumulation term dominates, and g covers 3D products as it covers 2D).
 E itself is computed in one fixed order (a tree over D inside a tile, tiles in order); the search is exact with
 respect to that E. Two codes whose distances agree to within fp32 rounding of the sum order (~D 2^-24 E)
 may rank differently in another summation order (torch's); exact ties (duplicate codes, points equidistant
@@ -37,7 +46,8 @@ the chosen code rows (level order), cast to x's dtype, as the C++ kernels do.
 
 EMULATE_TF32 (on under the interpreter, off on a GPU): the interpreter's tl.dot computes in full fp32, so the
 candidate path would never see a tf32 error; with it both dot operands are rounded to tf32 (10 mantissa bits,
-to nearest) before the dot, so every interpreter test runs the re-rank against a real tf32 ranking.
+to nearest; for tf32x3 the hi/lo split too) before the dot, so every interpreter test runs the re-rank against
+a real tf32 ranking. RESOLVE=False (tests, benchmark) sends every block to pass 2, the kernel's first scheme.
 APPROX_ONLY (tests only): returns the argmin of A (no re-rank), to show that emulation changes the ranking.
 """
 
@@ -65,26 +75,41 @@ def _tf32(v, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _dot(r, c, acc, EMULATE: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + r c^T on tensor cores: "tf32" (one dot) or "tf32x3" (hi/lo split, three dots: fp32-like error).
+    EMULATE: the interpreter's dot is full fp32, so the tf32 rounding (and split) is done here instead."""
+    if EMULATE:
+        r_hi = _tf32(r, True)
+        c_hi = _tf32(c, True)
+        if PRECISION == "tf32x3":
+            acc = tl.dot(r_hi, tl.trans(_tf32(c - c_hi, True)), acc, input_precision="ieee")
+            acc = tl.dot(_tf32(r - r_hi, True), tl.trans(c_hi), acc, input_precision="ieee")
+        return tl.dot(r_hi, tl.trans(c_hi), acc, input_precision="ieee")
+    return tl.dot(r, tl.trans(c), acc, input_precision=PRECISION)
+
+
+@triton.jit
 def _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS: tl.constexpr,
-            EMULATE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(A, B) of a [BLOCK_N, BLOCK_K] tile: A = ||c||^2 - 2 r.c by a tf32 dot, B its error bound.
+            EMULATE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+            BLOCK_D: tl.constexpr):
+    """(A, B) of a [BLOCK_N, BLOCK_K] tile: A = ||c||^2 - 2 r.c by a tensor-core dot, B its error bound.
     Codes past K get A = +inf."""
     kmask = ks < K
     koff = ks.to(tl.int64) * D
     dims = tl.arange(0, BLOCK_D)
+    dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     if IN_REGS:
         c = tl.load(cb + koff[:, None] + dims[None, :], mask=kmask[:, None] & (dims < D)[None, :],
                     other=0.0).to(tl.float32)
-        dot = tl.dot(_tf32(r, EMULATE), tl.trans(_tf32(c, EMULATE)), input_precision="tf32")
+        dot = _dot(r, c, dot, EMULATE, PRECISION)
     else:
-        dot = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + dims
             dm = dd < D
             rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
             c = tl.load(cb + koff[:, None] + dd[None, :], mask=kmask[:, None] & dm[None, :],
                         other=0.0).to(tl.float32)
-            dot = tl.dot(_tf32(rt, EMULATE), tl.trans(_tf32(c, EMULATE)), dot, input_precision="tf32")
+            dot = _dot(rt, c, dot, EMULATE, PRECISION)
     norms = tl.load(nb + ks, mask=kmask, other=0.0)
     cn = tl.sqrt(norms)
     a = tl.where(kmask[None, :], norms[None, :] - 2.0 * dot, float("inf"))
@@ -116,12 +141,40 @@ def _exact(r, res_ptr, cb, rows, rmask, j, D, IN_REGS: tl.constexpr, BLOCK_D: tl
     return e
 
 
+@triton.jit
+def _insert(m1, j1, m2, j2, m3, t, i):
+    """(t, i) into the sorted (m1, j1) <= (m2, j2) <= m3 of every row; only a strictly smaller t moves an
+    entry down (the entries already there come from lower codes: ties keep the lower code first)."""
+    c1 = t < m1
+    c2 = t < m2
+    m3 = tl.where(c2, m2, tl.where(t < m3, t, m3))
+    m2n = tl.where(c1, m1, tl.where(c2, t, m2))
+    j2 = tl.where(c1, j1, tl.where(c2, i, j2))
+    m1n = tl.where(c1, t, m1)
+    j1 = tl.where(c1, i, j1)
+    return m1n, j1, m2n, j2, m3
+
+
+@triton.jit
+def _three_smallest(v, k0, m1, j1, m2, j2, m3, BLOCK_K: tl.constexpr):
+    """Merges the three smallest v of a tile (codes k0 + [0, BLOCK_K), ties to the lower code) into the running
+    three smallest (the first two with their codes)."""
+    cols = tl.arange(0, BLOCK_K)[None, :]
+    t1, i1 = tl.min(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
+    v = tl.where(cols == i1[:, None], float("inf"), v)
+    t2, i2 = tl.min(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
+    t3 = tl.min(tl.where(cols == i2[:, None], float("inf"), v), axis=1)
+    m1, j1, m2, j2, m3 = _insert(m1, j1, m2, j2, m3, t1, i1 + k0)
+    m1, j1, m2, j2, m3 = _insert(m1, j1, m2, j2, m3, t2, i2 + k0)
+    return _insert(m1, j1, m2, j2, m3, t3, i2 + k0)
+
+
 # K is not specialized: Triton turns an integer argument equal to 1 into a Python int, which has no .to()
 @triton.jit(do_not_specialize=["N", "K"])
 def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, N, K, D, L,
                   eps_dot, eps_acc, IN_REGS: tl.constexpr, WRITE_Q: tl.constexpr, WRITE_DIST: tl.constexpr,
-                  EMULATE_TF32: tl.constexpr, APPROX_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+                  EMULATE_TF32: tl.constexpr, APPROX_ONLY: tl.constexpr, PRECISION: tl.constexpr,
+                  RESOLVE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """All L levels of BLOCK_N rows. IN_REGS: x [N, D] is read once into registers (BLOCK_D >= D); otherwise
     res_ptr holds the fp32 residual [N, D] (it starts as x). Codes are int64 [N, L]."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -147,14 +200,20 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
                 s += tl.sum(rt * rt, axis=1)
         bad = ~(s < float("inf"))  # a NaN or Inf in the residual
         rn = tl.sqrt(tl.where(bad, 0.0, s))
-        # pass 1: U = min_j (A_j + B_j), an upper bound of the exact minimum (minus ||r||^2)
+        # pass 1: U = min_j (A_j + B_j), an upper bound of the exact minimum (minus ||r||^2), and the three
+        # smallest A_j - B_j, the first two with their codes (the candidates are the codes with A_j - B_j <= U)
         upper = tl.full([BLOCK_N], float("inf"), tl.float32)
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
+        m1 = tl.full([BLOCK_N], float("inf"), tl.float32)
+        m2 = m1
+        m3 = m1
+        j1 = best_k
+        j2 = best_k
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS, EMULATE_TF32,
-                           BLOCK_N, BLOCK_K, BLOCK_D)
+                           PRECISION, BLOCK_N, BLOCK_K, BLOCK_D)
             upper = tl.minimum(upper, tl.min(a + b, axis=1))
             if APPROX_ONLY:  # the tensor-core ranking alone (tests): argmin of A, ties to the lowest index
                 tile_best = tl.min(a, axis=1)
@@ -162,14 +221,31 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
                 take = tile_best < best
                 best = tl.where(take, tile_best, best)
                 best_k = tl.where(take, tile_k, best_k)
+            elif RESOLVE:
+                m1, j1, m2, j2, m3 = _three_smallest(a - b, k0, m1, j1, m2, j2, m3, BLOCK_K)
+        live = rmask & ~bad
+        crowded = 1  # pass 2 unless every row of the block has at most two candidates
+        if RESOLVE:
+            crowded = tl.max((live & (m3 <= upper)).to(tl.int32), axis=0)
         if APPROX_ONLY:
             best = _exact(r, res_ptr, cb, rows, rmask, best_k, D, IN_REGS, BLOCK_D)
+        elif crowded == 0:
+            # m3 > U: the candidates are j1 (always: the code that gives U has A - B <= A + B = U, so m1 <= U)
+            # and j2 when m2 <= U; their exact distances decide, ties to the lower code
+            j1 = tl.minimum(j1, K - 1)
+            j2 = tl.minimum(j2, K - 1)
+            two = live & (m2 <= upper)
+            best = _exact(r, res_ptr, cb, rows, live, j1, D, IN_REGS, BLOCK_D)
+            e2 = _exact(r, res_ptr, cb, rows, two, j2, D, IN_REGS, BLOCK_D)
+            take = two & ((e2 < best) | ((e2 == best) & (j2 < j1)))
+            best = tl.where(take, e2, best)
+            best_k = tl.where(take, j2, j1)
         else:
             # pass 2: exact distances of the candidates A_j - B_j <= U, lowest index first
             for k0 in range(0, K, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
-                               EMULATE_TF32, BLOCK_N, BLOCK_K, BLOCK_D)
+                               EMULATE_TF32, PRECISION, BLOCK_N, BLOCK_K, BLOCK_D)
                 cand = (a - b <= upper[:, None]) & (ks < K)[None, :] & (rmask & ~bad)[:, None]
                 while tl.max(tl.max(cand.to(tl.int32), axis=1), axis=0) > 0:
                     j = tl.min(tl.where(cand, ks[None, :], K), axis=1)
@@ -221,8 +297,8 @@ def _interpret() -> bool:
 def _prune(configs, named_args, **kwargs):
     """At most 16 values a thread in each [BLOCK_N, BLOCK_D] and [BLOCK_N, BLOCK_K] tile. ptxas -v on sm_90
     (offline; tests/test_triton_compile.py): at D = 64 and 128 some kept config spills nothing in each dtype and
-    op, under Triton 3.6 and 3.8 alike, though not the same one (3.6 spills 92 bytes in (64, 64, 8 warps) at
-    D = 64, 3.8 none); others spill up to ~300 bytes, which autotune weighs."""
+    op with tf32x3 dots and the top-3 resolve (the single-stage ones: (32, 64) at D = 64, (16, 64) at 128);
+    the two-stage ones spill up to ~600 bytes, which autotune weighs."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
     fit = [c for c in configs
            if max(bd, c.kwargs["BLOCK_K"]) * c.kwargs["BLOCK_N"] <= 16 * 32 * c.num_warps]
@@ -231,13 +307,13 @@ def _prune(configs, named_args, **kwargs):
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) tried on a GPU, keyed on (D, K)
 _CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st) for bn, bk, w, st in [
-    (64, 64, 8, 2), (64, 32, 8, 2), (64, 64, 8, 1), (32, 64, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2)]]
-encode_tuned = triton.autotune(_CONFIGS, key=["D", "K"], prune_configs_by={"early_config_prune": _prune})(
-    encode_kernel)
+    (64, 64, 8, 2), (64, 64, 8, 1), (32, 64, 8, 2), (32, 64, 8, 1), (16, 64, 8, 1), (16, 32, 4, 2)]]
+encode_tuned = triton.autotune(_CONFIGS, key=["D", "K", "PRECISION", "RESOLVE", "WRITE_Q"],
+                               prune_configs_by={"early_config_prune": _prune})(encode_kernel)
 
 # The scratch path (D > REGS_MAX_D) updates its buffers in place, so it is not autotuned (a rerun would
 # start from a moved residual): one config.
-_SCRATCH = (32, 64, 8, 2)  # no spill at BLOCK_D = 64 (ptxas -v, sm_90)
+_SCRATCH = (16, 64, 8, 1)  # no spill at BLOCK_D = 64 with tf32x3 dots and the top-3 resolve (ptxas -v, sm_90)
 
 
 def _interpreter_blocks(N: int, K: int) -> tuple[int, int]:
@@ -246,20 +322,38 @@ def _interpreter_blocks(N: int, K: int) -> tuple[int, int]:
     return min(256, max(16, triton.next_power_of_2(N))), min(256, max(16, triton.next_power_of_2(K)))
 
 
-def _eps(D: int) -> tuple[float, float]:
+# The dot's precision on a GPU: "tf32x3" (default; three tf32 dots, product error <= 3u^2 + 4u^3: the bound B
+# shrinks ~8x, so most rows have at most two candidates and skip pass 2) or "tf32" (FASTREC_QUANTIZE_DOT=tf32).
+PRECISIONS = ("tf32x3", "tf32")
+
+
+def _precision() -> str:
+    p = os.environ.get("FASTREC_QUANTIZE_DOT", "tf32x3")
+    if p not in PRECISIONS:
+        raise ValueError(f"FASTREC_QUANTIZE_DOT must be one of {PRECISIONS}, got {p!r}")
+    return p
+
+
+def _eps(D: int, precision: str = "tf32") -> tuple[float, float]:
+    """(eps_dot, eps_acc): A's error bound is 2 (eps_dot ||r|| ||c|| + eps_acc (||r|| + ||c||)^2)."""
     u = _U_TF32
-    return 2.0 * (2.0 * u + u * u), (2 * D + 16) * 2.0 ** -20
+    # tf32x3 drops lo*lo and the split's own rounding: |r c - (hi hi + hi lo + lo hi)| <= (3u^2 + 4u^3) |r| |c|
+    per_product = 2.0 * u + u * u if precision == "tf32" else 3.0 * u * u + 4.0 * u ** 3
+    return 2.0 * per_product, (2 * D + 16) * 2.0 ** -20
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, want_q: bool, want_dist: bool, emulate_tf32: bool | None = None,
-           approx_only: bool = False, blocks: tuple[int, int] | None = None,
-           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+           approx_only: bool = False, blocks: tuple[int, int] | None = None, precision: str | None = None,
+           resolve: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """codes [N, L] (and quantized [N, D] in x's dtype, and the last level's exact distance [N] fp32).
 
     emulate_tf32 (default: on under the interpreter, so every interpreter run sees real tf32 error; off on a GPU,
-    whose tensor cores round for themselves), approx_only and blocks (BLOCK_N, BLOCK_K) are for tests."""
+    whose tensor cores round for themselves), approx_only and blocks (BLOCK_N, BLOCK_K) are for tests;
+    precision ("tf32x3" / "tf32", default FASTREC_QUANTIZE_DOT or "tf32x3") and resolve (False: pass 2 for
+    every block, the scheme before the top-3 resolve) for tests and the benchmark's comparisons."""
     if emulate_tf32 is None:
         emulate_tf32 = _interpret()
+    precision = _precision() if precision is None else precision
     x = x.contiguous()
     codebooks = codebooks.contiguous()
     N, D = x.shape
@@ -273,8 +367,9 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, want_q: bool, want_dist: bo
         codes.zero_()
         return codes, q, (dist.zero_() if want_dist else None)
     norms = codebooks.float().pow(2).sum(-1).contiguous()  # [L, K]
-    eps_dot, eps_acc = _eps(D)
-    flags = dict(WRITE_Q=want_q, WRITE_DIST=want_dist, EMULATE_TF32=emulate_tf32, APPROX_ONLY=approx_only)
+    eps_dot, eps_acc = _eps(D, precision)
+    flags = dict(WRITE_Q=want_q, WRITE_DIST=want_dist, EMULATE_TF32=emulate_tf32, APPROX_ONLY=approx_only,
+                 PRECISION=precision, RESOLVE=resolve)
     dist_arg = dist if want_dist else codes
     if blocks is None and _interpret():
         blocks = _interpreter_blocks(N, K)

@@ -319,7 +319,7 @@ def test_triton_kmeans_codebooks_with_ties_and_near_ties(scale, triton_device):
     codes = _assert_triton_equals_reference(tk, x.to(triton_device), codebooks.to(triton_device)).cpu()
     _assert_kmeans_case_codes(codes, codebooks.shape[1])
     if os.environ.get("TRITON_INTERPRET") == "1":  # the emulated tf32 ranking alone gets some of them wrong
-        approx = tk.encode(x, codebooks[:1], False, True, approx_only=True)[0][:, 0]
+        approx = tk.encode(x, codebooks[:1], False, True, approx_only=True, precision="tf32")[0][:, 0]
         assert not torch.equal(approx, codes[:, 0])
 
 
@@ -361,10 +361,13 @@ def test_tf32_emulation_changes_the_approximate_ranking_not_the_codes():
         return tk.encode(x, cb, False, True, **kw)[0][:, 0].tolist()
 
     assert reference.nearest_code(x, codebook)[0].tolist() == [5] * 4
-    assert codes(emulate_tf32=True, approx_only=True) == [9] * 4  # the emulation is really taken
-    assert codes(emulate_tf32=False, approx_only=True) == [5] * 4
-    assert codes(emulate_tf32=True) == [5] * 4  # and the re-rank undoes it
-    assert codes() == [5] * 4  # the default under the interpreter emulates
+    assert codes(emulate_tf32=True, approx_only=True, precision="tf32") == [9] * 4  # the emulation is really taken
+    assert codes(emulate_tf32=False, approx_only=True, precision="tf32") == [5] * 4
+    assert codes(emulate_tf32=True, precision="tf32") == [5] * 4  # and the re-rank undoes it
+    for resolve in (True, False):
+        assert codes(precision="tf32", resolve=resolve) == [5] * 4  # the default under the interpreter emulates
+    # tf32x3 splits 1 - 2^-13 into 1 + (-2^-13): the emulated split dot ranks code 5 first by itself
+    assert codes(emulate_tf32=True, approx_only=True, precision="tf32x3") == [5] * 4
 
 
 def test_triton_nan_and_inf_rows(triton_device):
@@ -441,6 +444,20 @@ def test_triton_kernels_in_their_gpu_block_configs(cuda_device):
         assert_nearest(x, codebook, index, sqdist)
         xb, cb = x.bfloat16(), codebook.bfloat16()
         assert_nearest(xb, cb, *tk.nearest_code(xb, cb))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision,resolve", [("tf32x3", True), ("tf32", True), ("tf32", False)])
+def test_triton_schemes_on_the_gpu_equal_exact_search(cuda_device, precision, resolve):
+    """Each scheme the kernel offers (the benchmark times all three): codes equal to exact search on grid
+    inputs and k-means codebooks with ties, in the GPU's block configs."""
+    tk = _tk()
+    x, codebooks = _grid_inputs(2000, 64, 300, 3, torch.Generator().manual_seed(1), cuda_device)
+    _assert_triton_equals_reference(tk, x, codebooks, precision=precision, resolve=resolve)
+    x, codebooks = _kmeans_case()
+    codes = _assert_triton_equals_reference(tk, x.to(cuda_device), codebooks.to(cuda_device), precision=precision,
+                                            resolve=resolve)
+    _assert_kmeans_case_codes(codes.cpu(), codebooks.shape[1])
 
 
 # ------------------------------------------------------------------ the CPU kernel: AMX and fp32 paths

@@ -109,10 +109,10 @@ SCRIPT = textwrap.dedent('''
     comp(Q.encode_kernel, {"x_ptr": "*fp32", "cb_ptr": "*fp32", "norm_ptr": "*fp32", "codes_ptr": "*i64",
                            "q_ptr": "*fp32", "dist_ptr": "*fp32", "res_ptr": "*fp32", "N": "i32", "K": "i32",
                            "D": "i32", "L": "i32", "eps_dot": "fp32", "eps_acc": "fp32", "IN_REGS": C_,
-                           "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_, "APPROX_ONLY": C_, "BLOCK_N": C_,
-                           "BLOCK_K": C_, "BLOCK_D": C_},
+                           "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_, "APPROX_ONLY": C_, "PRECISION": C_,
+                           "RESOLVE": C_, "BLOCK_N": C_, "BLOCK_K": C_, "BLOCK_D": C_},
          {"IN_REGS": False, "WRITE_Q": True, "WRITE_DIST": True, "EMULATE_TF32": False, "APPROX_ONLY": False,
-          "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 64})
+          "PRECISION": "tf32", "RESOLVE": False, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 64})
     print("compiled")
 ''')
 
@@ -167,11 +167,12 @@ QUANTIZE_SCRIPT = '''
         sig = {"x_ptr": p, "cb_ptr": p, "norm_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": p, "dist_ptr": "*fp32",
                "res_ptr": "*fp32", "N": "i32", "K": "i32", "D": "i32", "L": "i32", "eps_dot": "fp32",
                "eps_acc": "fp32", "IN_REGS": C_, "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_,
-               "APPROX_ONLY": C_, "BLOCK_N": C_, "BLOCK_K": C_, "BLOCK_D": C_}
-        def spill(in_regs, d, blocks, warps, stages, want_q):
+               "APPROX_ONLY": C_, "PRECISION": C_, "RESOLVE": C_, "BLOCK_N": C_, "BLOCK_K": C_, "BLOCK_D": C_}
+        def spill(in_regs, d, blocks, warps, stages, want_q):  # the default: tf32x3 dots, top-3 resolve
             return spill_bytes(Q.encode_kernel, sig, {
                 "IN_REGS": in_regs, "WRITE_Q": want_q, "WRITE_DIST": not want_q, "EMULATE_TF32": False,
-                "APPROX_ONLY": False, "BLOCK_D": d if in_regs else 64, **blocks}, warps, stages)
+                "APPROX_ONLY": False, "PRECISION": "tf32x3", "RESOLVE": True, "BLOCK_D": d if in_regs else 64,
+                **blocks}, warps, stages)
 
         # residual_encode (quantized) and nearest_code (distance) in registers at D = 64 and 128: the first
         # autotune config (after pruning) that spills nothing; which one it is depends on the Triton version
