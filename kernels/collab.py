@@ -19,70 +19,81 @@ from fastrec.kernels import device_guard
 
 
 @triton.jit(do_not_specialize=["n"])
-def splice_kernel(ids_ptr, slot_ptr, w_ptr, v_ptr, out_ptr, n, H, V, N,
-                  BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+def splice_kernel(ids_ptr, slot_ptr, ph_ptr, pos_ptr, w_ptr, v_ptr, out_ptr, n, H, V, N, S,
+                  FROM_RANK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rows [BLOCK_R] x columns [BLOCK_H] of the output. FROM_RANK: slot_ptr holds the inclusive prefix count of
+    placeholders, and a position is a slot when its id is one of the S placeholder ids (and its rank < N);
+    else slot_ptr holds the slot row (-1 for tokens). The first column block also writes pos[slot] = position
+    (one writer per slot)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < n
     ids = tl.load(ids_ptr + rows, mask=rmask, other=0).to(tl.int64)
-    slot = tl.load(slot_ptr + rows, mask=rmask, other=-1)
-    is_slot = slot >= 0
+    if FROM_RANK:
+        is_ph = rows < 0
+        for s in range(S):
+            is_ph = is_ph | (ids == tl.load(ph_ptr + s).to(tl.int64))
+        slot = tl.load(slot_ptr + rows, mask=rmask, other=0) - 1
+        slot = tl.where(is_ph & (slot < N), slot, -1)
+    else:
+        slot = tl.load(slot_ptr + rows, mask=rmask, other=-1)
+    is_slot = (slot >= 0) & (slot < N)
+    if tl.program_id(1) == 0:
+        tl.store(pos_ptr + slot, rows, mask=rmask & is_slot)
     ids = tl.minimum(tl.maximum(ids, 0), V - 1)
     slot = tl.minimum(tl.maximum(slot, 0), tl.maximum(N - 1, 0))
     m = rmask[:, None] & (cols < H)[None, :]
     tok = tl.load(w_ptr + ids[:, None] * H + cols[None, :], mask=m & ~is_slot[:, None], other=0.0)
-    val = tl.load(v_ptr + slot[:, None] * H + cols[None, :], mask=m & is_slot[:, None] & (N > 0), other=0.0)
+    val = tl.load(v_ptr + slot[:, None] * H + cols[None, :], mask=m & is_slot[:, None], other=0.0)
     tl.store(out_ptr + rows[:, None] * H + cols[None, :], tl.where(is_slot[:, None], val, tok), mask=m)
 
 
 def slot_index(input_ids: torch.Tensor, placeholder_ids: torch.Tensor, n_rows: int,
-               type_counts: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(slot [B*T] int64, -1 for tokens; slot_pos [N]) from prefix counts of the placeholder mask."""
-    flat = input_ids.reshape(-1).long()
-    onehot = flat[:, None] == placeholder_ids.long()[None, :]  # [B*T, S]
-    is_ph = onehot.any(1)
+               type_counts: list[int] | None) -> torch.Tensor:
+    """The splice kernel's slot_ptr input [B*T] int64: the inclusive prefix count of placeholders (FROM_RANK)
+    without type_counts, else the slot row of each position (-1 for tokens and for occurrences past a type's
+    rows). Device ops only: no host sync."""
+    flat = input_ids.reshape(-1)
+    onehot = flat[:, None] == placeholder_ids[None, :]  # [B*T, S]
     if type_counts is None:
-        slot = is_ph.long().cumsum(0) - 1
-    else:
-        # type s owns rows from sum(type_counts[:s]): added per column as Python scalars, because a tensor
-        # built from the list here would be a host-to-device copy (no CUDA-graph capture)
-        ranks = onehot.long().cumsum(0) - 1
-        start = 0
-        for s, count in enumerate(type_counts):
-            if start:
-                ranks[:, s] += start
-            start += int(count)
-        slot = ranks.gather(1, onehot.long().argmax(1, keepdim=True)).reshape(-1)
-    valid = is_ph & (slot < n_rows)
-    slot = torch.where(valid, slot, -1)
-    # slot_pos[slot[p]] = p; positions that fill no row scatter into a spare last entry
-    target = torch.where(valid, slot, n_rows)
-    pos = torch.zeros(n_rows + 1, dtype=torch.int64, device=flat.device)
-    pos.scatter_(0, target, torch.arange(flat.numel(), device=flat.device))
-    return slot, pos[:n_rows]
+        return onehot.any(1).cumsum(0)
+    # type s owns rows from sum(type_counts[:s]): added per column as Python scalars, because a tensor
+    # built from the list here would be a host-to-device copy (no CUDA-graph capture)
+    ranks = onehot.long().cumsum(0) - 1
+    start = 0
+    for s, count in enumerate(type_counts):
+        if start:
+            ranks[:, s] += start
+        start += int(count)
+    slot = ranks.gather(1, onehot.long().argmax(1, keepdim=True)).reshape(-1)
+    return torch.where(onehot.any(1) & (slot < n_rows), slot, -1)
 
 
 def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, placeholder_ids: torch.Tensor,
                          slot_values: torch.Tensor, type_counts: list[int] | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton splice; arguments checked by fastrec.ops."""
+    """Triton splice; arguments checked by fastrec.ops. Returns (inputs_embeds, slot_pos [N]: the flat
+    position each slot row went to, 0 for rows no placeholder took)."""
     import os
 
     weight, values = token_weight.contiguous(), slot_values.contiguous()
     V, H = weight.shape
     N = values.shape[0]
-    slot, slot_pos = slot_index(input_ids, placeholder_ids, N, type_counts)
+    ph = placeholder_ids.contiguous()
+    slot = slot_index(input_ids, ph, N, type_counts)
     ids = input_ids.reshape(-1).contiguous()
     out = torch.empty(*input_ids.shape, H, dtype=weight.dtype, device=weight.device)
+    slot_pos = torch.zeros(N, dtype=torch.int64, device=weight.device)
     n = ids.numel()
-    if n == 0 or H == 0:
+    if n == 0 or H == 0:  # nothing to write (with H = 0 no gradient reads slot_pos)
         return out, slot_pos
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     block_r = 64 if interpret else 16
     block_h = min(1024 if interpret else 256, triton.next_power_of_2(H))
     grid = (triton.cdiv(n, block_r), triton.cdiv(H, block_h))
     with device_guard(out):
-        splice_kernel[grid](ids, slot, weight, values, out, n, H, V, N, BLOCK_R=block_r, BLOCK_H=block_h)
+        splice_kernel[grid](ids, slot, ph, slot_pos, weight, values, out, n, H, V, N, ph.numel(),
+                            FROM_RANK=type_counts is None, BLOCK_R=block_r, BLOCK_H=block_h)
     return out, slot_pos
 
 

@@ -173,11 +173,14 @@ def test_slot_index_with_type_counts_builds_no_tensor_from_a_list(monkeypatch):
     real = torch.tensor
     monkeypatch.setattr(torch, "tensor", lambda *a, **k: calls.append(a) or real(*a, **k))
     ids = torch.tensor([[5, 1, 6, 5], [6, 2, 5, 3]])
+    weight, values = torch.randn(8, 4), torch.randn(5, 4)
     calls.clear()
-    slot, pos = kc.slot_index(ids, real([5, 6]), 5, [3, 2])
+    slot = kc.slot_index(ids, real([5, 6]), 5, [3, 2])
+    out, pos = kc.splice_collab_tokens(ids, weight, real([5, 6]), values, [3, 2])
     assert calls == []
     assert slot.tolist() == [0, -1, 3, 1, 4, -1, 2, -1]
-    assert pos.tolist() == [0, 3, 6, 2, 4]
+    assert pos.tolist() == [0, 3, 6, 2, 4]  # written by the kernel, one writer per slot row
+    assert torch.equal(out.view(8, 4)[pos], values) and torch.equal(out.view(8, 4)[1], weight[1])
 
 
 # --------------------------------------------------------------------------------------------- graph
