@@ -11,9 +11,11 @@ a small merge sorts those by (score desc, id asc): memory is O(U * chunks * k + 
 Order is the reference's: higher score first, equal scores by lower item id; excluded items score -inf and
 appear (by lowest id) only when fewer than k others remain.
 
-Precision: fp32 inputs use IEEE fp32 dots by default, so scores match the reference's fp32 matmul up to
-summation order (about 1e-6 relative) and ids match wherever scores are not that close. FASTREC_TF32=1
-opts fp32 into TF32 tensor cores (scores within about 1e-3 relative; near-ties may reorder). bf16/fp16
+Precision: fp32 inputs use tf32x3 dots by default (three tf32 tensor-core dots over a hi/lo split of both
+operands: the product error, <= 3.01 2^-20 |q_d i_d|, is below fp32's own summation bound d 2^-24 for
+d >= 64), so scores match the reference's fp32 matmul to about 1e-6 relative and ids match wherever scores are
+not that close; FASTREC_TOPK_DOT=ieee takes CUDA-core fp32 dots (summation order the only difference).
+FASTREC_TF32=1 opts fp32 into one TF32 dot (scores within about 1e-3 relative; near-ties may reorder). bf16/fp16
 inputs use native tensor-core dots with fp32 accumulation: their products are exact in fp32, so scores
 again differ from the reference (which upcasts first) by summation order only.
 
@@ -51,6 +53,27 @@ def _beats(s, ids, ws, wi):
     return (s > ws[:, None]) | ((s == ws[:, None]) & (ids[None, :] < wi[:, None]))
 
 
+@triton.jit
+def _take(s, ids, rs, ri, ws, wi, slots, NI, KP: tl.constexpr):
+    """Takes the tile's items that beat each query's worst entry into its running top-k, best first, until none
+    does; returns the top-k and its new worst entry."""
+    better = _beats(s, ids, ws, wi)
+    n = tl.max(tl.sum(better.to(tl.int32), axis=1))
+    while n > 0:
+        cs = tl.where(better, s, float("-inf"))
+        bs = tl.max(cs, axis=1)
+        bi = tl.min(tl.where(better & (cs == bs[:, None]), ids[None, :], NI), axis=1)
+        has = tl.sum(better.to(tl.int32), axis=1) > 0
+        slot = tl.min(tl.where((rs == ws[:, None]) & (ri == wi[:, None]), slots[None, :], KP), axis=1)
+        put = has[:, None] & (slots[None, :] == slot[:, None])
+        rs = tl.where(put, bs[:, None], rs)
+        ri = tl.where(put, bi[:, None], ri)
+        ws, wi = _worst(rs, ri)
+        better = better & (ids[None, :] != bi[:, None]) & _beats(s, ids, ws, wi)
+        n = tl.max(tl.sum(better.to(tl.int32), axis=1))
+    return rs, ri, ws, wi
+
+
 @triton.jit(do_not_specialize=["U", "NI", "nnz"])
 def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, chunk, C, k,
                 HAS_EX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
@@ -75,6 +98,7 @@ def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, 
         while tl.max((x < lo).to(tl.int32)) > 0:  # skip the exclusions before this chunk
             p = tl.where(x < lo, p + 1, p)
             x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+    ws, wi = _worst(rs, ri)
     for i0 in range(lo, hi, BLOCK_I):
         ids = i0 + tl.arange(0, BLOCK_I)
         imask = ids < hi
@@ -99,21 +123,10 @@ def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, 
                 s = tl.where(hit[:, None] & (ids[None, :] == x[:, None]), float("-inf"), s)
                 p = tl.where(hit, p + 1, p)
                 x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
-        ws, wi = _worst(rs, ri)
-        better = _beats(s, ids, ws, wi)
-        n = tl.max(tl.sum(better.to(tl.int32), axis=1))
-        while n > 0:  # take the best item that beats the worst entry, per query, until none does
-            cs = tl.where(better, s, float("-inf"))
-            bs = tl.max(cs, axis=1)
-            bi = tl.min(tl.where(better & (cs == bs[:, None]), ids[None, :], NI), axis=1)
-            has = tl.sum(better.to(tl.int32), axis=1) > 0
-            slot = tl.min(tl.where((rs == ws[:, None]) & (ri == wi[:, None]), slots[None, :], KP), axis=1)
-            put = has[:, None] & (slots[None, :] == slot[:, None])
-            rs = tl.where(put, bs[:, None], rs)
-            ri = tl.where(put, bi[:, None], ri)
-            ws, wi = _worst(rs, ri)
-            better = better & (ids[None, :] != bi[:, None]) & _beats(s, ids, ws, wi)
-            n = tl.max(tl.sum(better.to(tl.int32), axis=1))
+        # a query's top-k can change only where the tile's best score reaches its worst entry's: most tiles
+        # stop at this one row reduction (rows past U score 0 and are left out)
+        if tl.max((umask & (tl.max(s, axis=1) >= ws)).to(tl.int32), axis=0) > 0:
+            rs, ri, ws, wi = _take(s, ids, rs, ri, ws, wi, slots, NI, KP)
     out = (us[:, None] * C + c) * k + slots[None, :]
     omask = umask[:, None] & (slots[None, :] < k)
     tl.store(ps_ptr + out, rs, mask=omask)
@@ -124,9 +137,22 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
+
+
 def precision(dtype: torch.dtype) -> str:
-    """The dot precision: IEEE fp32 unless FASTREC_TF32=1 (fp32 only; half inputs use native dots)."""
-    return "tf32" if dtype == torch.float32 and os.environ.get("FASTREC_TF32") == "1" else "ieee"
+    """The fp32 dot on a GPU: "tf32x3" (three tf32 tensor-core dots over a hi/lo split; product error
+    <= 3u^2 + 4u^3 with u = 2^-10, under fp32's own summation bound d 2^-24 from d = 64 up) unless
+    FASTREC_TOPK_DOT says "ieee" (CUDA-core fp32) or FASTREC_TF32=1 (one tf32 dot, ~1e-3). Half inputs use
+    native dots (the value is then unused); the interpreter's dot is fp32 whatever it is told."""
+    if _interpret():
+        return "ieee"
+    if dtype == torch.float32 and os.environ.get("FASTREC_TF32") == "1":
+        return "tf32"
+    p = os.environ.get("FASTREC_TOPK_DOT", "tf32x3")
+    if p not in DOT_PRECISIONS:
+        raise ValueError(f"FASTREC_TOPK_DOT must be one of {DOT_PRECISIONS}, got {p!r}")
+    return p
 
 
 def sorted_exclusions(indptr: torch.Tensor, indices: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
@@ -140,12 +166,13 @@ def sorted_exclusions(indptr: torch.Tensor, indices: torch.Tensor, num_users: in
 
 def _config(kp: int, d: int) -> tuple[int, int, int, int]:
     """(BLOCK_U, BLOCK_I, BLOCK_D, num_warps): small under the interpreter; on a GPU, fewer queries per program
-    for a large k so the running top-k stays in registers. ptxas -v (sm_90, Triton 3.6 and 3.8, fp32 and bf16,
-    tests/test_triton_compile.py): these spill nothing; 4 warps with BLOCK_D = 64 spilled up to 896 bytes."""
+    for a large k so the running top-k stays in registers. ptxas -v (sm_90, Triton 3.6 and 3.8, fp32 with tf32x3
+    dots and bf16, tests/test_triton_compile.py): these spill nothing; 4 warps with BLOCK_D = 64 spilled up to
+    896 bytes, and k <= 64 with BLOCK_D = 64 20 bytes in tf32x3."""
     if _interpret():
         return 16, 32, min(64, max(16, triton.next_power_of_2(d))), 4
     block_u = 64 if kp <= 32 else 32 if kp <= 64 else 16
-    return block_u, 64, min(32 if kp <= 32 else 64, max(16, triton.next_power_of_2(d))), 8
+    return block_u, 64, min(32 if kp <= 64 else 64, max(16, triton.next_power_of_2(d))), 8
 
 
 def _num_chunks(blocks_u: int, num_items: int, block_i: int, device: torch.device) -> int:
@@ -163,8 +190,9 @@ def supports(queries: torch.Tensor, items: torch.Tensor, k: int) -> bool:
 
 
 def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
-                exclude_indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores fp32 [U, k], ids int64 [U, k]) as reference.topk_scores; requires supports(...)."""
+                exclude_indices: torch.Tensor | None, dot: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores fp32 [U, k], ids int64 [U, k]) as reference.topk_scores; requires supports(...). dot: the fp32
+    dot precision (default precision(dtype); the benchmark times the others)."""
     queries, items = queries.contiguous(), items.contiguous()
     (U, d), NI = queries.shape, items.shape[0]
     if U == 0:
@@ -187,7 +215,7 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
     with device_guard(queries):
         topk_kernel[(blocks_u, chunks)](
             queries, items, ex_indptr, ex_sorted, part_s, part_i, U, NI, d, ex_sorted.numel() if has_ex else 0,
-            chunk, chunks, k, HAS_EX=has_ex, UPCAST=upcast, PRECISION=precision(queries.dtype),
+            chunk, chunks, k, HAS_EX=has_ex, UPCAST=upcast, PRECISION=dot or precision(queries.dtype),
             BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, KP=kp, num_warps=warps)
     return merge(part_s.view(U, -1), part_i.view(U, -1).long(), k)
 

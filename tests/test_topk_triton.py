@@ -78,6 +78,17 @@ def test_excluded_items_fill_by_lowest_id_when_too_few_remain(dev):
     assert torch.isinf(s[2]).all() and i[2].tolist() == [0, 1, 2, 3]
 
 
+def test_a_chunk_with_every_item_excluded_still_fills_its_top_k(dev):
+    """Every query excludes ids 0..63 (whole tiles and item chunks, on the GPU and under the interpreter) and
+    k exceeds what remains: the excluded ids 0..3 fill the last slots. A tile whose every score is -inf still
+    reaches the empty slots (-inf, I), which a lower id beats."""
+    g = torch.Generator().manual_seed(5)
+    it, q = torch.randn(100, 4, generator=g).round(), torch.randn(2, 4, generator=g).round()
+    indptr, indices = torch.tensor([0, 64, 128]), torch.arange(64).repeat(2)
+    s, i = check(q.to(dev), it.to(dev), 40, indptr.to(dev), indices.to(dev), exact=True)
+    assert torch.isinf(s[:, 36:]).all() and i[:, 36:].tolist() == [[0, 1, 2, 3]] * 2
+
+
 def test_k_equals_item_count_and_duplicate_exclusions(dev):
     g = torch.Generator().manual_seed(3)
     q, it = torch.randn(9, 6, generator=g).round(), torch.randn(50, 6, generator=g).round()

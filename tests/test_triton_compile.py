@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent('''
         front_end(fn, *as_ones(fn, sig, cx), num_warps)
 
     C_ = "constexpr"
-    for dt, up, prec in [("bf16", False, "ieee"), ("fp32", True, "tf32")]:
+    for dt, up, prec in [("bf16", False, "ieee"), ("fp32", True, "tf32"), ("fp32", True, "tf32x3")]:
         p = "*" + dt
         comp(T.topk_kernel, {"q_ptr": p, "it_ptr": p, "exp_ptr": "*i64", "exi_ptr": "*i32", "ps_ptr": "*fp32",
                              "pi_ptr": "*i32", "U": "i32", "NI": "i32", "d": "i32", "nnz": "i32", "chunk": "i32",
@@ -90,9 +90,11 @@ SCRIPT = textwrap.dedent('''
     from fastrec.kernels import embedding_optim as E, trie as R
     for dt in ("fp32", "bf16"):
         p = "*" + dt
-        comp(C.splice_kernel, {"ids_ptr": "*i64", "slot_ptr": "*i64", "w_ptr": p, "v_ptr": p, "out_ptr": p, "n": "i32",
-                               "H": "i32", "V": "i32", "N": "i32", "BLOCK_R": C_, "BLOCK_H": C_},
-             {"BLOCK_R": 16, "BLOCK_H": 256})
+        for from_rank in (True, False):
+            comp(C.splice_kernel, {"ids_ptr": "*i64", "slot_ptr": "*i64", "ph_ptr": "*i64", "pos_ptr": "*i64",
+                                   "w_ptr": p, "v_ptr": p, "out_ptr": p, "n": "i32", "H": "i32", "V": "i32",
+                                   "N": "i32", "S": "i32", "FROM_RANK": C_, "BLOCK_R": C_, "BLOCK_H": C_},
+                 {"FROM_RANK": from_rank, "BLOCK_R": 16, "BLOCK_H": 256})
         for adam in (True, False):
             comp(E.sparse_update_kernel, {"w_ptr": p, "m_ptr": "*fp32", "v_ptr": "*fp32", "g_ptr": p, "pos_ptr": "*i64",
                                           "seg_ptr": "*i64", "rows_ptr": "*i64", "d": "i32", "num_rows": "i32",
@@ -213,8 +215,8 @@ SPILL_SCRIPT = '''
                   {"q_ptr": p, "it_ptr": p, "exp_ptr": "*i64", "exi_ptr": "*i32", "ps_ptr": "*fp32", "pi_ptr": "*i32",
                    "U": "i32", "NI": "i32", "d": "i32", "nnz": "i32", "chunk": "i32", "C": "i32", "k": "i32",
                    "HAS_EX": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_I": C_, "BLOCK_D": C_, "KP": C_},
-                  {"HAS_EX": True, "UPCAST": dt == "fp32", "PRECISION": "ieee", "BLOCK_U": bu, "BLOCK_I": bi,
-                   "BLOCK_D": bd, "KP": kp}, warps, 3)
+                  {"HAS_EX": True, "UPCAST": dt == "fp32", "PRECISION": "tf32x3" if dt == "fp32" else "ieee",
+                   "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd, "KP": kp}, warps, 3)
         for mode in (0, 1, 2):
             bn, bj, bk, warps, stages = F.fuse_blocks(256)
             spill(f"fuse_gather-{dt}-mode{mode}", F.fuse_gather_kernel,

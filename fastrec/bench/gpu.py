@@ -326,11 +326,19 @@ def torch_chunked_topk(i: dict, chunk: int = 1024):
     return torch.cat(scores_out), torch.cat(ids_out)
 
 
+def _topk_ieee(i: dict):
+    from fastrec.kernels import topk as tk
+
+    return tk.topk_scores(i["q"], i["items"], i["k"], i["indptr"], i["indices"], dot="ieee")
+
+
 def topk_cases(device: str, quick: bool) -> list[Case]:
     # the target shape is 32,768 queries; --quick takes a quarter of them (the same per-query work)
     users, items = (_n(8_192 if quick else 32_768, 70), _n(1_000_000, 3_000))
     impls = {"fastrec": lambda i: topk_scores(i["q"], i["items"], i["k"], (i["indptr"], i["indices"])),
              "torch chunked mm+topk": torch_chunked_topk}
+    if device == "cuda":  # the kernel with CUDA-core fp32 dots (its default before tf32x3), for the record
+        impls["fastrec, IEEE fp32 dot"] = _topk_ieee
     return [Case("topk_scores", f"U={users:,} I={items:,} d=64 k=20 seen~50",
                  functools.partial(_topk_inputs, device, users, items), impls, {"torch chunked mm+topk": 3.0})]
 
