@@ -101,20 +101,26 @@ def fuse_gather_kernel(inv_ptr, rows_ptr, id_ptr, red_ptr, fw_ptr, fb_ptr, out_p
 @triton.jit(do_not_specialize=["U"])
 def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
+    """out[split] [d, D] (columns of this program's block) = g^T sem[rows] over this split's share of the U rows
+    (grid axis 1: the splits; the caller sums them in a fixed order)."""
     dims = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = dims < D
     ks = tl.arange(0, BLOCK_DM)
     kmask = ks < d
+    share = tl.cdiv(tl.cdiv(U, tl.num_programs(1)), BLOCK_U) * BLOCK_U
+    lo = tl.program_id(1) * share
+    hi = tl.minimum(lo + share, U)
     acc = tl.zeros([BLOCK_DM, BLOCK_D], dtype=tl.float32)
-    for u0 in range(0, U, BLOCK_U):
+    for u0 in range(lo, hi, BLOCK_U):
         us = u0 + tl.arange(0, BLOCK_U)
-        umask = us < U
+        umask = us < hi
         rows = tl.load(rows_ptr + us, mask=umask, other=0)
         s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :],
                     other=0.0).to(tl.float32)
         g = tl.load(g_ptr + us[:, None] * d + ks[None, :], mask=umask[:, None] & kmask[None, :], other=0.0)
         acc = tl.dot(tl.trans(g), s, acc, input_precision=PRECISION)
-    tl.store(out_ptr + ks[:, None] * D + dims[None, :], acc, mask=kmask[:, None] & dmask[None, :])
+    out = out_ptr + tl.program_id(1).to(tl.int64) * d * D
+    tl.store(out + ks[:, None] * D + dims[None, :], acc, mask=kmask[:, None] & dmask[None, :])
 
 
 def _interpret() -> bool:
@@ -157,8 +163,8 @@ _CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_D": bd}, num_warps=w, num_stage
                                   (32, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3)]]
 gather_reduce_tuned = triton.autotune(_CONFIGS, key=["d", "D"], prune_configs_by={"early_config_prune": _prune_reduce})(
     gather_reduce_kernel)
-weight_grad_tuned = triton.autotune(_CONFIGS, key=["d", "D"], prune_configs_by={"early_config_prune": _prune_grad})(
-    weight_grad_kernel)
+weight_grad_tuned = triton.autotune(_CONFIGS, key=["d", "D", "PRECISION"],
+                                    prune_configs_by={"early_config_prune": _prune_grad})(weight_grad_kernel)
 
 
 def _bdm(d: int) -> int:
@@ -214,20 +220,30 @@ def fuse_gather(inverse: torch.Tensor, rows: torch.Tensor, id_table: torch.Tenso
     return out
 
 
+def _grad_splits(U: int) -> int:
+    """Splits of the U rows (grid axis 1): D / BLOCK_D programs alone (64 at D = 4096) would leave most of a GPU
+    idle, each walking every row; up to 16 splits of at least 1024 rows, summed after in a fixed order."""
+    return max(1, min(16, triton.cdiv(U, 1024)))
+
+
 def weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
-    """grad_W [d, D] fp32 = grad_reduced^T @ sem[rows]."""
+    """grad_W [d, D] fp32 = grad_reduced^T @ sem[rows]. Deterministic: no atomics, splits summed in order.
+
+    A bf16/fp16 table is exact in tf32, so its dot runs as tf32x3 on tensor cores (only grad_reduced is split:
+    product error <= (u^2 + u^3) |g| |s|, u = 2^-10, below fp32's summation error); an fp32 table takes
+    precision() (IEEE unless FASTREC_TF32=1)."""
     U, d, D = rows.numel(), grad_reduced.shape[1], sem.shape[1]
-    out = torch.zeros(d, D, dtype=torch.float32, device=sem.device)
-    if U == 0:
-        return out
-    if D == 0:
-        return out
+    if U == 0 or D == 0:
+        return torch.zeros(d, D, dtype=torch.float32, device=sem.device)
+    splits = _grad_splits(U)
+    out = torch.empty(splits, d, D, dtype=torch.float32, device=sem.device)
     args = (sem.contiguous(), rows.contiguous(), grad_reduced.float().contiguous(), out, U, D, d)
     with device_guard(out):
         if _interpret():
-            weight_grad_kernel[(triton.cdiv(D, 64),)](*args, PRECISION="ieee", BLOCK_U=64, BLOCK_D=64,
-                                                      BLOCK_DM=_bdm(d))
+            weight_grad_kernel[(triton.cdiv(D, 64), splits)](*args, PRECISION="ieee", BLOCK_U=64, BLOCK_D=64,
+                                                              BLOCK_DM=_bdm(d))
         else:
-            weight_grad_tuned[lambda meta: (triton.cdiv(D, meta["BLOCK_D"]),)](*args, PRECISION=precision(),
-                                                                             BLOCK_DM=_bdm(d))
-    return out
+            prec = precision() if sem.dtype == torch.float32 else "tf32x3"
+            weight_grad_tuned[lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), splits)](*args, PRECISION=prec,
+                                                                                     BLOCK_DM=_bdm(d))
+    return out[0] if splits == 1 else out.sum(0)

@@ -10,7 +10,8 @@
 # The whole run keeps to GPU_CHECK_DEADLINE_S (default 470 s, under 8 minutes): each stage's time limit is
 # cut to what is left, and the benchmark's budget with it. Knobs: PYTHON (default python3),
 # GPU_CHECK_DEADLINE_S, GPU_CHECK_BENCH_S (most the bench may take, default 200), GPU_CHECK_PYTEST_S (the
-# pytest stage's limit, default 240), GPU_CHECK_SKIP_BUILD=1,
+# pytest stage's limit, default 240), GPU_CHECK_PYTEST_ARGS (test files, default tests), GPU_CHECK_BENCH_OPS
+# (bench families, e.g. quantize,collab; default all), GPU_CHECK_SKIP_BUILD=1,
 # GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer to run; default all: a rerun can
 # take only what the first run left undone).
 # GPU_CHECK_DRY_RUN=1 walks the whole flow on a machine without a GPU (no build, the CUDA tests skip, a
@@ -122,15 +123,16 @@ if [ "$DEVICE" = cuda ] && "$PY" -c "import xdist" 2>/dev/null; then
   WORKERS=$((JOBS < 8 ? JOBS : 8))
   [ "$WORKERS" -gt 1 ] && XDIST=(-n "$WORKERS")
 fi
-stage pytest "${GPU_CHECK_PYTEST_S:-240}" "$PY" -m pytest tests -m cuda -p no:cacheprovider -rfE -o addopts="" -q \
-  --durations=10 "${XDIST[@]}" --junitxml="$OUT/pytest.xml"
+read -r -a TEST_PATHS <<< "${GPU_CHECK_PYTEST_ARGS:-tests}"
+stage pytest "${GPU_CHECK_PYTEST_S:-240}" "$PY" -m pytest "${TEST_PATHS[@]}" -m cuda -p no:cacheprovider -rfE \
+  -o addopts="" -q --durations=10 "${XDIST[@]}" --junitxml="$OUT/pytest.xml"
 
 # 2. the GPU benchmark against the GPU peers (issue 10's figures): no new case starts after BENCH_S; a case in
 # flight may finish. 120 s are kept for that case and the report (the sanitizer gets any rest).
 BENCH_S=$((DEADLINE - SECONDS - 120))
 [ "$BENCH_S" -gt "${GPU_CHECK_BENCH_S:-200}" ] && BENCH_S="${GPU_CHECK_BENCH_S:-200}"
 [ "$BENCH_S" -lt 30 ] && BENCH_S=30
-BENCH_OPS=""
+BENCH_OPS="${GPU_CHECK_BENCH_OPS:+--ops=$GPU_CHECK_BENCH_OPS}"
 [ "$DEVICE" = cpu ] && BENCH_OPS="--ops=fusion"  # the dry run: one small CPU family
 stage bench $((BENCH_S + 90)) "$PY" -m fastrec bench --device "$DEVICE" --quick --out "$OUT/bench" \
   --budget-s "$BENCH_S" $BENCH_OPS

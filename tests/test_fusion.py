@@ -188,6 +188,22 @@ def test_torch_compile_forward_backward(on_device):
         torch.testing.assert_close(a, b)
 
 
+def test_triton_weight_grad_splits_the_rows(triton_device):
+    """U = 2500 rows: three row splits (1024 rows at least each), summed in order; an empty last split and
+    repeated rows included. Against the fp64 product."""
+    pytest.importorskip("triton")
+    from fastrec.kernels import fusion as tk
+
+    g = torch.Generator().manual_seed(7)
+    sem = torch.randn(300, 40, generator=g)
+    rows = torch.randint(0, 300, (2500,), generator=g)
+    grad = torch.randn(2500, 12, generator=g)
+    assert tk._grad_splits(2500) == 3 and tk._grad_splits(1024) == 1
+    got = tk.weight_grad(rows.to(triton_device), grad.to(triton_device), sem.to(triton_device))
+    want = grad.double().t() @ sem.double()[rows]
+    torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-4)
+
+
 @INTERPRETER_ONLY
 @pytest.mark.parametrize("mode", MODES)
 def test_triton_kernels_under_interpreter(mode):

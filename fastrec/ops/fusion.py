@@ -126,7 +126,7 @@ def _backward(ctx, grad_out, grad_rows, grad_inverse, grad_reduced):
     slot = torch.where(inv >= 0, inv, u)
     grad_items = torch.zeros(u + 1, d, dtype=torch.float32, device=reduced.device)
     grad_items = grad_items.index_add_(0, slot, grad_out.reshape(-1, d).float())[:u]
-    e = id_table.float()[rows]
+    e = id_table[rows].float()  # gather, then convert (not the whole [I, d] table)
     grad_e, grad_s, grad_fw, grad_fb = _fusion_backward(ctx.mode, grad_items, e, reduced, fuse_weight, fuse_bias)
     if grad_reduced is not None:
         grad_s = grad_s + grad_reduced

@@ -101,7 +101,7 @@ def _spmm_backward(ctx, grad):
     if ctx.needs_input_grad[2]:  # d out[i] / d A[i, j] = dense[j]
         counts = (indptr[1:] - indptr[:-1]).long()
         rows = torch.repeat_interleave(torch.arange(counts.numel(), device=grad.device), counts)
-        grad_values = (grad.float()[rows] * dense.float()[indices.long()]).sum(1).to(values.dtype)
+        grad_values = (grad[rows].float() * dense[indices.long()].float()).sum(1).to(values.dtype)
     if ctx.needs_input_grad[3]:
         t_indptr, t_indices, t_values = csr_transpose(indptr, indices, values.detach(), dense.shape[0])
         grad_dense = torch.ops.fastrec.spmm(t_indptr, t_indices, t_values, grad.contiguous())
@@ -136,7 +136,7 @@ def _topk_backward(ctx, grad_scores, grad_ids):
     g = torch.where(torch.isfinite(scores), grad_scores.float(), torch.zeros_like(scores))
     grad_q = grad_i = None
     if ctx.needs_input_grad[0]:
-        grad_q = torch.einsum("uk,ukd->ud", g, items.float()[ids]).to(queries.dtype)
+        grad_q = torch.einsum("uk,ukd->ud", g, items[ids].float()).to(queries.dtype)
     if ctx.needs_input_grad[1]:
         contrib = (g[:, :, None] * queries.float()[:, None, :]).reshape(-1, queries.shape[1])
         grad_i = torch.zeros(items.shape, dtype=torch.float32, device=items.device)

@@ -56,7 +56,7 @@ def _nearest_backward(ctx, grad_index, grad_sqdist):
     x, codebook, index = ctx.saved_tensors
     if grad_sqdist is None:
         return None, None
-    diff = 2.0 * (x.float() - codebook.float()[index]) * grad_sqdist[:, None].float()
+    diff = 2.0 * (x.float() - codebook[index].float()) * grad_sqdist[:, None].float()
     grad_x = diff.to(x.dtype) if ctx.needs_input_grad[0] else None
     grad_codebook = None
     if ctx.needs_input_grad[1]:
