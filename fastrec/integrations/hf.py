@@ -236,6 +236,9 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         """Forget the prompt; the next call starts a new generation (detected automatically otherwise)."""
         self._prompt: torch.Tensor | None = None
         self._last_len = -1
+        # the previous call's "new generation after all?" flag, still on its way to the host:
+        # (flag, event or None, that call's input_ids)
+        self._pending: tuple[torch.Tensor, object, torch.Tensor] | None = None
 
     def _trie(self, device: torch.device, vocab_size: int) -> tuple[torch.Tensor, ...]:
         key = (str(device), vocab_size)
@@ -246,26 +249,69 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
             self._on_device[key] = tuple(t.to(device) for t in self.trie)
         return self._on_device[key]
 
+    def _may_continue(self, input_ids: torch.Tensor) -> bool:
+        """Whether `input_ids` can continue the current generation: one token longer than the previous call,
+        same batch and device (its prompt part is checked on the device)."""
+        prompt = self._prompt
+        return (prompt is not None and input_ids.shape[1] == self._last_len + 1
+                and prompt.shape[0] == input_ids.shape[0] and prompt.device == input_ids.device)
+
+    def _resolve(self) -> None:
+        """Applies the previous call's device check: if its prompt part had changed, that call started a new
+        generation whose prompt was all of its input_ids. By now the flag is on the host (the generation loop
+        waits on the device every step), so this read does not hold the device's queue up."""
+        if self._pending is None:
+            return
+        flag, event, ids = self._pending
+        self._pending = None
+        if event is not None and not event.query():
+            event.synchronize()  # only when the device is more than a step behind
+        if bool(flag.numpy()):
+            self._prompt = ids.detach().clone()
+
     def prompt_length(self, input_ids: torch.Tensor) -> int:
         """Length of the prompt (left padding included) of the generation `input_ids` belongs to.
 
         A call continues the current generation when it is exactly one token longer than the previous
         call and its prompt part is unchanged (rows of a batch item share one prompt, so beam reordering
-        keeps it equal); anything else starts a new generation.
+        keeps it equal); anything else starts a new generation. (This one compares on the host; the
+        processor's own calls compare on the device, see __call__.)
         """
-        cur = input_ids.shape[1]
-        prompt = self._prompt
-        same = (prompt is not None and cur == self._last_len + 1 and prompt.shape[0] == input_ids.shape[0]
-                and prompt.device == input_ids.device and torch.equal(input_ids[:, : prompt.shape[1]], prompt))
+        self._resolve()
+        same = self._may_continue(input_ids) and torch.equal(input_ids[:, : self._prompt.shape[1]], self._prompt)
         if not same:
             self._prompt = input_ids.detach().clone()
-        self._last_len = cur
+        self._last_len = input_ids.shape[1]
         return self._prompt.shape[1]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[:, self.prompt_length(input_ids):]
+        """Masks `scores` to the tokens that keep each row on an item's index, without a host sync: the
+        prompt check of a continuing generation runs on the device, where its answer picks between the
+        continuing mask and a fresh generation's (the root's); the host learns that answer at the next call."""
+        self._resolve()
         trie = self._trie(scores.device, scores.shape[1])
-        return torch.ops.fastrec.trie_mask(scores, generated, *trie, self.fill)
+        cur = input_ids.shape[1]
+        if not self._may_continue(input_ids):
+            self._prompt, self._last_len = input_ids.detach().clone(), cur
+            return torch.ops.fastrec.trie_mask(scores, input_ids[:, cur:], *trie, self.fill)
+        self._last_len = cur
+        p = self._prompt.shape[1]
+        new = (input_ids[:, :p] != self._prompt).any()
+        cont = torch.ops.fastrec.trie_mask(scores, input_ids[:, p:], *trie, self.fill)
+        root = torch.ops.fastrec.trie_mask(scores, input_ids[:, cur:], *trie, self.fill)
+        self._pending = (*self._flag_to_host(new), input_ids)
+        return torch.where(new, root, cont)
+
+    @staticmethod
+    def _flag_to_host(flag: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """(a host copy of a 0-d bool, the CUDA event after which it is valid, or None when it already is)."""
+        if flag.device.type != "cuda":
+            return flag.cpu(), None  # the CPU: no copy; other devices: a plain (waiting) copy
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
     def items(self, generated: Sequence[int]) -> list[int]:
         """Items spelled by one generated token sequence (end tokens after the index are ignored); [] if none."""
@@ -276,6 +322,7 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
 
     def decode(self, sequences: torch.Tensor, prompt_length: int | None = None) -> list[list[int]]:
         """Items of every row of `generate`'s output (prompt included, or pass `prompt_length`)."""
+        self._resolve()
         start = self._prompt.shape[1] if prompt_length is None and self._prompt is not None else prompt_length or 0
         return [self.items(row) for row in sequences[:, start:].tolist()]
 
