@@ -244,3 +244,39 @@ def test_fp32_gather_linear_autotune_keeps_small_k_blocks():
     fp32 = collab._prune_linear(collab._LINEAR_CONFIGS, {}, UPCAST=True)
     assert fp32 and all(c.kwargs["BLOCK_K"] <= 32 for c in fp32)
     assert collab._prune_linear(collab._LINEAR_CONFIGS, {}, UPCAST=False) == collab._LINEAR_CONFIGS
+
+
+TF32X3_SCRIPT = textwrap.dedent("""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    @triton.jit
+    def dot(a_ptr, b_ptr, c_ptr, P: tl.constexpr):
+        r = tl.arange(0, 64)
+        a = tl.load(a_ptr + r[:, None] * 64 + r[None, :])
+        b = tl.load(b_ptr + r[:, None] * 64 + r[None, :])
+        tl.store(c_ptr + r[:, None] * 64 + r[None, :], tl.dot(a, b, input_precision=P))
+
+    for p in ("tf32", "tf32x3"):
+        k = triton.compile(ASTSource(fn=dot, signature={"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32",
+                                                        "P": "constexpr"}, constexprs={"P": p}),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        print(p, k.asm["ptx"].count("wgmma.mma_async"))
+""")
+
+
+def test_tf32x3_dots_are_three_tensor_core_dots_on_sm90(tmp_path):
+    """The quantize kernel's exactness bound and topk's fp32-level scores assume tf32x3 really is three tf32
+    dots over a hi/lo split: on sm_90 its PTX must hold three times the wgmma of one tf32 dot (a Triton that
+    lowered it to one dot would fail here, not silently loosen the bound)."""
+    script = tmp_path / "tf32x3.py"  # @triton.jit needs its source in a file
+    script.write_text(TF32X3_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("Triton's ptxas is not available here")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = dict(line.split() for line in proc.stdout.splitlines())
+    assert int(counts["tf32"]) > 0 and int(counts["tf32x3"]) == 3 * int(counts["tf32"]), counts
