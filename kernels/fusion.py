@@ -112,7 +112,7 @@ def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, PRECISION: tl
     hi = tl.minimum(lo + share, U)
     acc = tl.zeros([BLOCK_DM, BLOCK_D], dtype=tl.float32)
     for u0 in range(lo, hi, BLOCK_U):
-        us = u0 + tl.arange(0, BLOCK_U)
+        us = (u0 + tl.arange(0, BLOCK_U)).to(tl.int64)  # us * d below: int64 offsets
         umask = us < hi
         rows = tl.load(rows_ptr + us, mask=umask, other=0)
         s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :],
