@@ -144,15 +144,13 @@ def precision(dtype: torch.dtype) -> str:
     """The fp32 dot on a GPU: "tf32x3" (three tf32 tensor-core dots over a hi/lo split; product error
     <= 3u^2 + 4u^3 with u = 2^-10, under fp32's own summation bound d 2^-24 from d = 64 up) unless
     FASTREC_TOPK_DOT says "ieee" (CUDA-core fp32) or FASTREC_TF32=1 (one tf32 dot, ~1e-3). Half inputs use
-    native dots (the value is then unused); the interpreter's dot is fp32 whatever it is told."""
-    if _interpret():
-        return "ieee"
-    if dtype == torch.float32 and os.environ.get("FASTREC_TF32") == "1":
-        return "tf32"
+    native dots ("ieee" is passed, as before); the interpreter's dot is fp32 whatever it is told."""
     p = os.environ.get("FASTREC_TOPK_DOT", "tf32x3")
     if p not in DOT_PRECISIONS:
         raise ValueError(f"FASTREC_TOPK_DOT must be one of {DOT_PRECISIONS}, got {p!r}")
-    return p
+    if _interpret() or dtype != torch.float32:
+        return "ieee"
+    return "tf32" if os.environ.get("FASTREC_TF32") == "1" else p
 
 
 def sorted_exclusions(indptr: torch.Tensor, indices: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:

@@ -446,6 +446,13 @@ def test_triton_kernels_in_their_gpu_block_configs(cuda_device):
         assert_nearest(xb, cb, *tk.nearest_code(xb, cb))
 
 
+def test_triton_bad_dot_precision_setting_is_named(triton_device, monkeypatch):
+    tk = _tk()
+    monkeypatch.setenv("FASTREC_QUANTIZE_DOT", "ieee")
+    with pytest.raises(ValueError, match="FASTREC_QUANTIZE_DOT"):
+        tk.nearest_code(torch.randn(5, 4, device=triton_device), torch.randn(3, 4, device=triton_device))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision,resolve", [("tf32x3", True), ("tf32", True), ("tf32", False)])
 def test_triton_schemes_on_the_gpu_equal_exact_search(cuda_device, precision, resolve):

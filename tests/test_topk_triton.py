@@ -193,3 +193,9 @@ def test_nan_scores_rank_as_minus_inf_with_real_ids(dev):
     clean = torch.cat([torch.arange(7), torch.arange(8, 20)])
     rs, ri = reference.topk_scores(q[[0, 2]], it[clean], 5)
     assert torch.equal(i[[0, 2]], clean[ri]) and torch.equal(s[[0, 2]], rs)
+
+
+def test_a_bad_dot_precision_setting_is_named(dev, monkeypatch):
+    monkeypatch.setenv("FASTREC_TOPK_DOT", "fp64")
+    with pytest.raises(ValueError, match="FASTREC_TOPK_DOT"):
+        tk.topk_scores(torch.randn(2, 4, device=dev), torch.randn(9, 4, device=dev), 3, None, None)
