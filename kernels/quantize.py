@@ -297,8 +297,9 @@ def _interpret() -> bool:
 def _prune(configs, named_args, **kwargs):
     """At most 16 values a thread in each [BLOCK_N, BLOCK_D] and [BLOCK_N, BLOCK_K] tile. ptxas -v on sm_90
     (offline; tests/test_triton_compile.py): at D = 64 and 128 some kept config spills nothing in each dtype and
-    op with tf32x3 dots and the top-3 resolve (the single-stage ones: (32, 64) at D = 64, (16, 64) at 128);
-    the two-stage ones spill up to ~600 bytes, which autotune weighs."""
+    op with tf32x3 dots and the top-3 resolve, under Triton 3.6 (the H200's) and 3.8 (the single-stage ones:
+    (32, 64) at D = 64, (16, 32) or (16, 64) at 128), but for bf16 residual_encode at D = 128 under 3.6 (12
+    bytes at best); the two-stage ones spill up to ~600 bytes, which autotune weighs."""
     bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
     fit = [c for c in configs
            if max(bd, c.kwargs["BLOCK_K"]) * c.kwargs["BLOCK_N"] <= 16 * 32 * c.num_warps]
@@ -307,7 +308,7 @@ def _prune(configs, named_args, **kwargs):
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) tried on a GPU, keyed on (D, K)
 _CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st) for bn, bk, w, st in [
-    (64, 64, 8, 2), (64, 64, 8, 1), (32, 64, 8, 2), (32, 64, 8, 1), (16, 64, 8, 1), (16, 32, 4, 2)]]
+    (64, 64, 8, 2), (64, 64, 8, 1), (32, 64, 8, 2), (32, 64, 8, 1), (16, 64, 8, 1), (16, 32, 8, 1), (16, 32, 4, 2)]]
 encode_tuned = triton.autotune(_CONFIGS, key=["D", "K", "PRECISION", "RESOLVE", "WRITE_Q"],
                                prune_configs_by={"early_config_prune": _prune})(encode_kernel)
 

@@ -166,11 +166,11 @@ def _config(kp: int, d: int) -> tuple[int, int, int, int]:
     """(BLOCK_U, BLOCK_I, BLOCK_D, num_warps): small under the interpreter; on a GPU, fewer queries per program
     for a large k so the running top-k stays in registers. ptxas -v (sm_90, Triton 3.6 and 3.8, fp32 with tf32x3
     dots and bf16, tests/test_triton_compile.py): these spill nothing; 4 warps with BLOCK_D = 64 spilled up to
-    896 bytes, and k <= 64 with BLOCK_D = 64 20 bytes in tf32x3."""
+    896 bytes, and with tf32x3 BLOCK_D = 64 at k <= 64 20 bytes, BLOCK_D = 32 at k <= 32 36 (Triton 3.6)."""
     if _interpret():
         return 16, 32, min(64, max(16, triton.next_power_of_2(d))), 4
     block_u = 64 if kp <= 32 else 32 if kp <= 64 else 16
-    return block_u, 64, min(32 if kp <= 64 else 64, max(16, triton.next_power_of_2(d))), 8
+    return block_u, 64, min(16 if kp <= 32 else 32 if kp <= 64 else 64, max(16, triton.next_power_of_2(d))), 8
 
 
 def _num_chunks(blocks_u: int, num_items: int, block_i: int, device: torch.device) -> int:
