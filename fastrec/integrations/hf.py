@@ -299,7 +299,7 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         new = (input_ids[:, :p] != self._prompt).any()
         cont = torch.ops.fastrec.trie_mask(scores, input_ids[:, p:], *trie, self.fill)
         root = torch.ops.fastrec.trie_mask(scores, input_ids[:, cur:], *trie, self.fill)
-        self._pending = (*self._flag_to_host(new), input_ids)
+        self._pending = (*self._flag_to_host(new), input_ids.detach().clone())  # the caller may reuse its buffer
         return torch.where(new, root, cont)
 
     @staticmethod
