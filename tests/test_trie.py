@@ -249,13 +249,14 @@ def dict_trie_fn(index, tok, prompt_len):
     return fn
 
 
+@pytest.mark.parametrize("device_check", [None, True], ids=["host-check", "device-check"])
 @pytest.mark.parametrize("beams", [1, 4, 10])
-def test_generate_spells_existing_items_and_equals_python_trie(tiny_lm, beams):
+def test_generate_spells_existing_items_and_equals_python_trie(tiny_lm, beams, device_check):
     from fastrec.integrations import ItemTrieLogitsProcessor
 
     tok, model, index = tiny_lm
     prompts = ["the user bought", "a small lab caliper for measuring parts in order", "items"]
-    proc = ItemTrieLogitsProcessor(index, tok)
+    proc = ItemTrieLogitsProcessor(index, tok, device_check=device_check)
     out, batch = _generate(model, tok, prompts, beams, [proc])
     plen = batch["input_ids"].shape[1]
     items = proc.decode(out.sequences)
@@ -308,7 +309,7 @@ def test_processor_tells_a_new_generation_on_the_device_without_a_host_sync(tiny
     tok, _, index = tiny_lm
     vocab, v = tok.get_vocab(), len(tok)
     first = [vocab[t] for t in index["7"]]
-    proc = ItemTrieLogitsProcessor(index, tok)
+    proc = ItemTrieLogitsProcessor(index, tok, device_check=True)  # the GPU default, here on the CPU
 
     def want(generated):
         return trie_mask(torch.zeros(2, v), torch.tensor(generated, dtype=torch.long).view(2, -1), *proc.trie)
@@ -355,6 +356,8 @@ def test_processor_bad_input(tiny_lm):
         ItemTrieLogitsProcessor({"0": ["<z_1>"]}, tok)
     with pytest.raises(ValueError, match="non-empty"):
         ItemTrieLogitsProcessor({}, tok)
+    with pytest.raises(ValueError, match="device_check"):
+        ItemTrieLogitsProcessor(index, tok, device_check="yes")
     proc = ItemTrieLogitsProcessor(index, tok)
     with pytest.raises(ValueError, match="resize the embeddings"):
         proc(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 50))

@@ -201,12 +201,21 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         end_token_ids: tokens that may follow a complete index (default: the tokenizer's EOS).
         pad_token_ids: tokens a finished row may go on with (default: the tokenizer's pad).
         fill: score given to disallowed tokens.
+        device_check: how a call tells a continuing generation from a new one with the same shape: on the
+            device, without a host sync (True; two masks a step, one kept by the device's answer), or by a
+            host comparison (False; a sync on a GPU). Default: on the device for tensors off the CPU (where
+            a sync would stall the next step's launches), on the host for CPU tensors (where it costs
+            nothing and the second mask would).
     """
 
     def __init__(self, index: dict, tokenizer, end_token_ids: Iterable[int] | None = None,
-                 pad_token_ids: Iterable[int] | None = None, fill: float = float("-inf")) -> None:
+                 pad_token_ids: Iterable[int] | None = None, fill: float = float("-inf"),
+                 device_check: bool | None = None) -> None:
         if not isinstance(index, dict) or not index:
             raise ValueError("index must be a non-empty dict {item_id: [index tokens]}")
+        if device_check is not None and not isinstance(device_check, bool):
+            raise ValueError(f"device_check must be True, False or None, got {device_check!r}")
+        self.device_check = device_check
         self.fill = float(fill)
         self.items_of: dict[tuple[int, ...], list[int]] = {}
         vocab = tokenizer.get_vocab()
@@ -285,12 +294,17 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         return self._prompt.shape[1]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Masks `scores` to the tokens that keep each row on an item's index, without a host sync: the
-        prompt check of a continuing generation runs on the device, where its answer picks between the
-        continuing mask and a fresh generation's (the root's); the host learns that answer at the next call."""
+        """Masks `scores` to the tokens that keep each row on an item's index. With the device check (off the
+        CPU by default) there is no host sync: the prompt check of a continuing generation runs on the
+        device, where its answer picks between the continuing mask and a fresh generation's (the root's);
+        the host learns that answer at the next call."""
         self._resolve()
         trie = self._trie(scores.device, scores.shape[1])
         cur = input_ids.shape[1]
+        on_device = self.device_check if self.device_check is not None else input_ids.device.type != "cpu"
+        if not on_device:
+            generated = input_ids[:, self.prompt_length(input_ids):]
+            return torch.ops.fastrec.trie_mask(scores, generated, *trie, self.fill)
         if not self._may_continue(input_ids):
             self._prompt, self._last_len = input_ids.detach().clone(), cur
             return torch.ops.fastrec.trie_mask(scores, input_ids[:, cur:], *trie, self.fill)
