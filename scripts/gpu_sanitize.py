@@ -64,6 +64,11 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
             tk_quantize.nearest_code(rand(37, 13), rand(29, 13))
             tk_quantize.residual_encode(rand(37, 13, dtype=torch.bfloat16), rand(2, 29, 13, dtype=torch.bfloat16))
             tk_quantize.residual_encode(rand(37, 150), rand(2, 29, 150))  # D > 128: the scratch-buffer path
+            # both dot precisions, the resolve step and pass 2 (duplicate codes: three candidates per row)
+            cb = rand(2, 29, 13)
+            cb[:, 1:4] = cb[:, :1]
+            for precision, resolve in (("tf32x3", True), ("tf32", True), ("tf32", False)):
+                tk_quantize.encode(rand(37, 13), cb, True, True, precision=precision, resolve=resolve)
 
     def sinkhorn():
         ops.sinkhorn_assign(rand(37, 11).abs())
@@ -155,6 +160,10 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
             _triton_lookup(bad, rand(9, 6), rand(9, 11), rand(6, 11), None, None, None, "add",
                            -1, 1)
             tk_fusion.weight_grad(torch.tensor([2, 0, 1], device=device), rand(3, 6), rand(9, 0))
+            # 2500 rows: three row splits, a ragged last one; odd D; fp32 and bf16 (tf32x3) tables
+            rows = torch.randint(0, 40, (2500,), device=device)
+            for dtype in (torch.float32, torch.bfloat16):
+                tk_fusion.weight_grad(rows, rand(2500, 7), rand(40, 37, dtype=dtype))
 
     # trie: a built trie, then a malformed indptr with validation off (the kernels clamp it)
     def trie():
