@@ -398,8 +398,20 @@ def collab_cases(device: str, quick: bool) -> list[Case]:
                     functools.partial(_collab_inputs, device, torch.bfloat16),
                     {"fastrec": _no_grad(lambda i: collab_inputs_embeds(i["ids"], i["weight"], i["ph"], i["slot_ids"],
                                                                         i["tables"], i["projs"], validate=False)),
-                     "torch eager (mask)": _no_grad(eager_embeds)}))
+                     "torch eager (mask)": _no_grad(eager_embeds),
+                     "fastrec splice, cuBLAS projections": _no_grad(_splice_torch_projections)}))
     return out
+
+
+def _splice_torch_projections(i: dict) -> torch.Tensor:
+    """collab_inputs_embeds' training-time path (gather, cuBLAS Linear / GELU, splice) for inference too: on a
+    GPU the op fuses gather + projection in Triton instead; this row says which is faster at 48 slot rows."""
+    from fastrec.ops import splice_collab_rows
+    from fastrec.ops.collab import project_rows
+
+    values = [project_rows(F.embedding(ids, table), proj)
+              for ids, table, proj in zip(i["slot_ids"], i["tables"], i["projs"], strict=True)]
+    return splice_collab_rows(i["ids"], i["weight"], i["ph"], values, validate=False)
 
 
 # -------------------------------------------------------------------------------------------- fusion
