@@ -5,11 +5,22 @@ box. Runs in a subprocess without TRITON_INTERPRET (Triton decides at import whe
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
 
 triton = pytest.importorskip("triton")
+
+# The quantize encode kernel's signature for x and codebooks of pointer type p: shared by the offline scripts.
+ENCODE_SIGNATURE = textwrap.dedent('''
+    def encode_signature(p):
+        c = "constexpr"
+        return {"x_ptr": p, "cb_ptr": p, "norm_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": p, "dist_ptr": "*fp32",
+                "res_ptr": "*fp32", "N": "i32", "K": "i32", "D": "i32", "L": "i32", "eps_dot": "fp32",
+                "eps_acc": "fp32", "IN_REGS": c, "WRITE_Q": c, "WRITE_DIST": c, "EMULATE_TF32": c,
+                "APPROX_ONLY": c, "PRECISION": c, "RESOLVE": c, "BLOCK_N": c, "BLOCK_K": c, "BLOCK_D": c}
+''')
 
 SCRIPT = textwrap.dedent('''
     import triton
@@ -108,23 +119,29 @@ SCRIPT = textwrap.dedent('''
                  {"STEPS": 14, "BLOCK_V": 1024})
     # the quantize kernel (its spill test below compiles it at many block sizes; here once, and with ones)
     from fastrec.kernels import quantize as Q
-    comp(Q.encode_kernel, {"x_ptr": "*fp32", "cb_ptr": "*fp32", "norm_ptr": "*fp32", "codes_ptr": "*i64",
-                           "q_ptr": "*fp32", "dist_ptr": "*fp32", "res_ptr": "*fp32", "N": "i32", "K": "i32",
-                           "D": "i32", "L": "i32", "eps_dot": "fp32", "eps_acc": "fp32", "IN_REGS": C_,
-                           "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_, "APPROX_ONLY": C_, "PRECISION": C_,
-                           "RESOLVE": C_, "BLOCK_N": C_, "BLOCK_K": C_, "BLOCK_D": C_},
+    comp(Q.encode_kernel, encode_signature("*fp32"),
          {"IN_REGS": False, "WRITE_Q": True, "WRITE_DIST": True, "EMULATE_TF32": False, "APPROX_ONLY": False,
           "PRECISION": "tf32", "RESOLVE": False, "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 64})
     print("compiled")
 ''')
 
 
-def test_gpu_paths_compile_for_sm90():
+def _run_offline(code: str) -> str:
+    """Runs `code` from a file (@triton.jit needs its source in one) without the interpreter; it must print
+    "compiled" at its end. Returns its stdout; skips where Triton's ptxas is missing."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(code)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, f.name], capture_output=True, text=True, env=env, timeout=600)
+    os.unlink(f.name)
     if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
         pytest.skip("Triton's ptxas is not available here")
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_gpu_paths_compile_for_sm90():
+    _run_offline(ENCODE_SIGNATURE + SCRIPT)
 
 
 # Compiles a kernel for sm_90 and returns the bytes a thread spills (ptxas -v): the start of the spill scripts.
@@ -150,15 +167,9 @@ SPILL_PRELUDE = textwrap.dedent('''
 
 
 def _run_spill_script(body: str) -> dict[str, int]:
-    """Runs SPILL_PRELUDE + body without the interpreter; body prints "<case...> spill <bytes>" lines."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", SPILL_PRELUDE + textwrap.dedent(body)], capture_output=True,
-                          text=True, env=env, timeout=600)
-    if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("Triton's ptxas is not available here")
-    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
-    return {" ".join(line.split()[:-2]): int(line.split()[-1]) for line in proc.stdout.splitlines()
-            if " spill " in line}
+    """Runs SPILL_PRELUDE + body offline; body prints "<case...> spill <bytes>" lines."""
+    out = _run_offline(ENCODE_SIGNATURE + SPILL_PRELUDE + textwrap.dedent(body))
+    return {" ".join(line.split()[:-2]): int(line.split()[-1]) for line in out.splitlines() if " spill " in line}
 
 
 QUANTIZE_SCRIPT = '''
@@ -166,10 +177,7 @@ QUANTIZE_SCRIPT = '''
 
     for dt in ("fp32", "bf16"):
         p = "*" + dt
-        sig = {"x_ptr": p, "cb_ptr": p, "norm_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": p, "dist_ptr": "*fp32",
-               "res_ptr": "*fp32", "N": "i32", "K": "i32", "D": "i32", "L": "i32", "eps_dot": "fp32",
-               "eps_acc": "fp32", "IN_REGS": C_, "WRITE_Q": C_, "WRITE_DIST": C_, "EMULATE_TF32": C_,
-               "APPROX_ONLY": C_, "PRECISION": C_, "RESOLVE": C_, "BLOCK_N": C_, "BLOCK_K": C_, "BLOCK_D": C_}
+        sig = encode_signature(p)
         def spill(in_regs, d, blocks, warps, stages, want_q):  # the default: tf32x3 dots, top-3 resolve
             return spill_bytes(Q.encode_kernel, sig, {
                 "IN_REGS": in_regs, "WRITE_Q": want_q, "WRITE_DIST": not want_q, "EMULATE_TF32": False,
@@ -266,19 +274,14 @@ TF32X3_SCRIPT = textwrap.dedent("""
                                                         "P": "constexpr"}, constexprs={"P": p}),
                            target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         print(p, k.asm["ptx"].count("wgmma.mma_async"))
+    print("compiled")
 """)
 
 
-def test_tf32x3_dots_are_three_tensor_core_dots_on_sm90(tmp_path):
+def test_tf32x3_dots_are_three_tensor_core_dots_on_sm90():
     """The quantize kernel's exactness bound and topk's fp32-level scores assume tf32x3 really is three tf32
     dots over a hi/lo split: on sm_90 its PTX must hold three times the wgmma of one tf32 dot (a Triton that
     lowered it to one dot would fail here, not silently loosen the bound)."""
-    script = tmp_path / "tf32x3.py"  # @triton.jit needs its source in a file
-    script.write_text(TF32X3_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
-    if "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
-        pytest.skip("Triton's ptxas is not available here")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = dict(line.split() for line in proc.stdout.splitlines())
+    out = _run_offline(TF32X3_SCRIPT)
+    counts = dict(line.split() for line in out.splitlines() if line.startswith("tf32"))
     assert int(counts["tf32"]) > 0 and int(counts["tf32x3"]) == 3 * int(counts["tf32"]), counts
