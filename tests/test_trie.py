@@ -300,52 +300,36 @@ def test_fifty_beams_and_duplicates(tiny_lm):
     assert proc.items([vocab[t] for t in index["7"][:2]]) == []
 
 
-def test_processor_tells_a_new_generation_on_the_device_without_a_host_sync(tiny_lm, no_sync_ops):
+def test_processor_tells_a_new_generation_on_the_device_without_a_host_sync(tiny_lm, device, no_sync_ops,
+                                                                            cuda_syncs_raise):
     """A new prompt exactly one token longer than the last call looks like a continuation by its shape; the
-    processor checks the prompt on the device (no syncing op: the check picks the root mask there) and the
-    host learns it at the next call, whose mask then continues the new prompt."""
+    processor checks the prompt on the device (no syncing op on the CPU, sync-debug "error" on CUDA: the check
+    picks the root mask there) and the host learns it at the next call, whose mask then continues the new
+    prompt."""
     from fastrec.integrations import ItemTrieLogitsProcessor
 
     tok, _, index = tiny_lm
     vocab, v = tok.get_vocab(), len(tok)
     first = [vocab[t] for t in index["7"]]
-    proc = ItemTrieLogitsProcessor(index, tok, device_check=True)  # the GPU default, here on the CPU
+    # the device check is the default off the CPU; here it is asked for on the CPU too
+    proc = ItemTrieLogitsProcessor(index, tok, device_check=True if device.type == "cpu" else None)
 
     def want(generated):
         return trie_mask(torch.zeros(2, v), torch.tensor(generated, dtype=torch.long).view(2, -1), *proc.trie)
 
-    a = torch.tensor([[5, 6, 7], [5, 6, 8]])
-    b = torch.tensor([[9, 9, 9, 9, 9], [9, 9, 9, 9, 8]])  # a new prompt of 3 + 2 tokens
-    assert torch.equal(proc(a, torch.zeros(2, v)), want([[], []]))  # first call: uploads the trie (outside)
-    with no_sync_ops():
-        step = torch.tensor([[first[0]], [first[0]]])
-        got = [proc(torch.cat([a, step], 1), torch.zeros(2, v)),  # continues a
-               proc(b, torch.zeros(2, v)),  # shaped like a's next step, but a new prompt
-               proc(torch.cat([b, step], 1), torch.zeros(2, v))]  # continues b
-    assert torch.equal(got[0], want([first[:1]] * 2))
-    assert torch.equal(got[1], want([[], []]))
-    assert torch.equal(got[2], want([first[:1]] * 2))
+    a = torch.tensor([[5, 6, 7], [5, 6, 8]], device=device)
+    b = torch.tensor([[9, 9, 9, 9, 9], [9, 9, 9, 9, 8]], device=device)  # a new prompt of 3 + 2 tokens
+    step = torch.full((2, 1), first[0], device=device)
+    scores = torch.zeros(2, v, device=device)
+    assert torch.equal(proc(a, scores).cpu(), want([[], []]))  # first call: uploads the trie (outside)
+    with no_sync_ops() if device.type == "cpu" else cuda_syncs_raise():
+        got = [proc(torch.cat([a, step], 1), scores),  # continues a
+               proc(b, scores),  # shaped like a's next step, but a new prompt
+               proc(torch.cat([b, step], 1), scores)]  # continues b
+    assert torch.equal(got[0].cpu(), want([first[:1]] * 2))
+    assert torch.equal(got[1].cpu(), want([[], []]))
+    assert torch.equal(got[2].cpu(), want([first[:1]] * 2))
     assert proc.prompt_length(torch.cat([b, step, step], 1)) == 5
-
-
-@pytest.mark.cuda
-def test_processor_continues_without_a_host_sync_on_cuda(tiny_lm, cuda_device, cuda_syncs_raise):
-    """On CUDA the continuing calls, a look-alike new prompt included, run under sync-debug mode "error"."""
-    from fastrec.integrations import ItemTrieLogitsProcessor
-
-    tok, _, index = tiny_lm
-    v, proc = len(tok), ItemTrieLogitsProcessor(index, tok)
-    first = tok.get_vocab()[index["7"][0]]
-    a = torch.tensor([[5, 6, 7], [5, 6, 8]], device=cuda_device)
-    b = torch.full((2, 5), 9, device=cuda_device)
-    step = torch.full((2, 1), first, device=cuda_device)
-    scores = torch.zeros(2, v, device=cuda_device)
-    root = proc(a, scores).cpu()
-    with cuda_syncs_raise():
-        got = [proc(torch.cat([a, step], 1), scores), proc(b, scores), proc(torch.cat([b, step], 1), scores)]
-    after_first = trie_mask(torch.zeros(2, v), step.cpu(), *proc.trie)
-    assert torch.equal(got[1].cpu(), root)
-    assert torch.equal(got[0].cpu(), after_first) and torch.equal(got[2].cpu(), after_first)
 
 
 def test_processor_bad_input(tiny_lm):
