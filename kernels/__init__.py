@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover
     HAS_TRITON = False
 
 import contextlib
+import os
 
 import torch
 
@@ -26,4 +27,13 @@ def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-__all__ = ["HAS_TRITON", "device_guard"]
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """Environment variable `name`: one of `choices`, the first when unset; anything else is a ValueError
+    naming the variable (a kernel option mistyped must not fall back silently)."""
+    value = os.environ.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+__all__ = ["HAS_TRITON", "device_guard", "env_choice"]

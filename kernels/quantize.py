@@ -58,7 +58,7 @@ import os
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard
+from fastrec.kernels import device_guard, env_choice
 
 REGS_MAX_D = 128  # up to this D the residual lives in registers
 _U_TF32 = 2.0 ** -10
@@ -329,10 +329,7 @@ PRECISIONS = ("tf32x3", "tf32")
 
 
 def _precision() -> str:
-    p = os.environ.get("FASTREC_QUANTIZE_DOT", "tf32x3")
-    if p not in PRECISIONS:
-        raise ValueError(f"FASTREC_QUANTIZE_DOT must be one of {PRECISIONS}, got {p!r}")
-    return p
+    return env_choice("FASTREC_QUANTIZE_DOT", PRECISIONS)
 
 
 def _eps(D: int, precision: str = "tf32") -> tuple[float, float]:

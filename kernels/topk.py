@@ -33,7 +33,7 @@ import os
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard
+from fastrec.kernels import device_guard, env_choice
 
 MAX_K = 128
 NO_ID = 2**31 - 1  # "no exclusion left" for the per-query exclusion pointer (beyond every tile)
@@ -145,9 +145,7 @@ def precision(dtype: torch.dtype) -> str:
     <= 3u^2 + 4u^3 with u = 2^-10, under fp32's own summation bound d 2^-24 from d = 64 up) unless
     FASTREC_TOPK_DOT says "ieee" (CUDA-core fp32) or FASTREC_TF32=1 (one tf32 dot, ~1e-3). Half inputs use
     native dots ("ieee" is passed, as before); the interpreter's dot is fp32 whatever it is told."""
-    p = os.environ.get("FASTREC_TOPK_DOT", "tf32x3")
-    if p not in DOT_PRECISIONS:
-        raise ValueError(f"FASTREC_TOPK_DOT must be one of {DOT_PRECISIONS}, got {p!r}")
+    p = env_choice("FASTREC_TOPK_DOT", DOT_PRECISIONS)
     if _interpret() or dtype != torch.float32:
         return "ieee"
     return "tf32" if os.environ.get("FASTREC_TF32") == "1" else p
