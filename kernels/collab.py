@@ -5,9 +5,10 @@ device: no host sync); then one program per (row block, H block) copies either t
 row into the output, so every output row is written exactly once. Ids and slots are clamped before any
 load, so even bad input never reads out of bounds (the count check lives in fastrec.ops).
 
-gather_linear (SeLLa-Rec's projections of gathered rows): bf16/fp16 operands of one dtype use native
-tensor-core dots with fp32 accumulation; anything else is upcast to fp32 with IEEE dots unless
-FASTREC_TF32=1 (TF32, about 1e-3 relative). On a GPU @triton.autotune picks the blocks per (K, OUT).
+gather_linear (SeLLa-Rec's projections of gathered rows): dots by kernels.dot_scheme (bf16/fp16 operands of
+one dtype natively on tensor cores, a half operand against an fp32 one as tf32x3, fp32 against fp32 IEEE;
+FASTREC_TF32=1: TF32, about 1e-3 relative), fp32 accumulation. On a GPU @triton.autotune picks the blocks per
+(K, OUT) and dot scheme.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard
+from fastrec.kernels import device_guard, dot_scheme, interpret
 
 
 @triton.jit(do_not_specialize=["n"])
@@ -24,9 +25,12 @@ def splice_kernel(ids_ptr, slot_ptr, ph_ptr, pos_ptr, w_ptr, v_ptr, out_ptr, n, 
     """Rows [BLOCK_R] x columns [BLOCK_H] of the output. FROM_RANK: slot_ptr holds the inclusive prefix count of
     placeholders, and a position is a slot when its id is one of the S placeholder ids (and its rank < N);
     else slot_ptr holds the slot row (-1 for tokens). The first column block also writes pos[slot] = position
-    (one writer per slot)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    (one writer per slot). One grid axis, column blocks fastest: programs launched together write one
+    contiguous band of rows (a 2-D grid, row blocks fastest, had them write 512-byte pieces a row apart)."""
+    col_blocks = tl.cdiv(H, BLOCK_H)
+    pid = tl.program_id(0).to(tl.int64)
+    rows = (pid // col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (pid % col_blocks) * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < n
     ids = tl.load(ids_ptr + rows, mask=rmask, other=0).to(tl.int64)
     if FROM_RANK:
@@ -38,7 +42,7 @@ def splice_kernel(ids_ptr, slot_ptr, ph_ptr, pos_ptr, w_ptr, v_ptr, out_ptr, n, 
     else:
         slot = tl.load(slot_ptr + rows, mask=rmask, other=-1)
     is_slot = (slot >= 0) & (slot < N)
-    if tl.program_id(1) == 0:
+    if pid % col_blocks == 0:
         tl.store(pos_ptr + slot, rows, mask=rmask & is_slot)
     ids = tl.minimum(tl.maximum(ids, 0), V - 1)
     slot = tl.minimum(tl.maximum(slot, 0), tl.maximum(N - 1, 0))
@@ -70,12 +74,10 @@ def slot_index(input_ids: torch.Tensor, placeholder_ids: torch.Tensor, n_rows: i
 
 
 def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, placeholder_ids: torch.Tensor,
-                         slot_values: torch.Tensor, type_counts: list[int] | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         slot_values: torch.Tensor, type_counts: list[int] | None = None,
+                         blocks: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton splice; arguments checked by fastrec.ops. Returns (inputs_embeds, slot_pos [N]: the flat
-    position each slot row went to, 0 for rows no placeholder took)."""
-    import os
-
+    position each slot row went to, 0 for rows no placeholder took). blocks (BLOCK_R, BLOCK_H): tests only."""
     weight, values = token_weight.contiguous(), slot_values.contiguous()
     V, H = weight.shape
     N = values.shape[0]
@@ -87,10 +89,11 @@ def splice_collab_tokens(input_ids: torch.Tensor, token_weight: torch.Tensor, pl
     n = ids.numel()
     if n == 0 or H == 0:  # nothing to write (with H = 0 no gradient reads slot_pos)
         return out, slot_pos
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    block_r = 64 if interpret else 16
-    block_h = min(1024 if interpret else 256, triton.next_power_of_2(H))
-    grid = (triton.cdiv(n, block_r), triton.cdiv(H, block_h))
+    if blocks is None:  # the interpreter: few, large programs; a GPU: 16 rows x 256 columns a program
+        wide = triton.next_power_of_2(H)
+        blocks = (64, min(1024, wide)) if interpret() else (16, min(256, wide))
+    block_r, block_h = blocks
+    grid = (triton.cdiv(n, block_r) * triton.cdiv(H, block_h),)
     with device_guard(out):
         splice_kernel[grid](ids, slot, ph, slot_pos, weight, values, out, n, H, V, N, ph.numel(),
                             FROM_RANK=type_counts is None, BLOCK_R=block_r, BLOCK_H=block_h)
@@ -140,28 +143,24 @@ def _prune_linear(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_K"] <= 32] or configs[:1]
 
 
-gather_linear_tuned = triton.autotune(_LINEAR_CONFIGS, key=["K", "OUT"],
+gather_linear_tuned = triton.autotune(_LINEAR_CONFIGS, key=["K", "OUT", "UPCAST", "PRECISION"],
                                       prune_configs_by={"early_config_prune": _prune_linear})(gather_linear_kernel)
 
 
 def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor | None = None,
                   gelu: bool = False) -> torch.Tensor:
     """act(x[ids] @ weight^T + bias) in one kernel ([N, O] in x's dtype); ids None means every row of x."""
-    import os
-
     x, weight = x.contiguous(), weight.contiguous()
     n = ids.numel() if ids is not None else x.shape[0]
     k, o = x.shape[1], weight.shape[0]
     out = torch.empty(n, o, dtype=x.dtype, device=x.device)
     if n == 0 or o == 0:
         return out
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    native = not interpret and x.dtype == weight.dtype and x.dtype in (torch.float16, torch.bfloat16)
     args = (ids if ids is not None else x, x, weight, bias if bias is not None else weight, out, n, k, o, x.shape[0])
-    flags = dict(HAS_IDS=ids is not None, HAS_BIAS=bias is not None, GELU=gelu, UPCAST=not native,
-                 PRECISION="tf32" if os.environ.get("FASTREC_TF32") == "1" and not interpret else "ieee")
+    upcast, prec = dot_scheme(x.dtype, weight.dtype)
+    flags = dict(HAS_IDS=ids is not None, HAS_BIAS=bias is not None, GELU=gelu, UPCAST=upcast, PRECISION=prec)
     with device_guard(out):
-        if interpret:
+        if interpret():
             gather_linear_kernel[(triton.cdiv(n, 16), triton.cdiv(o, 64))](*args, **flags, BLOCK_N=16, BLOCK_O=64,
                                                                            BLOCK_K=64)
         else:

@@ -8,22 +8,22 @@ so no [d, d] weight tile sits in registers) and writes out (zero for padding).
 weight_grad: grad_W [d, D] = G^T @ semantic_table[rows]; a program owns BLOCK_D columns and loops
 over the unique rows, so there are no atomics and the sum order is fixed (deterministic).
 
-Dots: when both operands are fp16 or both bf16 (the semantic table and the reduction weight), tl.dot
-runs natively on tensor cores with fp32 accumulation (products of half values are exact in fp32, so only
-the summation order differs from the fp32 reference). Anything else is upcast to fp32 and uses IEEE fp32
-dots, unless FASTREC_TF32=1 opts into TF32 (about 1e-3 relative error per dot). On a GPU the block sizes
+Dots (kernels.dot_scheme): both operands fp16 or both bf16 run natively on tensor cores with fp32
+accumulation; a half semantic table against an fp32 weight (the usual KIRec case: a bf16 table of LLM
+embeddings, an fp32 Linear) runs tf32x3 on tensor cores (the half operand is exact in tf32, so only the
+weight is split: product error <= 2^-22, below fp32's summation error); fp32 against fp32 uses IEEE fp32 dots.
+FASTREC_TF32=1 opts every fp32 operand into one TF32 dot (about 1e-3 relative). On a GPU the block sizes
 of gather_reduce and weight_grad are chosen by @triton.autotune per (d, D) among a few configs, pruned
 so the fp32 accumulator stays in registers at d = 256; under the interpreter one small config runs.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard
+from fastrec.kernels import device_guard, dot_scheme
+from fastrec.kernels import interpret as _interpret
 
 MODE_ID = {"add": 0, "gate": 1, "concat": 2}
 
@@ -123,20 +123,6 @@ def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, PRECISION: tl
     tl.store(out + ks[:, None] * D + dims[None, :], acc, mask=kmask[:, None] & dmask[None, :])
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def precision() -> str:
-    """The input precision of fp32 dots: IEEE unless FASTREC_TF32=1 (TF32 tensor cores)."""
-    return "tf32" if os.environ.get("FASTREC_TF32") == "1" else "ieee"
-
-
-def native_dot(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether a dot of a and b runs in their own dtype (both fp16 or both bf16, on a GPU)."""
-    return not _interpret() and a.dtype == b.dtype and a.dtype in (torch.float16, torch.bfloat16)
-
-
 def _fits(acc: int, tiles: int, config, per_thread: int = 32) -> bool:
     """An fp32 accumulator of `acc` values stays in registers (`per_thread` a thread) and `tiles` values a
     pipeline stage fit in shared memory. ptxas -v on sm_90 (offline): the configs kept at d = 64 and 256
@@ -146,9 +132,9 @@ def _fits(acc: int, tiles: int, config, per_thread: int = 32) -> bool:
 
 def _prune_reduce(configs, named_args, **kwargs):  # accumulator [BLOCK_U, d], tiles [BLOCK_U + d, BLOCK_D]
     dm = _bdm(named_args["d"])
-    half = named_args["sem_ptr"].dtype in (torch.float16, torch.bfloat16)  # fp32 tiles take twice the registers
+    upcast = kwargs.get("UPCAST", named_args.get("UPCAST", True))  # fp32 tiles take twice the registers
     fit = [c for c in configs if _fits(c.kwargs["BLOCK_U"] * dm, (c.kwargs["BLOCK_U"] + dm) * c.kwargs["BLOCK_D"], c,
-                                       32 if half else 16)]
+                                       16 if upcast else 32)]
     return fit or configs[:1]
 
 
@@ -161,8 +147,8 @@ def _prune_grad(configs, named_args, **kwargs):  # accumulator [d, BLOCK_D], til
 _CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_D": bd}, num_warps=w, num_stages=st)
             for bu, bd, w, st in [(16, 32, 4, 3), (32, 32, 4, 3), (64, 32, 4, 3), (16, 32, 8, 3), (32, 32, 8, 3),
                                   (32, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3)]]
-gather_reduce_tuned = triton.autotune(_CONFIGS, key=["d", "D"], prune_configs_by={"early_config_prune": _prune_reduce})(
-    gather_reduce_kernel)
+gather_reduce_tuned = triton.autotune(_CONFIGS, key=["d", "D", "UPCAST", "PRECISION"],
+                                      prune_configs_by={"early_config_prune": _prune_reduce})(gather_reduce_kernel)
 weight_grad_tuned = triton.autotune(_CONFIGS, key=["d", "D", "PRECISION"],
                                     prune_configs_by={"early_config_prune": _prune_grad})(weight_grad_kernel)
 
@@ -182,8 +168,8 @@ def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
     if D == 0:  # an empty product: the bias alone (and no empty tensor's pointer goes to the launch)
         return out.copy_(bias.float().expand(U, d)) if bias is not None else out.zero_()
     args = (sem, rows.contiguous(), weight, bias if bias is not None else weight, out, U, D, d)
-    flags = dict(HAS_BIAS=bias is not None, UPCAST=not native_dot(sem, weight), PRECISION=precision(),
-                 BLOCK_DM=_bdm(d))
+    upcast, prec = dot_scheme(sem.dtype, weight.dtype)
+    flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=prec, BLOCK_DM=_bdm(d))
     with device_guard(sem):
         if _interpret():
             gather_reduce_kernel[(triton.cdiv(U, 64),)](*args, **flags, BLOCK_U=64, BLOCK_D=32)
@@ -229,9 +215,8 @@ def _grad_splits(U: int) -> int:
 def weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
     """grad_W [d, D] fp32 = grad_reduced^T @ sem[rows]. Deterministic: no atomics, splits summed in order.
 
-    A bf16/fp16 table is exact in tf32, so its dot runs as tf32x3 on tensor cores (only grad_reduced is split:
-    product error <= (u^2 + u^3) |g| |s|, u = 2^-10, below fp32's summation error); an fp32 table takes
-    precision() (IEEE unless FASTREC_TF32=1)."""
+    The dot follows kernels.dot_scheme (grad_reduced is fp32): tf32x3 on tensor cores for a half table, IEEE fp32
+    for an fp32 one (one tf32 dot for either with FASTREC_TF32=1)."""
     U, d, D = rows.numel(), grad_reduced.shape[1], sem.shape[1]
     if U == 0 or D == 0:
         return torch.zeros(d, D, dtype=torch.float32, device=sem.device)
@@ -243,7 +228,7 @@ def weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor, sem: torch.Tenso
             weight_grad_kernel[(triton.cdiv(D, 64), splits)](*args, PRECISION="ieee", BLOCK_U=64, BLOCK_D=64,
                                                               BLOCK_DM=_bdm(d))
         else:
-            prec = precision() if sem.dtype == torch.float32 else "tf32x3"
+            prec = dot_scheme(sem.dtype, torch.float32)[1]
             weight_grad_tuned[lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), splits)](*args, PRECISION=prec,
                                                                                      BLOCK_DM=_bdm(d))
     return out[0] if splits == 1 else out.sum(0)

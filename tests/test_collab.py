@@ -156,9 +156,11 @@ def test_triton_kernel_under_interpreter(dtype, counts):
     ids, w, ph, vals = make(2, 33, 70, 37, per_row=(1, 1, 1), dtype=dtype)
     if counts is not None:
         ids[1, ids[1] == 11] = 7  # type counts become [2, 3, 1]
-    out, pos = tk.splice_collab_tokens(ids, w, ph, vals, counts)
     ref, ref_pos = reference.splice_collab_tokens(ids, w, ph, vals, counts)
-    assert torch.equal(out, ref) and torch.equal(pos, ref_pos)
+    # the GPU's small blocks too: several column blocks a row band, ragged in both directions
+    for blocks in (None, (16, 16)):
+        out, pos = tk.splice_collab_tokens(ids, w, ph, vals, counts, blocks=blocks)
+        assert torch.equal(out, ref) and torch.equal(pos, ref_pos)
     # a count mismatch never reads out of bounds: extra occurrences keep their token rows
     out, _ = tk.splice_collab_tokens(ids, w, ph, vals[:4])
     assert out.shape == ref.shape and torch.isfinite(out.float()).all()

@@ -428,16 +428,18 @@ def test_torch_compile_fullgraph_forward_backward_validate_false(strategy, on_de
 
 def test_autotune_configs_keep_the_accumulator_in_registers():
     """On a GPU the block sizes are autotuned per (d, D); the pruning keeps at most 32 fp32 accumulator values
-    a thread (16 with fp32 tiles), so d = 256 does not spill, and always leaves a config."""
+    a thread (16 with fp32 tiles: operands upcast, as a bf16 table against an fp32 weight is), so d = 256 does not
+    spill, and always leaves a config."""
     pytest.importorskip("triton")
     from fastrec.kernels import fusion as tk
 
     for d in (1, 8, 64, 256, 1024):
-        for dtype, per_thread in ((torch.bfloat16, 32), (torch.float32, 16)):
-            sem = torch.empty(0, dtype=dtype)
-            kept = tk._prune_reduce(tk._CONFIGS, {"d": d, "sem_ptr": sem})
+        for upcast, per_thread in ((False, 32), (True, 16)):
+            kept = tk._prune_reduce(tk._CONFIGS, {"d": d}, UPCAST=upcast)
             assert kept
             if d <= 256:
                 assert all(c.kwargs["BLOCK_U"] * tk._bdm(d) <= per_thread * 32 * c.num_warps for c in kept)
         assert tk._prune_grad(tk._CONFIGS, {"d": d})
-    assert len(tk._prune_reduce(tk._CONFIGS, {"d": 64, "sem_ptr": torch.empty(0, dtype=torch.bfloat16)})) > 3
+    assert len(tk._prune_reduce(tk._CONFIGS, {"d": 64}, UPCAST=True)) > 3
+    assert len(tk._prune_reduce(tk._CONFIGS, {"d": 256}, UPCAST=False)) > len(
+        tk._prune_reduce(tk._CONFIGS, {"d": 256}, UPCAST=True))

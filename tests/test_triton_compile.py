@@ -9,11 +9,21 @@ import tempfile
 import textwrap
 
 import pytest
+import torch
 
 triton = pytest.importorskip("triton")
 
-# The quantize encode kernel's signature for x and codebooks of pointer type p: shared by the offline scripts.
-ENCODE_SIGNATURE = textwrap.dedent('''
+# Shared by the offline scripts: the quantize encode kernel's signature for x and codebooks of pointer type p,
+# and the specialization a GPU launch gives a kernel.
+SHARED_DEFS = textwrap.dedent('''
+    def runtime_attrs(fn, sig):
+        """What Triton's JIT assumes on a GPU launch: 16-byte aligned pointers (every torch allocation is) and
+        the feature widths (D, d, H, K, OUT: 64 to 4096 in the benchmark shapes) divisible by 16. Compiled
+        without these, a kernel is another variant (no 16-byte vector loads, other register use)."""
+        dims = {"D", "d", "H", "K", "OUT"}
+        return {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
+                if t.startswith("*") or (a in dims and t in ("i32", "i64"))}
+
     def encode_signature(p):
         c = "constexpr"
         return {"x_ptr": p, "cb_ptr": p, "norm_ptr": "*fp32", "codes_ptr": "*i64", "q_ptr": p, "dist_ptr": "*fp32",
@@ -52,7 +62,8 @@ SCRIPT = textwrap.dedent('''
         return sig, cx
 
     def comp(fn, sig, cx, num_warps=4, num_stages=3):
-        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=runtime_attrs(fn, sig)),
+                       target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": num_warps, "num_stages": num_stages})
         front_end(fn, *as_ones(fn, sig, cx), num_warps)
 
@@ -141,7 +152,7 @@ def _run_offline(code: str) -> str:
 
 
 def test_gpu_paths_compile_for_sm90():
-    _run_offline(ENCODE_SIGNATURE + SCRIPT)
+    _run_offline(SHARED_DEFS + SCRIPT)
 
 
 # Compiles a kernel for sm_90 and returns the bytes a thread spills (ptxas -v): the start of the spill scripts.
@@ -155,9 +166,13 @@ SPILL_PRELUDE = textwrap.dedent('''
     ptxas = get_ptxas(90).path
     C_ = "constexpr"
 
+    LAST = {}  # the PTX of the last compile
+
     def spill_bytes(fn, sig, cx, num_warps, num_stages):
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=runtime_attrs(fn, sig)),
+                           target=GPUTarget("cuda", 90, 32),
                            options={"num_warps": num_warps, "num_stages": num_stages})
+        LAST["ptx"] = k.asm["ptx"]
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
             f.write(k.asm["ptx"])
         out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", "/dev/null"],
@@ -168,7 +183,7 @@ SPILL_PRELUDE = textwrap.dedent('''
 
 def _run_spill_script(body: str) -> dict[str, int]:
     """Runs SPILL_PRELUDE + body offline; body prints "<case...> spill <bytes>" lines."""
-    out = _run_offline(ENCODE_SIGNATURE + SPILL_PRELUDE + textwrap.dedent(body))
+    out = _run_offline(SHARED_DEFS + SPILL_PRELUDE + textwrap.dedent(body))
     return {" ".join(line.split()[:-2]): int(line.split()[-1]) for line in out.splitlines() if " spill " in line}
 
 
@@ -216,6 +231,7 @@ SPILL_SCRIPT = '''
 
     def spill(name, fn, sig, cx, num_warps, num_stages):
         print(name, "spill", spill_bytes(fn, sig, cx, num_warps, num_stages))
+        print(name, "mma", LAST["ptx"].count("mma"))  # tensor-core instructions (wgmma or mma.sync)
 
     for dt in ("fp32", "bf16"):
         p = "*" + dt
@@ -241,10 +257,89 @@ SPILL_SCRIPT = '''
 def test_topk_and_fuse_gather_gpu_blocks_spill_nothing():
     """topk_scores (every k bracket) and fuse_gather (every mode) in the blocks their launchers pick on a GPU
     compile for sm_90 without a register spill (ptxas -v): a spill there costs local-memory traffic in the inner
-    loop (the old 4-warp top-k spilled up to 896 bytes, the old fuse_gather over 500)."""
-    spills = _run_spill_script(SPILL_SCRIPT)
+    loop (the old 4-warp top-k spilled up to 896 bytes, the old fuse_gather over 500). Every top-k variant runs
+    its score GEMM on tensor cores (tf32x3 for fp32; the first H200 run's IEEE dots were FMA loops)."""
+    out = _run_offline(SHARED_DEFS + SPILL_PRELUDE + textwrap.dedent(SPILL_SCRIPT))
+    spills = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines() if " spill " in line}
+    mma = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines() if " mma " in line}
     assert len(spills) == 14, spills
     assert all(v == 0 for v in spills.values()), spills
+    assert all(v > 0 for name, v in mma.items() if name.startswith("topk")), mma
+
+
+FUSION_SCRIPT = '''
+    import torch
+    from fastrec.kernels import dot_scheme, fusion as F
+
+    upcast, prec = dot_scheme(torch.bfloat16, torch.float32)  # what the launchers pass on a GPU
+    red = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*fp32", "U": "i32",
+           "D": "i32", "d": "i32", "HAS_BIAS": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_,
+           "BLOCK_DM": C_}
+    grad = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "g_ptr": "*fp32", "out_ptr": "*fp32", "U": "i32", "D": "i32",
+            "d": "i32", "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_}
+    for d in (64, 256):
+        for name, fn, sig, prune, cx in [
+                ("gather_reduce", F.gather_reduce_kernel, red, F._prune_reduce,
+                 {"HAS_BIAS": True, "UPCAST": upcast, "PRECISION": prec}),
+                ("weight_grad", F.weight_grad_kernel, grad, F._prune_grad, {"PRECISION": prec})]:
+            least = None
+            for c in prune(F._CONFIGS, {"d": d}, UPCAST=upcast):
+                s = spill_bytes(fn, sig, {**cx, "BLOCK_DM": d, **c.kwargs}, c.num_warps, c.num_stages)
+                print(name, d, c.kwargs["BLOCK_U"], c.kwargs["BLOCK_D"], c.num_warps, "mma", LAST["ptx"].count("mma"))
+                least = s if least is None else min(least, s)
+                if s == 0:
+                    break
+            print(name, d, "spill", least)
+    print("compiled")
+'''
+
+
+def test_fusion_half_table_fp32_weight_dots_run_on_tensor_cores_without_spilling():
+    """KIRec's usual dtypes, a bf16 semantic table against an fp32 reduction weight, take tf32x3 dots
+    (kernels.dot_scheme): every autotune config tried compiles to tensor-core instructions (wgmma or mma.sync;
+    IEEE dots, the first H200 run's, are FMA loops), and at d = 64 and 256 some config of each kernel spills no
+    register (ptxas -v, sm_90)."""
+    out = _run_offline(SHARED_DEFS + SPILL_PRELUDE + textwrap.dedent(FUSION_SCRIPT))
+    mma = [int(line.split()[-1]) for line in out.splitlines() if " mma " in line]
+    spills = {" ".join(line.split()[:-2]): int(line.split()[-1]) for line in out.splitlines() if " spill " in line}
+    assert mma and all(m > 0 for m in mma), out
+    assert len(spills) == 4 and all(v == 0 for v in spills.values()), spills
+
+
+def _tf32(x):
+    """Round fp32 to tf32 (10 mantissa bits), to nearest with ties away from zero (cvt.rna.tf32.f32)."""
+    return ((x.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_dot_scheme_uses_tensor_cores_wherever_fp32_accuracy_holds(monkeypatch):
+    """Matching half dtypes: native dots; a half operand against fp32: tf32x3; fp32 x fp32: IEEE unless
+    FASTREC_TF32=1; the interpreter: fp32. And the tf32x3 claim itself: a half value is exact in tf32, so
+    s * hi(w) + s * lo(w) misses s * w by at most 2^-22 of it."""
+    from fastrec.kernels import dot_scheme
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("FASTREC_TF32", raising=False)
+    bf, h, f = torch.bfloat16, torch.float16, torch.float32
+    assert dot_scheme(bf, bf) == dot_scheme(h, h) == (False, "ieee")
+    assert dot_scheme(bf, f) == dot_scheme(f, h) == dot_scheme(bf, h) == (True, "tf32x3")
+    assert dot_scheme(f, f) == (True, "ieee")
+    monkeypatch.setenv("FASTREC_TF32", "1")
+    assert dot_scheme(bf, f) == dot_scheme(f, f) == (True, "tf32") and dot_scheme(bf, bf) == (False, "ieee")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dot_scheme(bf, bf) == dot_scheme(bf, f) == (True, "ieee")
+
+    gen = torch.Generator().manual_seed(0)
+    for half in (bf, h):
+        a = (torch.randn(100_000, generator=gen) * 4.0 ** torch.randint(-6, 6, (100_000,), generator=gen)).to(half)
+        a = a.float()
+        w = torch.randn(100_000, generator=gen) * 4.0 ** torch.randint(-6, 6, (100_000,), generator=gen)
+        assert torch.equal(_tf32(a), a)  # exact in tf32: its low part is zero
+        hi = _tf32(w)
+        lo = _tf32(w - hi)
+        exact = a.double() * w.double()
+        err = (a.double() * hi.double() + a.double() * lo.double() - exact).abs()
+        assert (err <= 2.0 ** -22 * exact.abs()).all()
+        assert torch.equal(a * hi, (a.double() * hi.double()).float())  # products exact in fp32
 
 
 def test_fp32_gather_linear_autotune_keeps_small_k_blocks():
