@@ -1,5 +1,10 @@
 """Triton full-ranking top-K: the query x item score GEMM tiled on tensor cores, never U x I in memory.
 
+Two schemes (topk_scores): "threshold" for large catalogues (a float64 sample gives each query a score
+threshold, one scan appends the items reaching it, a sort of those few gives the top-k: the scan's tile
+costs its dot, one comparison and one reduction) and "insertion", the fallback and the small-catalogue
+path, described next.
+
 A program owns BLOCK_U queries and one contiguous chunk of the items. It walks its chunk in BLOCK_I
 tiles: the tile's scores come from tl.dot (fp32 accumulation), each query's excluded items (its CSR
 segment, sorted once per call so a per-query pointer only moves forward) become -inf inside the tile,
@@ -133,6 +138,61 @@ def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, 
     tl.store(pi_ptr + out, ri, mask=omask)
 
 
+@triton.jit(do_not_specialize=["U", "NI", "nnz"])
+def candidates_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_ptr, U, NI, d, nnz, chunk,
+                      CAP, HAS_EX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                      BLOCK_U: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The threshold scheme's scan: every (query, item) whose score reaches the query's threshold tau and that
+    the query does not exclude is appended to the query's candidate list (an atomic counter gives its slot;
+    past CAP only the count grows). No running top-k: a tile costs its dot, one comparison and one reduction,
+    and the appends of its few candidates. NaN scores never reach tau."""
+    c = tl.program_id(1)
+    us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    umask = us < U
+    lo = c * chunk
+    hi = tl.minimum(lo + chunk, NI)
+    tau = tl.load(tau_ptr + us, mask=umask, other=float("inf"))  # rows past U score 0 (or NaN): never kept
+    if HAS_EX:  # as topk_kernel: the segment clamped to the index array, then past the exclusions before lo
+        p = tl.load(exp_ptr + us, mask=umask, other=0).to(tl.int64)
+        e = tl.load(exp_ptr + us + 1, mask=umask, other=0).to(tl.int64)
+        p = tl.minimum(tl.maximum(p, 0), nnz)
+        e = tl.minimum(tl.maximum(e, p), nnz)
+        x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+        while tl.max((x < lo).to(tl.int32)) > 0:
+            p = tl.where(x < lo, p + 1, p)
+            x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+    for i0 in range(lo, hi, BLOCK_I):
+        ids = i0 + tl.arange(0, BLOCK_I)
+        imask = ids < hi
+        acc = tl.zeros([BLOCK_U, BLOCK_I], dtype=tl.float32)
+        for d0 in range(0, d, BLOCK_D):
+            dims = d0 + tl.arange(0, BLOCK_D)
+            dmask = dims < d
+            qa = tl.load(q_ptr + us[:, None] * d + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
+            ib = tl.load(it_ptr + ids.to(tl.int64)[:, None] * d + dims[None, :], mask=imask[:, None] & dmask[None, :],
+                         other=0.0)
+            if UPCAST:
+                qa = qa.to(tl.float32)
+                ib = ib.to(tl.float32)
+            acc = tl.dot(qa, tl.trans(ib), acc, input_precision=PRECISION)
+        keep = imask[None, :] & (acc >= tau[:, None])
+        if HAS_EX:
+            end = i0 + BLOCK_I
+            while tl.max((x < end).to(tl.int32)) > 0:
+                hit = x < end
+                keep = keep & ~(hit[:, None] & (ids[None, :] == x[:, None]))
+                p = tl.where(hit, p + 1, p)
+                x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+        n = tl.sum(keep.to(tl.int32), axis=1)
+        if tl.max(n, axis=0) > 0:  # one atomic a query with candidates reserves its slots; a scan places them
+            base = tl.atomic_add(cnt_ptr + us, n, mask=n > 0)
+            slot = base[:, None] + tl.cumsum(keep.to(tl.int32), axis=1) - 1
+            ok = keep & (slot < CAP)
+            where = us[:, None] * CAP + slot
+            tl.store(cs_ptr + where, acc, mask=ok)
+            tl.store(ci_ptr + where, ids, mask=ok)
+
+
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -185,11 +245,43 @@ def supports(queries: torch.Tensor, items: torch.Tensor, k: int) -> bool:
     return 0 < k <= min(MAX_K, items.shape[0]) and queries.shape[1] > 0 and items.shape[0] + 1024 < NO_ID
 
 
+SCHEMES = ("threshold", "insertion")
+THRESHOLD_MIN_ITEMS = 65_536  # below it the insertion scan is cheap enough, and the sample too small to help
+SAMPLE_STRIDE = 16  # the threshold's sample: every 16th item, so about 16 k candidates a query are expected
+CAP_PER_K = 64  # candidate slots a query: 64 k, four times the expected count
+EXTRA_EXCLUDED = 64  # the sample's top (k + 64): room for the query's excluded items that fall in the sample
+SAMPLE_BYTES = 2**28  # the fp64 sample scores of one group of queries
+
+
 def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
-                exclude_indices: torch.Tensor | None, dot: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores fp32 [U, k], ids int64 [U, k]) as reference.topk_scores; requires supports(...). dot: the fp32
-    dot precision (default precision(dtype); the benchmark times the others)."""
+                exclude_indices: torch.Tensor | None, dot: str | None = None, scheme: str | None = None,
+                stride: int = SAMPLE_STRIDE, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores fp32 [U, k], ids int64 [U, k]) as reference.topk_scores; requires supports(...).
+
+    Two schemes give the same answer. "insertion": one scan keeps a running top-k per query (topk_kernel).
+    "threshold" (the default from THRESHOLD_MIN_ITEMS items, outside CUDA-graph capture): a threshold tau per
+    query from a float64 sample of the items, then one scan that only appends the items a query keeps whose
+    score reaches its tau (candidates_kernel), and the merge's sort of those. Exact for any tau: when at least k
+    kept items score >= tau, the k best all do, so all are candidates. A query with fewer than k candidates, or
+    more than `cap` (the slots), sends the call to the insertion scheme (one host read decides); tau's bound
+    (see thresholds) only makes that rare. dot: the fp32 dot precision (default precision(dtype)); scheme,
+    stride and cap: for tests and the benchmark."""
+    if scheme not in (None, *SCHEMES):
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     queries, items = queries.contiguous(), items.contiguous()
+    dot = dot or precision(queries.dtype)
+    if scheme is None:
+        capturing = queries.is_cuda and torch.cuda.is_current_stream_capturing()
+        scheme = "threshold" if items.shape[0] >= THRESHOLD_MIN_ITEMS and not capturing else "insertion"
+    if scheme == "threshold" and queries.shape[0]:
+        found = _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, stride,
+                                cap or CAP_PER_K * k)
+        if found is not None:
+            return found
+    return _insertion_topk(queries, items, k, exclude_indptr, exclude_indices, dot)
+
+
+def _insertion_topk(queries, items, k, exclude_indptr, exclude_indices, dot):
     (U, d), NI = queries.shape, items.shape[0]
     if U == 0:
         return queries.new_empty(0, k, dtype=torch.float32), queries.new_empty(0, k, dtype=torch.int64)
@@ -211,9 +303,91 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
     with device_guard(queries):
         topk_kernel[(blocks_u, chunks)](
             queries, items, ex_indptr, ex_sorted, part_s, part_i, U, NI, d, ex_sorted.numel() if has_ex else 0,
-            chunk, chunks, k, HAS_EX=has_ex, UPCAST=upcast, PRECISION=dot or precision(queries.dtype),
-            BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, KP=kp, num_warps=warps)
+            chunk, chunks, k, HAS_EX=has_ex, UPCAST=upcast, PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i,
+            BLOCK_D=block_d, KP=kp, num_warps=warps)
     return merge(part_s.view(U, -1), part_i.view(U, -1).long(), k)
+
+
+def score_error(d: int, dot: str) -> float:
+    """gamma with |kernel score - exact score| <= gamma ||q|| ||i||: fp32 accumulation of d products (2^-23 a
+    step: a truncating tensor-core accumulator too) plus the dot's product error (tf32x3: 3.01 2^-20 < 2^-18;
+    one tf32 dot: 2u + u^2 < 2^-8, u = 2^-10; half inputs: exact products); sum |q_d i_d| <= ||q|| ||i||."""
+    return (d + 2) * 2.0**-23 + {"ieee": 0.0, "tf32x3": 2.0**-18, "tf32": 2.0**-8}[dot]
+
+
+def thresholds(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
+               exclude_indices: torch.Tensor | None, dot: str, stride: int) -> torch.Tensor:
+    """tau [U] fp32, at most each query's k-th best kernel score over the items it does not exclude (so at least
+    k candidates reach it: the threshold scheme never falls back for want of them; its exactness does not rest
+    on this bound).
+
+    t = the (k + e)-th best exact (float64) score over the sample items[::stride], e = how many sample items the
+    query excludes (duplicates counted twice: a lower t is still a bound): at least k sample items it does not
+    exclude score >= t exactly, so >= t - gamma ||q|| max ||i|| in the kernel, and tau = that, rounded down to
+    fp32. -inf where e leaves the sample's top (k + EXTRA_EXCLUDED); NaN (no candidate: the caller falls back)
+    where a score or norm is NaN. Device work only."""
+    U, d = queries.shape
+    NI = items.shape[0]
+    sample = items[::stride].double()
+    top = min(sample.shape[0], k + EXTRA_EXCLUDED)
+    excluded = torch.zeros(U, dtype=torch.long, device=queries.device)
+    if exclude_indptr is not None and exclude_indices.numel():
+        x = exclude_indices.long()
+        in_sample = ((x >= 0) & (x < NI) & (x % stride == 0)).long()
+        seen = torch.cat([in_sample.new_zeros(1), in_sample.cumsum(0)])
+        nnz = x.numel()
+        lo = exclude_indptr[:-1].long().clamp(0, nnz)  # the kernels' clamped segments
+        hi = torch.maximum(exclude_indptr[1:].long().clamp(0, nnz), lo)
+        excluded = seen[hi] - seen[lo]
+    group = max(1, SAMPLE_BYTES // (8 * max(1, sample.shape[0])))
+    t = torch.empty(U, dtype=torch.float64, device=queries.device)
+    for g0 in range(0, U, group):
+        best = (queries[g0:g0 + group].double() @ sample.t()).topk(top, dim=1).values  # NaN ranks first
+        pos = k - 1 + excluded[g0:g0 + group]
+        got = best.gather(1, pos.clamp(max=top - 1)[:, None]).squeeze(1)
+        t[g0:g0 + group] = torch.where(pos < top, got, float("-inf"))
+    norm = items.double().norm(dim=1).max() if NI else items.new_zeros((), dtype=torch.float64)
+    t = t - score_error(d, dot) * queries.double().norm(dim=1) * norm
+    tau = t.float()
+    return torch.where(tau.double() > t, torch.nextafter(tau, tau.new_tensor(float("-inf"))), tau)
+
+
+def _candidate_blocks(d: int) -> tuple[int, int, int, int]:
+    """candidates_kernel's (BLOCK_U, BLOCK_I, BLOCK_D, num_warps). ptxas -v (sm_90, tests/test_triton_compile.py):
+    no spill in fp32 (tf32x3) or bf16; BLOCK_D = 64 spilled 240 bytes with tf32x3, 4 warps or larger tiles
+    140-500."""
+    if _interpret():
+        return 16, 32, min(64, max(16, triton.next_power_of_2(d))), 4
+    return 64, 64, min(32, max(16, triton.next_power_of_2(d))), 8
+
+
+def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, stride, cap):
+    """The threshold scheme, or None when some query got fewer than k or more than cap candidates."""
+    (U, d), NI = queries.shape, items.shape[0]
+    tau = thresholds(queries, items, k, exclude_indptr, exclude_indices, dot, stride)
+    block_u, block_i, block_d, warps = _candidate_blocks(d)
+    blocks_u = triton.cdiv(U, block_u)
+    chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
+    chunk = triton.cdiv(triton.cdiv(NI, chunks), block_i) * block_i
+    chunks = triton.cdiv(NI, chunk)
+    count = torch.zeros(U, dtype=torch.int32, device=queries.device)
+    cand_s = torch.full((U, cap), float("-inf"), dtype=torch.float32, device=queries.device)
+    cand_i = torch.full((U, cap), NI, dtype=torch.int32, device=queries.device)
+    has_ex = exclude_indptr is not None and exclude_indices.numel() > 0
+    if has_ex:
+        ex_indptr = exclude_indptr.contiguous()
+        ex_sorted = sorted_exclusions(ex_indptr, exclude_indices, U, NI)
+    else:
+        ex_indptr = ex_sorted = count  # unused pointers
+    upcast = _interpret() or queries.dtype == torch.float32
+    with device_guard(queries):
+        candidates_kernel[(blocks_u, chunks)](
+            queries, items, ex_indptr, ex_sorted, tau, count, cand_s, cand_i, U, NI, d,
+            ex_sorted.numel() if has_ex else 0, chunk, cap, HAS_EX=has_ex, UPCAST=upcast, PRECISION=dot,
+            BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, num_warps=warps)
+    if bool(((count < k) | (count > cap)).any()):  # the one host read
+        return None
+    return merge(cand_s, cand_i.long(), k)
 
 
 def merge(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

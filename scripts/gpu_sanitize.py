@@ -112,6 +112,12 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
         q, items = rand(6, 7, grad=True), rand(11, 7, grad=True)
         ex = (torch.tensor([0, 1, 1, 3, 3, 3, 4], device=device), torch.tensor([2, 0, 10, 5], device=device))
         backward(ops.topk_scores(q, items, 5, exclude=ex)[0].clamp(min=-1e4), q, items)
+        from fastrec.kernels import topk as tk  # the threshold scheme: its scan, and a slot overflow (fallback)
+
+        q, items = rand(70, 33), rand(3000, 33)
+        ex = (torch.arange(71, device=device) * 2, torch.randint(0, 3000, (140,), device=device))
+        for cap in (None, 3):
+            tk.topk_scores(q, items, 5, *ex, scheme="threshold", stride=7, cap=cap)
 
     # collab: placeholders of two types, an odd H, the fused projection (inference) and training paths
     ids = torch.tensor([[3, 98, 7, 99, 1], [99, 4, 98, 2, 6]], device=device)

@@ -199,3 +199,105 @@ def test_a_bad_dot_precision_setting_is_named(dev, monkeypatch):
     monkeypatch.setenv("FASTREC_TOPK_DOT", "fp64")
     with pytest.raises(ValueError, match="FASTREC_TOPK_DOT"):
         tk.topk_scores(torch.randn(2, 4, device=dev), torch.randn(9, 4, device=dev), 3, None, None)
+
+
+# ------------------------------------------------------------------ the threshold scheme (sample, scan, sort)
+
+
+def check_threshold(q, it, k, indptr=None, indices=None, exact=False, stride=4, cap=None, monkeypatch=None,
+                    fallback=False):
+    """The threshold scheme == reference (as check), and it fell back to the insertion scan iff `fallback`."""
+    calls = []
+    insertion = tk._insertion_topk
+    monkeypatch.setattr(tk, "_insertion_topk", lambda *a: calls.append(1) or insertion(*a))
+    original = tk.topk_scores
+    monkeypatch.setattr(tk, "topk_scores", lambda *a: original(*a, scheme="threshold", stride=stride, cap=cap))
+    try:
+        check(q, it, k, indptr, indices, exact=exact)
+    finally:
+        monkeypatch.setattr(tk, "topk_scores", original)
+    assert bool(calls) == fallback
+
+
+@pytest.mark.parametrize("users,num_items,d,k,stride", [(1, 64, 1, 1, 1), (17, 300, 5, 4, 4), (33, 500, 13, 10, 8),
+                                                       (20, 400, 70, 33, 2), (9, 1000, 64, 20, 16)])
+def test_threshold_scheme_matches_reference_with_exclusions(users, num_items, d, k, stride, dev, monkeypatch):
+    g = torch.Generator().manual_seed(users + num_items)
+    q, it = torch.randn(users, d, generator=g), torch.randn(num_items, d, generator=g)
+    indptr, indices = csr(torch.randint(0, 30, (users,), generator=g), num_items, g)
+    check_threshold(q.to(dev), it.to(dev), k, indptr.to(dev), indices.to(dev), stride=stride,
+                    monkeypatch=monkeypatch)
+    check_threshold(q.to(dev), it.to(dev), k, stride=stride, monkeypatch=monkeypatch)
+
+
+def test_threshold_scheme_exact_ties_and_integer_scores(dev, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(40, 6, generator=g).round()
+    it = torch.randn(200, 6, generator=g).round()
+    it = it[torch.randint(0, 50, (600,), generator=g)]  # many duplicated items: exact ties everywhere
+    indptr, indices = csr(torch.randint(0, 20, (40,), generator=g), 600, g)
+    check_threshold(q.to(dev), it.to(dev), 12, indptr.to(dev), indices.to(dev), exact=True, stride=3,
+                    monkeypatch=monkeypatch)
+
+
+def test_threshold_scheme_falls_back_when_a_query_overflows_its_slots(dev, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    q, it = torch.randn(10, 8, generator=g), torch.randn(300, 8, generator=g)
+    # a sample of every 30th item puts about 30 k candidates a query above its threshold: 2 k slots overflow
+    check_threshold(q.to(dev), it.to(dev), 5, stride=30, cap=10, monkeypatch=monkeypatch, fallback=True)
+    check_threshold(q.to(dev), it.to(dev), 5, stride=30, cap=300, monkeypatch=monkeypatch)
+
+
+def test_threshold_scheme_with_more_sample_exclusions_than_its_room(dev, monkeypatch):
+    """A query excluding over EXTRA_EXCLUDED sample items gets tau = -inf: every item it keeps is a candidate."""
+    g = torch.Generator().manual_seed(5)
+    q, it = torch.randn(3, 4, generator=g), torch.randn(400, 4, generator=g)
+    indptr = torch.tensor([0, 150, 150, 160])
+    indices = torch.cat([torch.arange(0, 300, 2), torch.randint(0, 400, (10,), generator=g)])
+    tau = tk.thresholds(q.to(dev), it.to(dev), 3, indptr.to(dev), indices.to(dev), "ieee", 2).cpu()
+    assert torch.isneginf(tau[0]) and torch.isfinite(tau[1:]).all()
+    check_threshold(q.to(dev), it.to(dev), 3, indptr.to(dev), indices.to(dev), stride=2, cap=400,
+                    monkeypatch=monkeypatch)
+
+
+def test_threshold_scheme_nan_scores_fall_back(dev, monkeypatch):
+    q, it = torch.randn(3, 4).round(), torch.randn(40, 4).round()
+    it[7, 0] = float("nan")
+    s, i = tk.topk_scores(q.to(dev), it.to(dev), 5, None, None, scheme="threshold", stride=2)
+    rs, ri = tk.topk_scores(q.to(dev), it.to(dev), 5, None, None, scheme="insertion")
+    assert torch.equal(s.cpu(), rs.cpu()) and torch.equal(i.cpu(), ri.cpu()) and 7 not in i.cpu().tolist()
+    with pytest.raises(ValueError, match="scheme"):
+        tk.topk_scores(q.to(dev), it.to(dev), 5, None, None, scheme="heap")
+
+
+@settings(max_examples=15, deadline=None)
+@given(users=st.integers(1, 12), num_items=st.integers(1, 120), d=st.integers(1, 12), data=st.data(),
+       ties=st.booleans(), stride=st.integers(1, 9), seed=st.integers(0, 1000))
+def test_thresholds_bound_each_querys_kth_best_score(users, num_items, d, data, ties, stride, seed):
+    """tau never exceeds a query's k-th best score among the items it keeps (else a top-k item could be missed),
+    so at least k candidates always reach it; and the whole scheme equals the reference."""
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("needs the Triton interpreter or a GPU")
+    dev = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    g = torch.Generator().manual_seed(seed)
+    q, it = torch.randn(users, d, generator=g), torch.randn(num_items, d, generator=g)
+    if ties:
+        it, q = it[torch.randint(0, num_items, (num_items,), generator=g)].round(), q.round()
+    k = data.draw(st.integers(1, min(num_items, tk.MAX_K)))
+    indptr, indices = csr(torch.randint(0, num_items + 1, (users,), generator=g), num_items, g)
+    tau = tk.thresholds(q.to(dev), it.to(dev), k, indptr.to(dev), indices.to(dev), "ieee", stride).cpu()
+    scores = (q.double() @ it.double().t())
+    for u in range(users):
+        keep = torch.ones(num_items, dtype=torch.bool)
+        keep[indices[indptr[u]:indptr[u + 1]]] = False
+        kept = scores[u][keep].sort(descending=True).values
+        if kept.numel() >= k:
+            assert tau[u] <= kept[k - 1] and (kept >= tau[u]).sum() >= k
+        else:
+            assert torch.isneginf(tau[u]) or (kept < tau[u]).any()  # too few kept items: the scheme falls back
+    s, i = tk.topk_scores(q.to(dev), it.to(dev), k, indptr.to(dev), indices.to(dev), scheme="threshold",
+                          stride=stride)
+    rs, ri = reference.topk_scores(q, it, k, indptr, indices)
+    torch.testing.assert_close(s.cpu(), rs, rtol=1e-5, atol=1e-5)
+    if ties:
+        assert torch.equal(i.cpu(), ri)

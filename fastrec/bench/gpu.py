@@ -326,10 +326,13 @@ def torch_chunked_topk(i: dict, chunk: int = 1024):
     return torch.cat(scores_out), torch.cat(ids_out)
 
 
-def _topk_ieee(i: dict):
-    from fastrec.kernels import topk as tk
+def _topk_variant(**options):
+    """fastrec's top-k with a kernel option set (dot precision, scheme), to time it beside the default."""
+    def run(i: dict):
+        from fastrec.kernels import topk as tk
 
-    return tk.topk_scores(i["q"], i["items"], i["k"], i["indptr"], i["indices"], dot="ieee")
+        return tk.topk_scores(i["q"], i["items"], i["k"], i["indptr"], i["indices"], **options)
+    return run
 
 
 def topk_cases(device: str, quick: bool) -> list[Case]:
@@ -337,8 +340,9 @@ def topk_cases(device: str, quick: bool) -> list[Case]:
     users, items = (_n(8_192 if quick else 32_768, 70), _n(1_000_000, 3_000))
     impls = {"fastrec": lambda i: topk_scores(i["q"], i["items"], i["k"], (i["indptr"], i["indices"])),
              "torch chunked mm+topk": torch_chunked_topk}
-    if device == "cuda":  # the kernel with CUDA-core fp32 dots (its default before tf32x3), for the record
-        impls["fastrec, IEEE fp32 dot"] = _topk_ieee
+    if device == "cuda":  # the earlier designs, for the record: the insertion scan alone, and with IEEE dots
+        impls["fastrec, insertion scan"] = _topk_variant(scheme="insertion")
+        impls["fastrec, insertion scan, IEEE fp32 dot"] = _topk_variant(scheme="insertion", dot="ieee")
     return [Case("topk_scores", f"U={users:,} I={items:,} d=64 k=20 seen~50",
                  functools.partial(_topk_inputs, device, users, items), impls, {"torch chunked mm+topk": 3.0})]
 
