@@ -292,9 +292,11 @@ def topk_scores(
         ``(scores fp32 [U, k], ids int64 [U, k])`` ranked by score, equal scores by lower item id.
         Excluded items score ``-inf`` and appear only when fewer than ``k`` items remain. Memory is
         bounded by one users x items tile per thread, never ``U x I``. Scores are differentiable.
-        On CUDA the Triton kernel (kernels/topk.py) runs for ``k <= 128``: fp32 IEEE dots by default
-        (``FASTREC_TF32=1`` opts into TF32), native tensor-core dots for fp16/bf16, fp32 scores; larger
-        ``k`` runs the reference (a matmul and a stable sort per 1024 queries).
+        On CUDA the Triton kernels (kernels/topk.py) run for ``k <= 128``: fp32 tf32x3 tensor-core dots by
+        default (``FASTREC_TOPK_DOT=ieee`` for CUDA-core fp32, ``FASTREC_TF32=1`` for one TF32 dot), native
+        tensor-core dots for fp16/bf16, fp32 scores; from 65,536 items a sampled score threshold per query and
+        one candidate scan, else (and as its fallback) a scan with a running top-k per query. Larger ``k``
+        runs the reference (a matmul and a stable sort per 1024 queries).
     """
     _checks.tensor("queries", queries, 2, _checks.FLOAT_DTYPES)
     _checks.tensor("items", items, 2, _checks.FLOAT_DTYPES)
