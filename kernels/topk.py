@@ -250,7 +250,7 @@ THRESHOLD_MIN_ITEMS = 65_536  # below it the insertion scan is cheap enough, and
 SAMPLE_STRIDE = 16  # the threshold's sample: every 16th item, so about 16 k candidates a query are expected
 CAP_PER_K = 64  # candidate slots a query: 64 k, four times the expected count
 EXTRA_EXCLUDED = 64  # the sample's top (k + 64): room for the query's excluded items that fall in the sample
-SAMPLE_BYTES = 2**28  # the fp64 sample scores of one group of queries
+SAMPLE_BYTES = 2**27  # the fp64 sample scores of one group of queries (128 MB)
 
 
 def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
