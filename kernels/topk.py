@@ -251,6 +251,7 @@ SAMPLE_STRIDE = 16  # the threshold's sample: every 16th item, so about 16 k can
 CAP_PER_K = 64  # candidate slots a query: 64 k, four times the expected count
 EXTRA_EXCLUDED = 64  # the sample's top (k + 64): room for the query's excluded items that fall in the sample
 SAMPLE_BYTES = 2**27  # the fp64 sample scores of one group of queries (128 MB)
+CANDIDATE_BYTES = 2**28  # the candidate slots (score and id) of one group of queries (256 MB)
 
 
 def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
@@ -362,9 +363,27 @@ def _candidate_blocks(d: int) -> tuple[int, int, int, int]:
 
 
 def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, stride, cap):
-    """The threshold scheme, or None when some query got fewer than k or more than cap candidates."""
+    """The threshold scheme, in groups of queries whose candidate slots take at most CANDIDATE_BYTES; None when
+    some query got fewer than k or more than cap candidates."""
+    U, NI = queries.shape[0], items.shape[0]
+    has_ex = exclude_indptr is not None and exclude_indices.numel() > 0
+    ex_sorted = sorted_exclusions(exclude_indptr.contiguous(), exclude_indices, U, NI) if has_ex else None
+    scores = torch.empty(U, k, dtype=torch.float32, device=queries.device)
+    ids = torch.empty(U, k, dtype=torch.int64, device=queries.device)
+    group = max(1, CANDIDATE_BYTES // (8 * cap))
+    for g0 in range(0, U, group):
+        g1 = min(U, g0 + group)
+        indptr = exclude_indptr[g0:g1 + 1].contiguous() if has_ex else None  # offsets into the whole list
+        found = _threshold_group(queries[g0:g1], items, k, indptr, exclude_indices, ex_sorted, dot, stride, cap)
+        if found is None:
+            return None
+        scores[g0:g1], ids[g0:g1] = found
+    return scores, ids
+
+
+def _threshold_group(queries, items, k, indptr, indices, ex_sorted, dot, stride, cap):
     (U, d), NI = queries.shape, items.shape[0]
-    tau = thresholds(queries, items, k, exclude_indptr, exclude_indices, dot, stride)
+    tau = thresholds(queries, items, k, indptr, indices, dot, stride)
     block_u, block_i, block_d, warps = _candidate_blocks(d)
     blocks_u = triton.cdiv(U, block_u)
     chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
@@ -373,19 +392,14 @@ def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, str
     count = torch.zeros(U, dtype=torch.int32, device=queries.device)
     cand_s = torch.full((U, cap), float("-inf"), dtype=torch.float32, device=queries.device)
     cand_i = torch.full((U, cap), NI, dtype=torch.int32, device=queries.device)
-    has_ex = exclude_indptr is not None and exclude_indices.numel() > 0
-    if has_ex:
-        ex_indptr = exclude_indptr.contiguous()
-        ex_sorted = sorted_exclusions(ex_indptr, exclude_indices, U, NI)
-    else:
-        ex_indptr = ex_sorted = count  # unused pointers
+    has_ex = ex_sorted is not None
     upcast = _interpret() or queries.dtype == torch.float32
     with device_guard(queries):
         candidates_kernel[(blocks_u, chunks)](
-            queries, items, ex_indptr, ex_sorted, tau, count, cand_s, cand_i, U, NI, d,
-            ex_sorted.numel() if has_ex else 0, chunk, cap, HAS_EX=has_ex, UPCAST=upcast, PRECISION=dot,
-            BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, num_warps=warps)
-    if bool(((count < k) | (count > cap)).any()):  # the one host read
+            queries, items, indptr if has_ex else count, ex_sorted if has_ex else count, tau, count, cand_s, cand_i,
+            U, NI, d, ex_sorted.numel() if has_ex else 0, chunk, cap, HAS_EX=has_ex, UPCAST=upcast,
+            PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, num_warps=warps)
+    if bool(((count < k) | (count > cap)).any()):  # the one host read a group
         return None
     return merge(cand_s, cand_i.long(), k)
 

@@ -230,6 +230,16 @@ def test_threshold_scheme_matches_reference_with_exclusions(users, num_items, d,
     check_threshold(q.to(dev), it.to(dev), k, stride=stride, monkeypatch=monkeypatch)
 
 
+def test_threshold_scheme_in_query_groups(dev, monkeypatch):
+    """Candidate slots for a few queries at a time (a group's exclusion offsets index the whole list)."""
+    monkeypatch.setattr(tk, "CANDIDATE_BYTES", 8 * 150 * 7)  # 7 queries a group at cap 150
+    g = torch.Generator().manual_seed(8)
+    q, it = torch.randn(23, 6, generator=g), torch.randn(300, 6, generator=g)
+    indptr, indices = csr(torch.randint(0, 25, (23,), generator=g), 300, g)
+    check_threshold(q.to(dev), it.to(dev), 4, indptr.to(dev), indices.to(dev), stride=3, cap=150,
+                    monkeypatch=monkeypatch)
+
+
 def test_threshold_scheme_exact_ties_and_integer_scores(dev, monkeypatch):
     g = torch.Generator().manual_seed(3)
     q = torch.randn(40, 6, generator=g).round()
