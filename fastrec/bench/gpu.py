@@ -326,6 +326,29 @@ def torch_chunked_topk(i: dict, chunk: int = 1024):
     return torch.cat(scores_out), torch.cat(ids_out)
 
 
+def check_topk(i: dict, queries: int = 64) -> None:
+    """fastrec's top-k of the first `queries` queries against the reference: scores within 1e-4 relative, ids
+    equal wherever the reference's neighbours are not that close; raises otherwise. Also prints when the
+    threshold scheme falls back to the insertion scan on the whole input (its timing is then the fallback's)."""
+    from fastrec import reference
+    from fastrec.kernels import topk as tk
+
+    q, items, k, indptr, indices = i["q"][:queries], i["items"], i["k"], i["indptr"][:queries + 1], i["indices"]
+    got_s, got_i = topk_scores(q, items, k, (indptr, indices[:int(indptr[-1])]))
+    want_s, want_i = reference.topk_scores(q, items, k, indptr, indices[:int(indptr[-1])])
+    torch.testing.assert_close(got_s, want_s, rtol=1e-4, atol=1e-4)
+    gaps = (want_s[:, :-1] - want_s[:, 1:]).abs() > 1e-4 * want_s[:, :-1].abs().clamp(min=1)
+    clear = torch.ones_like(want_i, dtype=torch.bool)
+    clear[:, :-1] &= gaps
+    clear[:, 1:] &= gaps
+    if not torch.equal(got_i[clear], want_i[clear]):
+        raise AssertionError("topk_scores ids differ from the reference where scores are not near-tied")
+    if items.is_cuda and len(items) >= tk.THRESHOLD_MIN_ITEMS and tk._threshold_topk(
+            i["q"], items, k, i["indptr"], i["indices"], tk.precision(items.dtype), tk.SAMPLE_STRIDE,
+            tk.CAP_PER_K * k) is None:
+        print("topk_scores: the threshold scheme fell back to the insertion scan on this input")
+
+
 def _topk_variant(**options):
     """fastrec's top-k with a kernel option set (dot precision, scheme), to time it beside the default."""
     def run(i: dict):
@@ -343,8 +366,12 @@ def topk_cases(device: str, quick: bool) -> list[Case]:
     if device == "cuda":  # the earlier designs, for the record: the insertion scan alone, and with IEEE dots
         impls["fastrec, insertion scan"] = _topk_variant(scheme="insertion")
         impls["fastrec, insertion scan, IEEE fp32 dot"] = _topk_variant(scheme="insertion", dot="ieee")
-    return [Case("topk_scores", f"U={users:,} I={items:,} d=64 k=20 seen~50",
-                 functools.partial(_topk_inputs, device, users, items), impls, {"torch chunked mm+topk": 3.0})]
+    def make():
+        inputs = _topk_inputs(device, users, items)
+        check_topk(inputs)
+        return inputs
+    return [Case("topk_scores", f"U={users:,} I={items:,} d=64 k=20 seen~50", make, impls,
+                 {"torch chunked mm+topk": 3.0})]
 
 
 # -------------------------------------------------------------------------------------------- collab
