@@ -247,8 +247,9 @@ def supports(queries: torch.Tensor, items: torch.Tensor, k: int) -> bool:
 
 SCHEMES = ("threshold", "insertion")
 THRESHOLD_MIN_ITEMS = 65_536  # below it the insertion scan is cheap enough, and the sample too small to help
-SAMPLE_STRIDE = 16  # the threshold's sample: every 16th item, so about 16 k candidates a query are expected
-CAP_PER_K = 64  # candidate slots a query: 64 k, four times the expected count
+SAMPLE_STRIDE = 16  # the threshold's sample: every 16th item (at least), so about 16 k candidates a query
+MAX_SAMPLE = 65_536  # sample items at most: for larger catalogues the stride grows
+CAP_FACTOR = 4  # candidate slots a query: four times the expected count (k * stride)
 EXTRA_EXCLUDED = 64  # the sample's top (k + 64): room for the query's excluded items that fall in the sample
 SAMPLE_BYTES = 2**27  # the fp64 sample scores of one group of queries (128 MB)
 CANDIDATE_BYTES = 2**28  # the candidate slots (score and id) of one group of queries (256 MB)
@@ -256,7 +257,7 @@ CANDIDATE_BYTES = 2**28  # the candidate slots (score and id) of one group of qu
 
 def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
                 exclude_indices: torch.Tensor | None, dot: str | None = None, scheme: str | None = None,
-                stride: int = SAMPLE_STRIDE, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                stride: int | None = None, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores fp32 [U, k], ids int64 [U, k]) as reference.topk_scores; requires supports(...).
 
     Two schemes give the same answer. "insertion": one scan keeps a running top-k per query (topk_kernel).
@@ -275,8 +276,8 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
         capturing = queries.is_cuda and torch.cuda.is_current_stream_capturing()
         scheme = "threshold" if items.shape[0] >= THRESHOLD_MIN_ITEMS and not capturing else "insertion"
     if scheme == "threshold" and queries.shape[0]:
-        found = _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, stride,
-                                cap or CAP_PER_K * k)
+        stride, cap = sample_plan(items.shape[0], k, stride, cap)
+        found = _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, stride, cap)
         if found is not None:
             return found
     return _insertion_topk(queries, items, k, exclude_indptr, exclude_indices, dot)
@@ -307,6 +308,13 @@ def _insertion_topk(queries, items, k, exclude_indptr, exclude_indices, dot):
             chunk, chunks, k, HAS_EX=has_ex, UPCAST=upcast, PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i,
             BLOCK_D=block_d, KP=kp, num_warps=warps)
     return merge(part_s.view(U, -1), part_i.view(U, -1).long(), k)
+
+
+def sample_plan(num_items: int, k: int, stride: int | None = None, cap: int | None = None) -> tuple[int, int]:
+    """(stride, cap) of the threshold scheme: every stride-th item in the sample (at most MAX_SAMPLE of them),
+    and cap candidate slots a query, CAP_FACTOR times the k * stride expected."""
+    stride = stride or max(SAMPLE_STRIDE, triton.cdiv(num_items, MAX_SAMPLE))
+    return stride, cap or CAP_FACTOR * k * stride
 
 
 def score_error(d: int, dot: str) -> float:

@@ -246,8 +246,8 @@ def test_threshold_scheme_exact_ties_and_integer_scores(dev, monkeypatch):
     it = torch.randn(200, 6, generator=g).round()
     it = it[torch.randint(0, 50, (600,), generator=g)]  # many duplicated items: exact ties everywhere
     indptr, indices = csr(torch.randint(0, 20, (40,), generator=g), 600, g)
-    check_threshold(q.to(dev), it.to(dev), 12, indptr.to(dev), indices.to(dev), exact=True, stride=3,
-                    monkeypatch=monkeypatch)
+    check_threshold(q.to(dev), it.to(dev), 12, indptr.to(dev), indices.to(dev), exact=True, stride=3, cap=600,
+                    monkeypatch=monkeypatch)  # 12 copies of each item: ties crowd the threshold
 
 
 def test_threshold_scheme_falls_back_when_a_query_overflows_its_slots(dev, monkeypatch):
@@ -311,3 +311,10 @@ def test_thresholds_bound_each_querys_kth_best_score(users, num_items, d, data, 
     torch.testing.assert_close(s.cpu(), rs, rtol=1e-5, atol=1e-5)
     if ties:
         assert torch.equal(i.cpu(), ri)
+
+
+def test_sample_plan_keeps_the_sample_bounded_and_the_slots_proportional():
+    assert tk.sample_plan(1_000_000, 20) == (16, 4 * 20 * 16)  # the bench's shape: 64 k slots, 16 k expected
+    stride, cap = tk.sample_plan(10_000_000, 20)
+    assert stride == 153 and 10_000_000 / stride <= tk.MAX_SAMPLE and cap == 4 * 20 * stride
+    assert tk.sample_plan(100, 3) == (16, 192) and tk.sample_plan(100, 3, 2, 7) == (2, 7)

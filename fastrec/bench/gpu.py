@@ -344,8 +344,8 @@ def check_topk(i: dict, queries: int = 64) -> None:
     if not torch.equal(got_i[clear], want_i[clear]):
         raise AssertionError("topk_scores ids differ from the reference where scores are not near-tied")
     if items.is_cuda and len(items) >= tk.THRESHOLD_MIN_ITEMS and tk._threshold_topk(
-            i["q"], items, k, i["indptr"], i["indices"], tk.precision(items.dtype), tk.SAMPLE_STRIDE,
-            tk.CAP_PER_K * k) is None:
+            i["q"], items, k, i["indptr"], i["indices"], tk.precision(items.dtype), *tk.sample_plan(len(items), k)
+    ) is None:
         print("topk_scores: the threshold scheme fell back to the insertion scan on this input")
 
 
