@@ -79,6 +79,52 @@ def _take(s, ids, rs, ri, ws, wi, slots, NI, KP: tl.constexpr):
     return rs, ri, ws, wi
 
 
+@triton.jit
+def _exclusion_cursor(exp_ptr, exi_ptr, us, umask, nnz, lo):
+    """Each query's exclusion segment [p, e), clamped to the index array (a bad indptr reads nothing outside
+    it), with the cursor p moved past the exclusions before lo; x = the id at p (NO_ID past the segment)."""
+    p = tl.load(exp_ptr + us, mask=umask, other=0).to(tl.int64)
+    e = tl.load(exp_ptr + us + 1, mask=umask, other=0).to(tl.int64)
+    p = tl.minimum(tl.maximum(p, 0), nnz)
+    e = tl.minimum(tl.maximum(e, p), nnz)
+    x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+    while tl.max((x < lo).to(tl.int32)) > 0:
+        p = tl.where(x < lo, p + 1, p)
+        x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+    return p, e, x
+
+
+@triton.jit
+def _excluded(exi_ptr, ids, p, e, x, end):
+    """[BLOCK_U, BLOCK_I]: which of the tile's items (ids, below `end`) each query excludes, one exclusion per
+    query a round, and the cursors (p, x) moved past them."""
+    out = (p[:, None] < 0) & (ids[None, :] < 0)  # all False (p >= 0)
+    while tl.max((x < end).to(tl.int32)) > 0:
+        hit = x < end
+        out = out | (hit[:, None] & (ids[None, :] == x[:, None]))
+        p = tl.where(hit, p + 1, p)
+        x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+    return out, p, x
+
+
+@triton.jit
+def _tile_scores(q_ptr, it_ptr, us, umask, ids, imask, d, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                 BLOCK_U: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
+    """[BLOCK_U, BLOCK_I] fp32 scores q . i of the tile by tl.dot over d in BLOCK_D slices (0 where masked)."""
+    acc = tl.zeros([BLOCK_U, BLOCK_I], dtype=tl.float32)
+    for d0 in range(0, d, BLOCK_D):
+        dims = d0 + tl.arange(0, BLOCK_D)
+        dmask = dims < d
+        qa = tl.load(q_ptr + us[:, None] * d + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
+        ib = tl.load(it_ptr + ids.to(tl.int64)[:, None] * d + dims[None, :], mask=imask[:, None] & dmask[None, :],
+                     other=0.0)
+        if UPCAST:
+            qa = qa.to(tl.float32)
+            ib = ib.to(tl.float32)
+        acc = tl.dot(qa, tl.trans(ib), acc, input_precision=PRECISION)
+    return acc
+
+
 @triton.jit(do_not_specialize=["U", "NI", "nnz"])
 def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, chunk, C, k,
                 HAS_EX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
@@ -94,40 +140,18 @@ def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, 
     rs = tl.where(slots[None, :] < k, zero - float("inf"), zero + float("inf"))
     ri = tl.where(slots[None, :] < k, zero.to(tl.int32) + NI, zero.to(tl.int32) - 1)
     if HAS_EX:
-        # this query's exclusion segment, clamped to the index array (a bad indptr reads nothing outside it)
-        p = tl.load(exp_ptr + us, mask=umask, other=0).to(tl.int64)
-        e = tl.load(exp_ptr + us + 1, mask=umask, other=0).to(tl.int64)
-        p = tl.minimum(tl.maximum(p, 0), nnz)
-        e = tl.minimum(tl.maximum(e, p), nnz)
-        x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
-        while tl.max((x < lo).to(tl.int32)) > 0:  # skip the exclusions before this chunk
-            p = tl.where(x < lo, p + 1, p)
-            x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+        p, e, x = _exclusion_cursor(exp_ptr, exi_ptr, us, umask, nnz, lo)
     ws, wi = _worst(rs, ri)
     for i0 in range(lo, hi, BLOCK_I):
         ids = i0 + tl.arange(0, BLOCK_I)
         imask = ids < hi
-        acc = tl.zeros([BLOCK_U, BLOCK_I], dtype=tl.float32)
-        for d0 in range(0, d, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
-            dmask = dims < d
-            qa = tl.load(q_ptr + us[:, None] * d + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
-            ib = tl.load(it_ptr + ids.to(tl.int64)[:, None] * d + dims[None, :], mask=imask[:, None] & dmask[None, :],
-                         other=0.0)
-            if UPCAST:
-                qa = qa.to(tl.float32)
-                ib = ib.to(tl.float32)
-            acc = tl.dot(qa, tl.trans(ib), acc, input_precision=PRECISION)
+        acc = _tile_scores(q_ptr, it_ptr, us, umask, ids, imask, d, UPCAST, PRECISION, BLOCK_U, BLOCK_I, BLOCK_D)
         # a NaN score (NaN input, only when the host check is off) ranks as -inf: ids stay real item ids
         s = tl.where(imask[None, :] & (acc == acc), acc, float("-inf"))
         ids = tl.where(imask, ids, NI)  # positions past the chunk: (-inf, NI), never better than an empty slot
         if HAS_EX:
-            end = i0 + BLOCK_I
-            while tl.max((x < end).to(tl.int32)) > 0:  # the exclusions inside this tile, one per query a round
-                hit = x < end
-                s = tl.where(hit[:, None] & (ids[None, :] == x[:, None]), float("-inf"), s)
-                p = tl.where(hit, p + 1, p)
-                x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+            excluded, p, x = _excluded(exi_ptr, ids, p, e, x, i0 + BLOCK_I)
+            s = tl.where(excluded, float("-inf"), s)
         # a query's top-k can change only where the tile's best score reaches its worst entry's: most tiles
         # stop at this one row reduction (rows past U score 0 and are left out)
         if tl.max((umask & (tl.max(s, axis=1) >= ws)).to(tl.int32), axis=0) > 0:
@@ -152,37 +176,16 @@ def candidates_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, tau_ptr, cnt_ptr, cs_ptr,
     lo = c * chunk
     hi = tl.minimum(lo + chunk, NI)
     tau = tl.load(tau_ptr + us, mask=umask, other=float("inf"))  # rows past U score 0 (or NaN): never kept
-    if HAS_EX:  # as topk_kernel: the segment clamped to the index array, then past the exclusions before lo
-        p = tl.load(exp_ptr + us, mask=umask, other=0).to(tl.int64)
-        e = tl.load(exp_ptr + us + 1, mask=umask, other=0).to(tl.int64)
-        p = tl.minimum(tl.maximum(p, 0), nnz)
-        e = tl.minimum(tl.maximum(e, p), nnz)
-        x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
-        while tl.max((x < lo).to(tl.int32)) > 0:
-            p = tl.where(x < lo, p + 1, p)
-            x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+    if HAS_EX:
+        p, e, x = _exclusion_cursor(exp_ptr, exi_ptr, us, umask, nnz, lo)
     for i0 in range(lo, hi, BLOCK_I):
         ids = i0 + tl.arange(0, BLOCK_I)
         imask = ids < hi
-        acc = tl.zeros([BLOCK_U, BLOCK_I], dtype=tl.float32)
-        for d0 in range(0, d, BLOCK_D):
-            dims = d0 + tl.arange(0, BLOCK_D)
-            dmask = dims < d
-            qa = tl.load(q_ptr + us[:, None] * d + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
-            ib = tl.load(it_ptr + ids.to(tl.int64)[:, None] * d + dims[None, :], mask=imask[:, None] & dmask[None, :],
-                         other=0.0)
-            if UPCAST:
-                qa = qa.to(tl.float32)
-                ib = ib.to(tl.float32)
-            acc = tl.dot(qa, tl.trans(ib), acc, input_precision=PRECISION)
+        acc = _tile_scores(q_ptr, it_ptr, us, umask, ids, imask, d, UPCAST, PRECISION, BLOCK_U, BLOCK_I, BLOCK_D)
         keep = imask[None, :] & (acc >= tau[:, None])
         if HAS_EX:
-            end = i0 + BLOCK_I
-            while tl.max((x < end).to(tl.int32)) > 0:
-                hit = x < end
-                keep = keep & ~(hit[:, None] & (ids[None, :] == x[:, None]))
-                p = tl.where(hit, p + 1, p)
-                x = tl.load(exi_ptr + p, mask=p < e, other=_NO_ID)
+            excluded, p, x = _excluded(exi_ptr, ids, p, e, x, i0 + BLOCK_I)
+            keep = keep & ~excluded
         n = tl.sum(keep.to(tl.int32), axis=1)
         if tl.max(n, axis=0) > 0:  # one atomic a query with candidates reserves its slots; a scan places them
             base = tl.atomic_add(cnt_ptr + us, n, mask=n > 0)
