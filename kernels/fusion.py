@@ -29,19 +29,28 @@ MODE_ID = {"add": 0, "gate": 1, "concat": 2}
 
 
 @triton.jit(do_not_specialize=["U"])
-def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, out_ptr, U, D, d, HAS_BIAS: tl.constexpr,
-                         UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, live_ptr, out_ptr, U, D, d, HAS_BIAS: tl.constexpr,
+                         HAS_LIVE: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
-    us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    """HAS_LIVE: rows from *live_ptr on are spare slots (the device-unique layout: no lookup reads them); their
+    output is zero, and a block of them only writes it (no loads, no dots)."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK_U
+    us = start + tl.arange(0, BLOCK_U)
     umask = us < U
-    rows = tl.load(rows_ptr + us, mask=umask, other=0)
+    use = umask
+    d_end = D
+    if HAS_LIVE:
+        live = tl.load(live_ptr)
+        use = umask & (us < live)
+        d_end = tl.where(start < live, D, 0)
+    rows = tl.load(rows_ptr + us, mask=use, other=0)
     ks = tl.arange(0, BLOCK_DM)
     kmask = ks < d
     acc = tl.zeros([BLOCK_U, BLOCK_DM], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
+    for d0 in range(0, d_end, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D)
         dmask = dims < D
-        s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
+        s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=use[:, None] & dmask[None, :], other=0.0)
         w = tl.load(w_ptr + ks[:, None] * D + dims[None, :], mask=kmask[:, None] & dmask[None, :], other=0.0)
         if UPCAST:
             s = s.to(tl.float32)
@@ -49,6 +58,8 @@ def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, out_ptr, U, D, d, HAS_
         acc = tl.dot(s, tl.trans(w), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + ks, mask=kmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_LIVE:
+        acc = tl.where(use[:, None], acc, 0.0)
     tl.store(out_ptr + us[:, None] * d + ks[None, :], acc, mask=umask[:, None] & kmask[None, :])
 
 
@@ -157,19 +168,25 @@ def _bdm(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor | None) -> torch.Tensor:
-    """reduced [U, d] fp32 = sem[rows] @ weight^T + bias, without a [U, D] buffer."""
+def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  live: torch.Tensor | None = None) -> torch.Tensor:
+    """reduced [U, d] fp32 = sem[rows] @ weight^T + bias, without a [U, D] buffer. live (a 0-d int64 device
+    tensor, read by the kernel: no host sync): rows from live on are spare slots, reduced to zero at no cost."""
     sem, weight = sem.contiguous(), weight.contiguous()
     U, D, d = rows.numel(), sem.shape[1], weight.shape[0]
     out = torch.empty(U, d, dtype=torch.float32, device=sem.device)
     if U == 0:
         return out
     if D == 0:  # an empty product: the bias alone (and no empty tensor's pointer goes to the launch)
-        return out.copy_(bias.float().expand(U, d)) if bias is not None else out.zero_()
-    args = (sem, rows.contiguous(), weight, bias if bias is not None else weight, out, U, D, d)
+        out.copy_(bias.float().expand(U, d)) if bias is not None else out.zero_()
+        if live is not None:
+            out.masked_fill_((torch.arange(U, device=out.device) >= live)[:, None], 0.0)
+        return out
+    args = (sem, rows.contiguous(), weight, bias if bias is not None else weight,
+            live if live is not None else rows, out, U, D, d)
     upcast, prec = dot_scheme(sem.dtype, weight.dtype)
-    flags = dict(HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=prec, BLOCK_DM=_bdm(d))
+    flags = dict(HAS_BIAS=bias is not None, HAS_LIVE=live is not None, UPCAST=upcast, PRECISION=prec,
+                 BLOCK_DM=_bdm(d))
     with device_guard(sem):
         if _interpret():
             gather_reduce_kernel[(triton.cdiv(U, 64),)](*args, **flags, BLOCK_U=64, BLOCK_D=32)

@@ -154,6 +154,13 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
             out = ops.semantic_fusion_lookup(item_ids, id_table, rand(9, 11, dtype=torch.bfloat16), weight, bias,
                                              mode, fw, fb, padding_idx=0)
             backward(out, id_table, weight, bias, *[t for t in (fw, fb) if t is not None])
+        # the sync-free path: device-unique slots, whole 64-row blocks of them spare (skipped by the reduction)
+        ids = torch.zeros(3, 90, dtype=torch.long, device=device)
+        ids[:, -5:] = torch.randint(1, 1000, (3, 5), device=device)  # 270 lookups of 1,000 items: not the table
+        id_table, weight = rand(1000, 6, grad=True), rand(6, 33, grad=True)
+        out = ops.semantic_fusion_lookup(ids, id_table, rand(1000, 33, dtype=torch.bfloat16), weight, None,
+                                         padding_idx=0, validate=False)
+        backward(out, id_table, weight)
 
     def fusion_bad():
         from fastrec.ops.fusion import _triton_lookup

@@ -375,13 +375,17 @@ def test_device_unique_strategy_equals_the_unique_path(mode):
 
 
 @INTERPRETER_ONLY
-def test_triton_device_unique_path_equals_unique_path():
+@pytest.mark.parametrize("shape,pad", [((3, 11), 4), ((4, 60), 50)])
+def test_triton_device_unique_path_equals_unique_path(shape, pad):
+    """The sync-free layout: the unique ids, then spare slots reduced to zero (with (4, 60) and 50 of 60 padded,
+    whole 64-row blocks of spare slots, which the kernel skips)."""
     from fastrec.ops.fusion import DEVICE_UNIQUE, _triton_lookup
 
     t = make(num_items=50, D=33, d=8)
     kw = {k: (v.detach() if v is not None else None) for k, v in args_for(t, "gate").items()}
-    ids = torch.randint(0, 50, (3, 11))
-    ids[0, :4] = 0
+    ids = torch.randint(0, 50, shape, generator=torch.Generator().manual_seed(1))
+    ids[0, :pad] = 0
+    ids[1:, :pad - 4] = 0
     args = (kw["id_table"], kw["semantic_table"], kw["weight"], kw["bias"], kw["fuse_weight"], kw["fuse_bias"],
             "gate", 0)
     out1, rows1, inv1, red1 = _triton_lookup(ids, *args, 1)
@@ -389,6 +393,8 @@ def test_triton_device_unique_path_equals_unique_path():
     assert torch.equal(out1, out3) and torch.equal(inv1, inv3)
     u = rows1.numel()
     assert rows3.numel() == ids.numel() and torch.equal(rows3[:u], rows1) and torch.equal(red3[:u], red1)
+    assert u < ids.numel() and not red3[u:].any()  # the spare slots: reduced to zero, never computed
+    assert shape[1] < 60 or ids.numel() - u >= 2 * 64
 
 
 def test_no_sync_ops_catches_a_sync(no_sync_ops):

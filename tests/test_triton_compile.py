@@ -86,10 +86,12 @@ SCRIPT = textwrap.dedent('''
                                    "BLOCK_U": C_, "BLOCK_I": C_, "BLOCK_D": C_},
              {"HAS_EX": True, "UPCAST": up, "PRECISION": prec, "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd}, warps)
         cfg = F._CONFIGS[-2]
-        comp(F.gather_reduce_kernel, {"sem_ptr": p, "rows_ptr": "*i64", "w_ptr": p, "b_ptr": p, "out_ptr": "*fp32",
-                                      "U": "i32", "D": "i32", "d": "i32", "HAS_BIAS": C_, "UPCAST": C_,
-                                      "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_},
-             {"HAS_BIAS": True, "UPCAST": up, "PRECISION": prec, "BLOCK_DM": 256, **cfg.kwargs}, cfg.num_warps)
+        comp(F.gather_reduce_kernel, {"sem_ptr": p, "rows_ptr": "*i64", "w_ptr": p, "b_ptr": p, "live_ptr": "*i64",
+                                      "out_ptr": "*fp32", "U": "i32", "D": "i32", "d": "i32", "HAS_BIAS": C_,
+                                      "HAS_LIVE": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_,
+                                      "BLOCK_DM": C_},
+             {"HAS_BIAS": True, "HAS_LIVE": False, "UPCAST": up, "PRECISION": prec, "BLOCK_DM": 256, **cfg.kwargs},
+             cfg.num_warps)
         comp(F.weight_grad_kernel, {"sem_ptr": p, "rows_ptr": "*i64", "g_ptr": "*fp32", "out_ptr": "*fp32",
                                     "U": "i32", "D": "i32", "d": "i32", "PRECISION": C_, "BLOCK_U": C_,
                                     "BLOCK_D": C_, "BLOCK_DM": C_},
@@ -288,15 +290,15 @@ FUSION_SCRIPT = '''
     from fastrec.kernels import dot_scheme, fusion as F
 
     upcast, prec = dot_scheme(torch.bfloat16, torch.float32)  # what the launchers pass on a GPU
-    red = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "w_ptr": "*fp32", "b_ptr": "*fp32", "out_ptr": "*fp32", "U": "i32",
-           "D": "i32", "d": "i32", "HAS_BIAS": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_,
-           "BLOCK_DM": C_}
+    red = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "w_ptr": "*fp32", "b_ptr": "*fp32", "live_ptr": "*i64",
+           "out_ptr": "*fp32", "U": "i32", "D": "i32", "d": "i32", "HAS_BIAS": C_, "HAS_LIVE": C_, "UPCAST": C_,
+           "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_}
     grad = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "g_ptr": "*fp32", "out_ptr": "*fp32", "U": "i32", "D": "i32",
             "d": "i32", "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_}
     for d in (64, 256):
         for name, fn, sig, prune, cx in [
                 ("gather_reduce", F.gather_reduce_kernel, red, F._prune_reduce,
-                 {"HAS_BIAS": True, "UPCAST": upcast, "PRECISION": prec}),
+                 {"HAS_BIAS": True, "HAS_LIVE": True, "UPCAST": upcast, "PRECISION": prec}),
                 ("weight_grad", F.weight_grad_kernel, grad, F._prune_grad, {"PRECISION": prec})]:
             least = None
             for c in prune(F._CONFIGS, {"d": d}, UPCAST=upcast):

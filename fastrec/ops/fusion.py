@@ -40,16 +40,19 @@ def _triton_lookup(item_ids, id_table, semantic_table, weight, bias, fuse_weight
     flat = item_ids.long().reshape(-1)
     valid = flat != padding_idx if padding_idx >= 0 else torch.ones_like(flat, dtype=torch.bool)
     flat = flat.clamp(0, id_table.shape[0] - 1)
+    live = None
     if strategy == 2:  # the whole table: no data-dependent shape, so no host sync (CUDA-graph capture works)
         rows = torch.arange(id_table.shape[0], device=flat.device)
         inverse = torch.where(valid, flat, -1)
     elif strategy == DEVICE_UNIQUE:  # the unique ids by a device sort, in N static slots: no host sync either
         rows, inverse = device_unique_rows(flat, valid, id_table.shape[0])
+        # the slots past the U unique ids are spare: their reductions are zero, and the kernel skips them
+        live = inverse.amax().clamp(min=0) + 1 if inverse.numel() else None
     else:
         rows, inv_valid = fusion_rows(strategy, flat[valid], id_table.shape[0])
         inverse = torch.full_like(flat, -1)
         inverse[valid] = inv_valid
-    reduced = kernels.gather_reduce(semantic_table, rows, weight, bias)
+    reduced = kernels.gather_reduce(semantic_table, rows, weight, bias, live)
     out = kernels.fuse_gather(inverse, rows, id_table, reduced, fuse_weight, fuse_bias, mode)
     return out.view(*item_ids.shape, out.shape[-1]), rows, inverse.view(item_ids.shape), reduced
 
