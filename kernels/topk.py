@@ -410,9 +410,10 @@ def _threshold_group(queries, items, k, indptr, indices, ex_sorted, dot, stride,
             queries, items, indptr if has_ex else count, ex_sorted if has_ex else count, tau, count, cand_s, cand_i,
             U, NI, d, ex_sorted.numel() if has_ex else 0, chunk, cap, HAS_EX=has_ex, UPCAST=upcast,
             PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, num_warps=warps)
-    if bool(((count < k) | (count > cap)).any()):  # the one host read a group
+    least, most = torch.stack(torch.aminmax(count)).tolist()  # the one host read a group
+    if least < k or most > cap:
         return None
-    return merge(cand_s, cand_i.long(), k)
+    return merge(cand_s[:, :most], cand_i[:, :most].long(), k)  # the sort spans the longest list, not cap
 
 
 def merge(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
