@@ -318,3 +318,18 @@ def test_sample_plan_keeps_the_sample_bounded_and_the_slots_proportional():
     stride, cap = tk.sample_plan(10_000_000, 20)
     assert stride == 153 and 10_000_000 / stride <= tk.MAX_SAMPLE and cap == 4 * 20 * stride
     assert tk.sample_plan(100, 3) == (16, 192) and tk.sample_plan(100, 3, 2, 7) == (2, 7)
+
+
+def test_threshold_scheme_in_its_gpu_blocks_under_the_interpreter(monkeypatch):
+    """The candidate scan's GPU tiles (64 queries x 64 items, d in 32-wide slices: two here) on CPU tensors."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs the Triton interpreter")
+    monkeypatch.setattr(tk, "_interpret", lambda: False)  # the GPU configuration...
+    monkeypatch.setattr(tk, "_num_chunks", lambda *a: 2)
+    monkeypatch.setattr(tk, "precision", lambda dtype: "ieee")  # ...computed by the interpreter
+    assert tk._candidate_blocks(64) == (64, 64, 32, 8)
+    g = torch.Generator().manual_seed(9)
+    q, it = torch.randn(70, 64, generator=g).round(), torch.randn(500, 64, generator=g).round()
+    it[400:] = it[:100]  # exact ties across tiles and chunks
+    indptr, indices = csr(torch.randint(0, 9, (70,), generator=g), 500, g)
+    check_threshold(q, it, 10, indptr, indices, exact=True, stride=5, cap=500, monkeypatch=monkeypatch)
