@@ -13,8 +13,8 @@ accumulation; a half semantic table against an fp32 weight (the usual KIRec case
 embeddings, an fp32 Linear) runs tf32x3 on tensor cores (the half operand is exact in tf32, so only the
 weight is split: product error <= 2^-22, below fp32's summation error); fp32 against fp32 uses IEEE fp32 dots.
 FASTREC_TF32=1 opts every fp32 operand into one TF32 dot (about 1e-3 relative). On a GPU the block sizes
-of gather_reduce and weight_grad are chosen by @triton.autotune per (d, D) among a few configs, pruned
-so the fp32 accumulator stays in registers at d = 256; under the interpreter one small config runs.
+of gather_reduce and weight_grad are chosen by @triton.autotune per (d, D, dot scheme) among a few configs,
+pruned so the fp32 accumulator stays in registers at d = 256; under the interpreter one small config runs.
 """
 
 from __future__ import annotations
@@ -178,7 +178,10 @@ def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, b
     if U == 0:
         return out
     if D == 0:  # an empty product: the bias alone (and no empty tensor's pointer goes to the launch)
-        out.copy_(bias.float().expand(U, d)) if bias is not None else out.zero_()
+        if bias is not None:
+            out.copy_(bias.float().expand(U, d))
+        else:
+            out.zero_()
         if live is not None:
             out.masked_fill_((torch.arange(U, device=out.device) >= live)[:, None], 0.0)
         return out
