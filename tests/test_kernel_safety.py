@@ -48,6 +48,14 @@ def test_zero_dim_in_the_triton_kernels(triton_device):
     x = torch.randn(9, 0, device=triton_device)
     index, sqdist = tk.nearest_code(x, x.new_empty(4, 0).normal_())
     assert index.tolist() == [0] * 9 and sqdist.tolist() == [0.0] * 9
+    from fastrec.kernels import fusion as tf  # D = 0: the bias alone, and zero past the live (unique) rows
+
+    bias = torch.randn(3, device=triton_device)
+    rows = torch.tensor([0, 4, 4, 4], device=triton_device)
+    for live, want in [(None, bias.expand(4, 3)), (torch.tensor(2, device=triton_device),
+                                                   torch.cat([bias.expand(2, 3), bias.new_zeros(2, 3)]))]:
+        got = tf.gather_reduce(x.new_empty(5, 0), rows, x.new_empty(3, 0), bias, live)
+        assert torch.equal(got, want)
 
 
 def _nan_rows(device):
