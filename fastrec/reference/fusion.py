@@ -92,7 +92,7 @@ def semantic_fusion_lookup(
     fused = fuse(id_table.float()[rows], reduced, fuse_weight, fuse_bias, mode)
     out = torch.where(valid[:, None], fused[inverse.clamp(min=0)], 0.0) if rows.numel() else \
         torch.zeros(flat.numel(), id_table.shape[1], dtype=torch.float32, device=id_table.device)
-    return out.to(id_table.dtype).view(*ids.shape, -1), rows, inverse.view(ids.shape), reduced
+    return out.to(id_table.dtype).view(*ids.shape, id_table.shape[1]), rows, inverse.view(ids.shape), reduced
 
 
 def semantic_fusion_weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor,
