@@ -333,3 +333,21 @@ def test_threshold_scheme_in_its_gpu_blocks_under_the_interpreter(monkeypatch):
     it[400:] = it[:100]  # exact ties across tiles and chunks
     indptr, indices = csr(torch.randint(0, 9, (70,), generator=g), 500, g)
     check_threshold(q, it, 10, indptr, indices, exact=True, stride=5, cap=500, monkeypatch=monkeypatch)
+
+
+def _threshold_at_scale(device, monkeypatch, users=300, num_items=70_000):
+    """From 65,536 items the default is the threshold scheme: it answers without falling back, as the reference
+    does, with many item chunks (a GPU splits 70,000 items over its SMs)."""
+    calls = []
+    insertion = tk._insertion_topk
+    monkeypatch.setattr(tk, "_insertion_topk", lambda *a: calls.append(1) or insertion(*a))
+    g = torch.Generator().manual_seed(11)
+    q, it = torch.randn(users, 64, generator=g), torch.randn(num_items, 64, generator=g)
+    indptr, indices = csr(torch.randint(0, 60, (users,), generator=g), num_items, g)
+    check(q.to(device), it.to(device), 20, indptr.to(device), indices.to(device))
+    assert not calls
+
+
+@pytest.mark.cuda
+def test_threshold_scheme_at_scale_on_a_gpu(cuda_device, monkeypatch):
+    _threshold_at_scale(cuda_device, monkeypatch)
