@@ -13,8 +13,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-# Shared by the offline scripts: the quantize encode kernel's signature for x and codebooks of pointer type p,
-# and the specialization a GPU launch gives a kernel.
+# Shared by the offline scripts: kernel signatures (topk's candidate scan, quantize's encode kernel, for
+# operands of pointer type p) and the specialization a GPU launch gives a kernel.
 SHARED_DEFS = textwrap.dedent('''
     def CANDIDATES_SIGNATURE(p):  # topk's candidates_kernel, queries and items of pointer type p
         return {"q_ptr": p, "it_ptr": p, "exp_ptr": "*i64", "exi_ptr": "*i32", "tau_ptr": "*fp32", "cnt_ptr": "*i32",
