@@ -53,12 +53,11 @@ APPROX_ONLY (tests only): returns the argmin of A (no re-rank), to show that emu
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from fastrec.kernels import device_guard, env_choice
+from fastrec.kernels import interpret as _interpret
 
 REGS_MAX_D = 128  # up to this D the residual lives in registers
 _U_TF32 = 2.0 ** -10
@@ -288,10 +287,6 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
                 acc += tl.load(cb_ptr + ((K64 * level + k) * D)[:, None] + dd[None, :], mask=m,
                                other=0.0).to(tl.float32)
             tl.store(q_ptr + rows[:, None] * D + dd[None, :], acc.to(q_ptr.dtype.element_ty), mask=m)
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _prune(configs, named_args, **kwargs):

@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 from fastrec.kernels import device_guard, env_choice
+from fastrec.kernels import interpret as _interpret  # a module name of its own: tests patch it
 
 MAX_K = 128
 NO_ID = 2**31 - 1  # "no exclusion left" for the per-query exclusion pointer (beyond every tile)
@@ -196,10 +197,6 @@ def candidates_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, tau_ptr, cnt_ptr, cs_ptr,
             tl.store(ci_ptr + where, ids, mask=ok)
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
 
 
@@ -241,6 +238,14 @@ def _num_chunks(blocks_u: int, num_items: int, block_i: int, device: torch.devic
         return min(3, tiles)
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     return max(1, min(tiles, triton.cdiv(4 * sms, blocks_u)))
+
+
+def _grid(U: int, num_items: int, block_u: int, block_i: int, device: torch.device) -> tuple[int, int, int]:
+    """(query blocks, item chunks, items a chunk: a multiple of block_i) of a scan's launch."""
+    blocks_u = triton.cdiv(U, block_u)
+    chunks = _num_chunks(blocks_u, num_items, block_i, device)
+    chunk = triton.cdiv(triton.cdiv(num_items, chunks), block_i) * block_i
+    return blocks_u, triton.cdiv(num_items, chunk), chunk
 
 
 def supports(queries: torch.Tensor, items: torch.Tensor, k: int) -> bool:
@@ -292,10 +297,7 @@ def _insertion_topk(queries, items, k, exclude_indptr, exclude_indices, dot):
         return queries.new_empty(0, k, dtype=torch.float32), queries.new_empty(0, k, dtype=torch.int64)
     kp = max(16, triton.next_power_of_2(k))
     block_u, block_i, block_d, warps = _config(kp, d)
-    blocks_u = triton.cdiv(U, block_u)
-    chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
-    chunk = triton.cdiv(triton.cdiv(NI, chunks), block_i) * block_i
-    chunks = triton.cdiv(NI, chunk)
+    blocks_u, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
     part_s = torch.empty(U, chunks, k, dtype=torch.float32, device=queries.device)
     part_i = torch.empty(U, chunks, k, dtype=torch.int32, device=queries.device)
     has_ex = exclude_indptr is not None and exclude_indices.numel() > 0
@@ -396,10 +398,7 @@ def _threshold_group(queries, items, k, indptr, indices, ex_sorted, dot, stride,
     (U, d), NI = queries.shape, items.shape[0]
     tau = thresholds(queries, items, k, indptr, indices, dot, stride)
     block_u, block_i, block_d, warps = _candidate_blocks(d)
-    blocks_u = triton.cdiv(U, block_u)
-    chunks = _num_chunks(blocks_u, NI, block_i, queries.device)
-    chunk = triton.cdiv(triton.cdiv(NI, chunks), block_i) * block_i
-    chunks = triton.cdiv(NI, chunk)
+    blocks_u, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
     count = torch.zeros(U, dtype=torch.int32, device=queries.device)
     cand_s = torch.full((U, cap), float("-inf"), dtype=torch.float32, device=queries.device)
     cand_i = torch.full((U, cap), NI, dtype=torch.int32, device=queries.device)
