@@ -8,7 +8,9 @@ BLOCK_N rows and walks all L levels in one launch; each row's fp32 residual stay
           tl.dot(input_precision="tf32x3") (three tf32 dots over a hi/lo split of both operands: an error
           near fp32's; FASTREC_QUANTIZE_DOT=tf32 takes one tf32 dot); with a per-(row, code) error bound B_j
           it keeps U = min_j (A_j + B_j) and the three smallest A_j - B_j, the first two with their codes.
-          Every code with A_j - B_j <= U is a candidate, and the exact winner is always one (below);
+          Every code with A_j - B_j <= U is a candidate, and the exact winner is always one (below). B_j is
+          split into a per-row, a per-code and a product term (`_approx`), so A_j -+ B_j cost two FMAs an
+          element each (and few live tiles: register pressure sets how many programs share a multiprocessor);
   resolve when every row of the block has its third smallest A - B above U, a row's candidates are its first
           code (always one) and its second (when <= U): their exact fp32 distances E_j = sum_d (r_d - c_jd)^2
           (the gathered code rows) decide, ties to the lower index (fastrec::better in
@@ -31,8 +33,9 @@ dot and 3u^2 + 4u^3 for tf32x3, bounds:
     g allows 2^-20 a step, so an accumulator up to 3 bits worse than fp32 is still covered, at no cost: the
     tf32 term dominates B by two orders of magnitude),
     of ||c_j||^2 (torch, <= D 2^-24 ||c_j||^2), of A itself and of E (<= (D + 3) 2^-24 E), and the fp32
-    roundings of A - B, A + B and the min, all below g (||r|| + ||c_j||)^2 (every quantity involved is at
-    most (||r|| + ||c_j||)^2 in size, and 2 ||r|| ||c_j|| <= (||r|| + ||c_j||)^2);
+    roundings of A - B, A + B (each a few operations on its split terms) and the min, all below
+    g (||r|| + ||c_j||)^2 (every quantity involved is at most (||r|| + ||c_j||)^2 in size, and
+    2 ||r|| ||c_j|| <= (||r|| + ||c_j||)^2);
   - the leading 2 is a safety factor (it also absorbs the rounding of ||r|| and ||c_j|| themselves; with
     tf32x3 the accumulation term dominates, and g covers 3D products as it covers 2D).
 E itself is computed in one fixed order (a tree over D inside a tile, tiles in order); the search is exact with
@@ -88,11 +91,15 @@ def _dot(r, c, acc, EMULATE: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS: tl.constexpr,
-            EMULATE: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            BLOCK_D: tl.constexpr):
-    """(A, B) of a [BLOCK_N, BLOCK_K] tile: A = ||c||^2 - 2 r.c by a tensor-core dot, B its error bound.
-    Codes past K get A = +inf."""
+def _approx(r, res_ptr, cb, nb, rows, live, ks, rn, K, D, eps_dot, eps_acc, IN_REGS: tl.constexpr,
+            EMULATE: tl.constexpr, PRECISION: tl.constexpr, APPROX_ONLY: tl.constexpr, BLOCK_N: tl.constexpr,
+            BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(lo, hi, a) of a [BLOCK_N, BLOCK_K] tile: lo = A - B + alpha and hi = A + B - alpha, where A = ||c||^2 - 2 r.c
+    (a tensor-core dot) and B its error bound, split as B = alpha + ||r|| beta_j + gamma_j (alpha = 2 eps_acc
+    ||r||^2 per row, beta_j = 2 (eps_dot + 2 eps_acc) ||c_j||, gamma_j = 2 eps_acc ||c_j||^2 per code): two FMAs an
+    element for each, the per-row alpha added after the row reductions. a = A (APPROX_ONLY; otherwise lo).
+    Codes past K get +inf in all three. The scratch path reads only the `live` rows' residual (zeros for the
+    others; in registers the caller passes r with those rows zeroed)."""
     kmask = ks < K
     koff = ks.to(tl.int64) * D
     dims = tl.arange(0, BLOCK_D)
@@ -105,17 +112,24 @@ def _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + dims
             dm = dd < D
-            rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+            rt = tl.load(res_ptr + rows[:, None] * D + dd[None, :], mask=live[:, None] & dm[None, :], other=0.0)
             c = tl.load(cb + koff[:, None] + dd[None, :], mask=kmask[:, None] & dm[None, :],
                         other=0.0).to(tl.float32)
             dot = _dot(rt, c, dot, EMULATE, PRECISION)
     norms = tl.load(nb + ks, mask=kmask, other=0.0)
     cn = tl.sqrt(norms)
-    a = tl.where(kmask[None, :], norms[None, :] - 2.0 * dot, float("inf"))
-    rc = rn[:, None] * cn[None, :]
-    both = rn[:, None] + cn[None, :]
-    b = 2.0 * (eps_dot * rc + eps_acc * both * both)
-    return a, b
+    beta = 2.0 * (eps_dot + 2.0 * eps_acc) * cn
+    gamma = 2.0 * eps_acc * norms
+    # per-code terms on [BLOCK_K] only; +inf past K (never inf * 0 in an element: rn may be 0)
+    p_lo = tl.where(kmask, norms - gamma, float("inf"))
+    p_hi = tl.where(kmask, norms + gamma, float("inf"))
+    rb = rn[:, None] * beta[None, :]
+    lo = p_lo[None, :] - 2.0 * dot - rb
+    hi = p_hi[None, :] - 2.0 * dot + rb
+    a = lo
+    if APPROX_ONLY:
+        a = tl.where(kmask[None, :], norms[None, :] - 2.0 * dot, float("inf"))
+    return lo, hi, a
 
 
 @triton.jit
@@ -200,7 +214,15 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
         bad = ~(s < float("inf"))  # a NaN or Inf in the residual
         rn = tl.sqrt(tl.where(bad, 0.0, s))
         # pass 1: U = min_j (A_j + B_j), an upper bound of the exact minimum (minus ||r||^2), and the three
-        # smallest A_j - B_j, the first two with their codes (the candidates are the codes with A_j - B_j <= U)
+        # smallest A_j - B_j, the first two with their codes (the candidates are the codes with A_j - B_j <= U).
+        # Both are kept in lo's units (lo = A - B + alpha): `upper` = U + alpha = min(hi) + 2 alpha
+        alpha2 = 4.0 * eps_acc * tl.where(bad, 0.0, s)
+        live = rmask & ~bad
+        # the dots see a NaN/Inf row as zeros: its lo and hi stay finite (its code is set below), so no tile
+        # reduction sees a row of NaNs (the interpreter's argmin raises on one)
+        rd = r
+        if IN_REGS:
+            rd = tl.where(bad[:, None], 0.0, r)
         upper = tl.full([BLOCK_N], float("inf"), tl.float32)
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
@@ -211,9 +233,9 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
         j2 = best_k
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS, EMULATE_TF32,
-                           PRECISION, BLOCK_N, BLOCK_K, BLOCK_D)
-            upper = tl.minimum(upper, tl.min(a + b, axis=1))
+            lo, hi, a = _approx(rd, res_ptr, cb, nb, rows, live, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
+                                EMULATE_TF32, PRECISION, APPROX_ONLY, BLOCK_N, BLOCK_K, BLOCK_D)
+            upper = tl.minimum(upper, tl.min(hi, axis=1) + alpha2)
             if APPROX_ONLY:  # the tensor-core ranking alone (tests): argmin of A, ties to the lowest index
                 tile_best = tl.min(a, axis=1)
                 tile_k = tl.argmin(a, axis=1, tie_break_left=True).to(tl.int32) + k0
@@ -221,8 +243,7 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
                 best = tl.where(take, tile_best, best)
                 best_k = tl.where(take, tile_k, best_k)
             elif RESOLVE:
-                m1, j1, m2, j2, m3 = _three_smallest(a - b, k0, m1, j1, m2, j2, m3, BLOCK_K)
-        live = rmask & ~bad
+                m1, j1, m2, j2, m3 = _three_smallest(lo, k0, m1, j1, m2, j2, m3, BLOCK_K)
         crowded = 1  # pass 2 unless every row of the block has at most two candidates
         if RESOLVE:
             crowded = tl.max((live & (m3 <= upper)).to(tl.int32), axis=0)
@@ -243,9 +264,9 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
             # pass 2: exact distances of the candidates A_j - B_j <= U, lowest index first
             for k0 in range(0, K, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
-                a, b = _approx(r, res_ptr, cb, nb, rows, rmask, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
-                               EMULATE_TF32, PRECISION, BLOCK_N, BLOCK_K, BLOCK_D)
-                cand = (a - b <= upper[:, None]) & (ks < K)[None, :] & (rmask & ~bad)[:, None]
+                lo, hi, a = _approx(rd, res_ptr, cb, nb, rows, live, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
+                                    EMULATE_TF32, PRECISION, False, BLOCK_N, BLOCK_K, BLOCK_D)
+                cand = (lo <= upper[:, None]) & (ks < K)[None, :] & live[:, None]
                 while tl.max(tl.max(cand.to(tl.int32), axis=1), axis=0) > 0:
                     j = tl.min(tl.where(cand, ks[None, :], K), axis=1)
                     has = j < K

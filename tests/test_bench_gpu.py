@@ -116,3 +116,21 @@ def test_gpu_report_verdict_counts_and_unselected_stages(tmp_path, capsys):
     assert counts.startswith("1 passed, 1 failed, 0 errors, 1 skipped") and "tests.test_x::test_b" in counts
     assert report.main(["gpu_report.py", str(tmp_path)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_kernel_option_rows_set_their_variable_only_while_they_run(monkeypatch):
+    """The bench's variant rows (e.g. "fastrec, no L2 stream hints") set a kernel option for their call alone:
+    the variable is back as it was afterwards, also when the call raises."""
+    import os
+
+    monkeypatch.setenv("FASTREC_SPMM_STREAM_HINTS", "1")
+    seen = gpu._with_env(lambda: os.environ["FASTREC_SPMM_STREAM_HINTS"], "FASTREC_SPMM_STREAM_HINTS", "0")()
+    assert seen == "0" and os.environ["FASTREC_SPMM_STREAM_HINTS"] == "1"
+    monkeypatch.delenv("FASTREC_SPMM_STREAM_HINTS")
+
+    def boom():
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        gpu._with_env(boom, "FASTREC_SPMM_STREAM_HINTS", "0")()
+    assert "FASTREC_SPMM_STREAM_HINTS" not in os.environ

@@ -247,6 +247,29 @@ def test_spmm_power_law_hub_row_forward_backward(index_dtype, d, on_device):
     assert_close_to_oracle(v.grad, g_values)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("d", [3, 64])
+def test_cuda_stream_hints_change_no_bit(index_dtype, d, cuda_device, monkeypatch):
+    """The evict-first loads and stores of the edge stream and the running sum (FASTREC_SPMM_STREAM_HINTS,
+    on by default) are cache hints only: forward and backward equal the unhinted kernel bit for bit, and both
+    are close to fp64."""
+    indptr, indices, values = (t.to(cuda_device) for t in power_law_csr(index_dtype=index_dtype, seed=3))
+    emb = torch.randn(2500, d, device=cuda_device)
+    grad = torch.randn(2500, d, device=cuda_device)
+
+    def run(hints: str):
+        monkeypatch.setenv("FASTREC_SPMM_STREAM_HINTS", hints)
+        e = emb.clone().requires_grad_(True)
+        out = lightgcn_propagate(_Csr(indptr, indices, values), e, 3)
+        out.backward(grad)
+        return out.detach(), e.grad, spmm(indptr, indices, values, emb)
+
+    hinted, plain = run("1"), run("0")
+    assert all(torch.equal(a, b) for a, b in zip(hinted, plain, strict=True))
+    assert_close_to_oracle(hinted[2], spmm_fp64(indptr, indices, values, emb))
+
+
 @pytest.mark.parametrize("d", [3, 64])
 def test_spmm_misaligned_dense_view(d, on_device):
     """dense as a view with a 4-byte storage offset: the CUDA kernel takes its scalar path (no 16-byte load

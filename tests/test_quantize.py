@@ -370,11 +370,14 @@ def test_tf32_emulation_changes_the_approximate_ranking_not_the_codes():
     assert codes(emulate_tf32=True, approx_only=True, precision="tf32x3") == [5] * 4
 
 
-def test_triton_nan_and_inf_rows(triton_device):
+@pytest.mark.parametrize("d, k", [(20, 30), (20, 32), (130, 16)])
+def test_triton_nan_and_inf_rows(triton_device, d, k):
     """A NaN row: code 0 at every level and a NaN distance; an Inf row: code 0 and distance Inf (the
-    reference's argmin over all-NaN / all-Inf distances); the other rows are untouched."""
+    reference's argmin over all-NaN / all-Inf distances); the other rows are untouched. K = 32 fills the
+    interpreter's code tile (no padding code to hide a row of NaN scores: the dots must see such rows as
+    zeros), D = 130 takes the scratch path."""
     tk = _tk()
-    x, codebooks = _grid_inputs(40, 20, 30, 3, torch.Generator().manual_seed(3))
+    x, codebooks = _grid_inputs(40, d, k, 3, torch.Generator().manual_seed(3))
     x[5, 2] = float("nan")
     x[9, 0] = float("inf")
     codes, q, _ = tk.encode(x.to(triton_device), codebooks.to(triton_device), True, False)

@@ -18,6 +18,13 @@
 // fixed xor-butterfly adds the groups' sums. d / V > 32 loops over column chunks of 32 lanes. fp32
 // accumulation, int64 offsets.
 //
+// L2 residency: the gathered rows (one side of the bipartite graph at a time: 13-23 MB at the Amazon-Book
+// shape, within an H200's 50 MB L2) are read ~40 times a layer each, while the edge stream (indices, values)
+// and LightGCN's running sum `out` are touched once a layer. Those streams load and store with the
+// evict-first hint (ld/st.global.cs), so they do not push the gathered rows out of L2; the layer's output
+// `next` (the next layer's gathered table) and x0 (layer 1's) keep the default policy.
+// FASTREC_SPMM_STREAM_HINTS=0 turns the hints off (the benchmark times both).
+//
 // The kernels bound-check what they index with user data themselves (the host checks vanish under
 // torch.compile and CUDA-graph capture): every edge range is clamped into [0, nnz] (the merge-path search
 // keeps its coordinates inside [0, rows] x [0, nnz] whatever indptr holds) and a column outside [0, ncols)
@@ -34,7 +41,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/graph.h"
@@ -46,6 +55,21 @@ constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 8;
 constexpr int64_t kItemsPerWarp = 256;  // K: merge-path items (edges + row ends) per warp
 constexpr int kUnroll = 4;              // neighbours in flight per lane group
+
+// A value read once per pass (the edge stream, the running sum): evict-first when Hint (ld.global.cs).
+template <bool Hint, typename T>
+__device__ __forceinline__ T load_stream(const T* p) {
+  if constexpr (!Hint) {
+    return *p;
+  } else if constexpr (std::is_same_v<T, int64_t>) {
+    return static_cast<T>(__ldcs(reinterpret_cast<const long long*>(p)));
+  } else if constexpr (std::is_same_v<T, float>) {
+    return __ldcs(p);
+  } else {
+    static_assert(std::is_same_v<T, int32_t>, "int32, int64 or float");
+    return __ldcs(p);
+  }
+}
 
 // V consecutive floats of one row held by one lane: a float4 (one 16-byte load) or a float.
 template <int V>
@@ -72,11 +96,32 @@ struct Chunk {
       a[0] = *p;
     }
   }
+  template <bool Hint>
+  __device__ __forceinline__ void load_stream(const float* p) {  // read once a pass (see top)
+    if constexpr (!Hint) {
+      load_rw(p);
+    } else if constexpr (V == 4) {
+      const float4 t = __ldcs(reinterpret_cast<const float4*>(p));
+      a[0] = t.x, a[1] = t.y, a[2] = t.z, a[3] = t.w;
+    } else {
+      a[0] = __ldcs(p);
+    }
+  }
   __device__ __forceinline__ void store(float* p) const {
     if constexpr (V == 4) {
       *reinterpret_cast<float4*>(p) = make_float4(a[0], a[1], a[2], a[3]);
     } else {
       *p = a[0];
+    }
+  }
+  template <bool Hint>
+  __device__ __forceinline__ void store_stream(float* p) const {  // written once a pass
+    if constexpr (!Hint) {
+      store(p);
+    } else if constexpr (V == 4) {
+      __stcs(reinterpret_cast<float4*>(p), make_float4(a[0], a[1], a[2], a[3]));
+    } else {
+      __stcs(p, a[0]);
     }
   }
   __device__ __forceinline__ void add(const Chunk& o) {
@@ -107,7 +152,7 @@ struct PassArgs {
 
 // One lane's V columns starting at `col` of sum_{k in [b, e)} values[k] * x[indices[k]], over the
 // neighbours of its group (g, g + groups, ...; kUnroll of them in flight). Warp-uniform control flow.
-template <int V, typename index_t>
+template <int V, bool Hint, typename index_t>
 __device__ __forceinline__ Chunk<V> edge_sum(const PassArgs<index_t>& a, int64_t b, int64_t e, int64_t col,
                                              bool active, int g, int groups) {
   Chunk<V> acc;
@@ -119,10 +164,10 @@ __device__ __forceinline__ Chunk<V> edge_sum(const PassArgs<index_t>& a, int64_t
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t kk = k + u * groups;
-      const index_t j = a.indices[kk];
+      const index_t j = load_stream<Hint>(a.indices + kk);
       CUDA_KERNEL_ASSERT(graph::in_range(j, a.ncols) && "a column index is outside [0, ncols)");
       const bool ok = graph::in_range(j, a.ncols);
-      v[u] = ok ? a.values[kk] : 0.f;
+      v[u] = ok ? load_stream<Hint>(a.values + kk) : 0.f;
       if (ok && active) {
         xv[u].load(a.x + static_cast<int64_t>(j) * a.d + col);
       } else {
@@ -133,12 +178,12 @@ __device__ __forceinline__ Chunk<V> edge_sum(const PassArgs<index_t>& a, int64_t
     for (int u = 0; u < kUnroll; ++u) acc.fma(v[u], xv[u]);
   }
   for (; k < e; k += groups) {
-    const index_t j = a.indices[k];
+    const index_t j = load_stream<Hint>(a.indices + k);
     CUDA_KERNEL_ASSERT(graph::in_range(j, a.ncols) && "a column index is outside [0, ncols)");
     if (!graph::in_range(j, a.ncols) || !active) continue;
     Chunk<V> xv;
     xv.load(a.x + static_cast<int64_t>(j) * a.d + col);
-    acc.fma(a.values[k], xv);
+    acc.fma(load_stream<Hint>(a.values + k), xv);
   }
   return acc;
 }
@@ -154,7 +199,7 @@ __device__ __forceinline__ void reduce_groups(Chunk<V>& acc, int group) {
 }
 
 // First kernel of a pass: each warp whose trailing row is split sums its part of that row into its carry.
-template <int V, typename index_t>
+template <int V, bool Hint, typename index_t>
 __global__ void spmm_carry_kernel(PassArgs<index_t> a, int64_t workers) {
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= workers) return;  // the whole warp
@@ -165,7 +210,7 @@ __global__ void spmm_carry_kernel(PassArgs<index_t> a, int64_t workers) {
   for (int64_t ch = 0; ch < chunks; ++ch) {
     const int64_t col = (ch * a.group + q) * V;
     const bool active = col < a.d;
-    Chunk<V> acc = edge_sum<V>(a, p.carry_begin, p.carry_end, col, active, g, groups);
+    Chunk<V> acc = edge_sum<V, Hint>(a, p.carry_begin, p.carry_end, col, active, g, groups);
     reduce_groups<V>(acc, a.group);
     if (g == 0 && active) acc.store(a.carry + w * a.d + col);
   }
@@ -173,7 +218,7 @@ __global__ void spmm_carry_kernel(PassArgs<index_t> a, int64_t workers) {
 
 // Second kernel of a pass: each warp sums the rows it owns (a split row0: its part, then the carries of
 // workers chain_begin..w-1 in that order) and writes them once, with the fused epilogue.
-template <int V, typename index_t>
+template <int V, bool Hint, typename index_t>
 __global__ void spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= workers) return;  // the whole warp
@@ -192,7 +237,7 @@ __global__ void spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const int64_t col = (ch * a.group + q) * V;
       const bool active = col < a.d;
-      Chunk<V> acc = edge_sum<V>(a, b, e, col, active, g, groups);
+      Chunk<V> acc = edge_sum<V, Hint>(a, b, e, col, active, g, groups);
       reduce_groups<V>(acc, a.group);
       if (g != 0 || !active) continue;
       if (r == p.row0) {
@@ -211,18 +256,34 @@ __global__ void spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
           base.load(a.x0 + off);
           prev.zero();
         } else {
-          prev.load_rw(a.out + off);
+          prev.template load_stream<Hint>(a.out + off);
           base.zero();
         }
 #pragma unroll
         for (int i = 0; i < V; ++i) prev.a[i] = graph::accumulate(a.first, prev.a[i], base.a[i], a.w0, a.w, acc.a[i]);
-        prev.store(a.out + off);
+        prev.template store_stream<Hint>(a.out + off);
       }
     }
   }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// FASTREC_SPMM_STREAM_HINTS=0 turns the evict-first hints off (read per call: the benchmark times both).
+bool stream_hints() {
+  const char* v = std::getenv("FASTREC_SPMM_STREAM_HINTS");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+// The carry kernel, then the owner kernel, of one pass.
+template <int V, bool Hint, typename index_t>
+void launch_kernels(const PassArgs<index_t>& a, int64_t workers, int64_t blocks, cudaStream_t stream) {
+  const int threads = kWarpsPerBlock * kWarp;
+  spmm_carry_kernel<V, Hint, index_t><<<blocks, threads, 0, stream>>>(a, workers);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  spmm_owned_kernel<V, Hint, index_t><<<blocks, threads, 0, stream>>>(a, workers);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 // One SpMM pass (next = A @ x, out = accumulate(...)): the carry kernel, then the owner kernel.
 // `carry` holds merge_path_workers(rows, nnz, K) * d floats.
@@ -243,18 +304,16 @@ void launch_pass(const at::Tensor& indptr, const at::Tensor& indices, const at::
   while (group < 32 && group < dv) group <<= 1;
   PassArgs<index_t> a{indptr.data_ptr<index_t>(), indices.data_ptr<index_t>(), values.data_ptr<float>(), x, rows,
                       nnz, ncols, d, next, out, x0, first, w0, w, carry, group};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  const int threads = kWarpsPerBlock * kWarp;
-  if (vec) {
-    spmm_carry_kernel<4, index_t><<<blocks, threads, 0, stream>>>(a, workers);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    spmm_owned_kernel<4, index_t><<<blocks, threads, 0, stream>>>(a, workers);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool hints = stream_hints();
+  if (vec && hints) {
+    launch_kernels<4, true>(a, workers, blocks, stream);
+  } else if (vec) {
+    launch_kernels<4, false>(a, workers, blocks, stream);
+  } else if (hints) {
+    launch_kernels<1, true>(a, workers, blocks, stream);
   } else {
-    spmm_carry_kernel<1, index_t><<<blocks, threads, 0, stream>>>(a, workers);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    spmm_owned_kernel<1, index_t><<<blocks, threads, 0, stream>>>(a, workers);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernels<1, false>(a, workers, blocks, stream);
   }
 }
 
