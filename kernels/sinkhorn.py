@@ -22,12 +22,11 @@ the lowest index.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from fastrec.kernels import device_guard
+from fastrec.kernels import interpret as _interpret
 
 
 @triton.jit
@@ -191,7 +190,7 @@ def sinkhorn_assign(distances: torch.Tensor, epsilon: float, iters: int,
     codes = torch.empty(N, dtype=torch.int64, device=dev)
     if N == 0:
         return codes
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = _interpret()
     rows, block_n, bk = blocks(K, interpret)
     if block_k is not None:
         bk, block_n = block_k, (16384 if interpret else TILE_ELEMS) // block_k

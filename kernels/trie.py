@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 from fastrec.kernels import device_guard
+from fastrec.kernels import interpret as _interpret
 
 
 @triton.jit
@@ -72,8 +73,6 @@ def trie_mask_kernel(scores_ptr, gen_ptr, indptr_ptr, tokens_ptr, children_ptr, 
 def trie_mask(scores: torch.Tensor, generated: torch.Tensor, indptr: torch.Tensor, tokens: torch.Tensor,
               children: torch.Tensor, fill: float) -> torch.Tensor:
     """Triton trie constraint (arguments checked by fastrec.ops.trie_mask)."""
-    import os
-
     scores = scores.contiguous()
     generated = generated.contiguous()
     out = torch.empty_like(scores)
@@ -81,7 +80,7 @@ def trie_mask(scores: torch.Tensor, generated: torch.Tensor, indptr: torch.Tenso
     if out.numel() == 0:
         return out
     steps = max(1, tokens.numel().bit_length())  # enough halvings for any node degree, without a host sync
-    block_v = 4096 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
+    block_v = 4096 if _interpret() else 1024
     with device_guard(out):
         trie_mask_kernel[(R,)](scores, generated, indptr, tokens, children, out, V, generated.shape[1],
                                indptr.numel() - 1, tokens.numel(), fill, STEPS=steps, BLOCK_V=block_v)
