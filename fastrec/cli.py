@@ -13,7 +13,7 @@ def _bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fastrec import backends
-    from fastrec.bench import all_cases, format_table, markdown, plot, run_case, write_csv
+    from fastrec.bench import all_cases, format_table, markdown, plot, run_case, write_csv, write_kernels_csv
 
     families = args.ops.split(",") if args.ops else None
     device = getattr(args, "device", "cpu")
@@ -30,6 +30,7 @@ def _bench(args: argparse.Namespace) -> int:
     where = f"{torch.cuda.get_device_name(device)}, backends {info['cuda']}" if cuda else f"backends {info['cpu']}"
     print(f"fastrec bench: {len(cases)} cases on {device}; {where}", flush=True)
     rows, failed, skipped = [], [], []
+    kernels = [] if getattr(args, "kernels", False) else None
     start = time.monotonic()
     with tqdm(cases, desc="bench", unit="case") as bar:
         for case in bar:
@@ -38,7 +39,7 @@ def _bench(args: argparse.Namespace) -> int:
                 continue
             try:
                 rows += run_case(case, min_time=0.2 if args.quick else 0.5, progress=bar.set_postfix_str,
-                                 rounds=1 if cuda else 3, device=device)
+                                 rounds=1 if cuda else 3, device=device, kernels=kernels)
             except Exception as exc:  # one case failing must not lose the others' numbers
                 failed.append(f"{case.name}: {type(exc).__name__}: {exc}")
                 print(f"fastrec bench: {case.name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -49,6 +50,9 @@ def _bench(args: argparse.Namespace) -> int:
     if rows:
         plot(rows, out / "bench.png")
     print(f"wrote {out / 'bench.csv'}, {out / 'bench.md'} and {out / 'bench.png'}")
+    if kernels is not None:
+        write_kernels_csv(kernels, out / "kernels.csv")
+        print(f"wrote {out / 'kernels.csv'} (where each fastrec implementation's time goes, kernel by kernel)")
     for name in skipped:
         print(f"fastrec bench: {name} skipped (the --budget-s of {budget:g} s was spent)")
     for line in failed:
@@ -76,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="results/bench", help="folder for bench.csv and bench.png")
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU cases against GPU peers, "
                        "timed with CUDA events")
+    bench.add_argument("--kernels", action="store_true",
+                       help="also profile each fastrec implementation (torch.profiler) into kernels.csv: its "
+                            "kernels' device times (on the CPU: its operators' self times)")
     bench.add_argument("--budget-s", type=float, default=0.0,
                        help="stop starting new cases after this many seconds (0: no limit)")
     bench.set_defaults(func=_bench)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make gpu-check`: build fastrec._C in place for the visible GPU, then
-#   1. fastrec bench --device cuda --quick   (GPU peers, CUDA-event medians, ratios in the same run)
+#   1. fastrec bench --device cuda --quick --kernels  (GPU peers, CUDA-event medians, ratios in the same run;
+#      each fastrec implementation's time kernel by kernel, torch.profiler, into kernels.csv)
 #   2. compute-sanitizer memcheck over scripts/gpu_sanitize.py (every op, forward + backward, odd shapes)
 #   3. pytest -m cuda            (every CUDA test case; in up to 16 processes with pytest-xdist), in what is left
-#   4. gpu-check.md (tables), bench.csv and gpu-check.log under $OUT (default results/gpu-check/)
+#   4. gpu-check.md (tables), bench.csv, kernels.csv and gpu-check.log under $OUT (default results/gpu-check/)
 # Uses the machine's own python3 (no venv, no network). Each stage's failure is reported and the next stage
 # still runs; the exit code is non-zero when any stage failed. Without a GPU: one line, exit 2.
 # The whole run keeps to GPU_CHECK_DEADLINE_S (default 540 s, 9 minutes: one device call of at most 10): each
@@ -122,9 +123,11 @@ BENCH_S=$((DEADLINE - SECONDS - 120))
 BENCH_OPS="${GPU_CHECK_BENCH_OPS:+--ops=$GPU_CHECK_BENCH_OPS}"
 [ "$DEVICE" = cpu ] && BENCH_OPS="--ops=fusion"  # the dry run: one small CPU family
 stage bench $((BENCH_S + 90)) "$PY" -m fastrec bench --device "$DEVICE" --quick --out "$OUT/bench" \
-  --budget-s "$BENCH_S" $BENCH_OPS
-# moved, not copied: the device tool brings back at most 8 files from $OUT
+  --budget-s "$BENCH_S" --kernels $BENCH_OPS
+# moved, not copied: the device tool brings back at most 8 files from $OUT (bench.md is gpu-check.md's table)
 [ -f "$OUT/bench/bench.csv" ] && mv "$OUT/bench/bench.csv" "$OUT/bench.csv"
+[ -f "$OUT/bench/kernels.csv" ] && mv "$OUT/bench/kernels.csv" "$OUT/kernels.csv"
+rm -f "$OUT/bench/bench.md"
 
 # 2. compute-sanitizer memcheck over the op driver (exit 3 = the tool is missing or cannot attach: skipped)
 sanitize() {

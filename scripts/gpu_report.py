@@ -2,9 +2,10 @@
 
     python3 scripts/gpu_report.py OUT
 
-Reads OUT/stages.tsv (stage, status, seconds), OUT/pytest.xml, OUT/sanitizer.log and OUT/bench.csv; writes
-OUT/gpu-check.md (environment, stages, test counts, sanitizer summary, the benchmark table); prints the
-stages and the benchmark ratios, then the verdict. Exit 1 when a stage did not pass (skipped is a pass
+Reads OUT/stages.tsv (stage, status, seconds), OUT/pytest.xml, OUT/sanitizer.log, OUT/bench.csv and
+OUT/kernels.csv; writes OUT/gpu-check.md (environment, stages, test counts, sanitizer summary, the benchmark
+table, where each fastrec implementation's time goes); prints the stages and the benchmark ratios, then the
+verdict. Exit 1 when a stage did not pass (skipped is a pass
 with a note: e.g. compute-sanitizer missing).
 """
 
@@ -76,6 +77,25 @@ def bench_rows(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def kernel_rows(out: Path) -> list[dict]:
+    path = out / "kernels.csv"
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def kernel_tables(rows: list[dict]) -> list[str]:
+    """One table per (op, shape, fastrec implementation): its kernels by device time per call."""
+    md = []
+    groups = list(dict.fromkeys((r["op"], r["shape"], r["impl"]) for r in rows))
+    for op, shape, impl in groups:
+        md += ["", f"**{op}** [{shape}] {impl}", "", "| kernel | launches | ms | share |", "|---|---|---|---|"]
+        md += [f"| `{r['kernel']}` | {float(r['calls']):g} | {float(r['ms']):.3f} | {100 * float(r['share']):.0f}% |"
+               for r in rows if (r["op"], r["shape"], r["impl"]) == (op, shape, impl)]
+    return md
+
+
 def verdict(rows: list[dict], row: dict) -> str:
     if not row["target"]:
         return ""
@@ -104,6 +124,10 @@ def main(argv: list[str]) -> int:
                       f"{float(r['peak_extra_mb']):.1f} |")
     else:
         md.append("no bench.csv (the benchmark did not run or failed before its first case)")
+    kernels = kernel_rows(out)
+    if kernels:
+        md += ["", "## Where fastrec's time goes (torch.profiler, per call of each fastrec implementation)"]
+        md += kernel_tables(kernels)
     md += ["", f"Verdict: {'all stages passed' if ok else 'FAILED'}; full log: gpu-check.log", ""]
     (out / "gpu-check.md").write_text("\n".join(md))
 

@@ -134,3 +134,24 @@ def test_kernel_option_rows_set_their_variable_only_while_they_run(monkeypatch):
     with pytest.raises(RuntimeError, match="kernel failed"):
         gpu._with_env(boom, "FASTREC_SPMM_STREAM_HINTS", "0")()
     assert "FASTREC_SPMM_STREAM_HINTS" not in os.environ
+
+
+def test_kernel_profile_rows_reach_the_report(tmp_path, device):
+    """`fastrec bench --kernels` (make gpu-check's bench stage): run_case profiles every fastrec implementation
+    after timing it; the top kernels (CUDA) or operators (CPU) come back per call, the rest summed, shares
+    adding up to one; kernels.csv round-trips into gpu-check.md's "where the time goes" tables."""
+    a = torch.randn(192, 192, device=device)
+    case = core.Case("toy matmul", "192x192", lambda: a,
+                     {"fastrec": lambda x: (x @ x).relu().sum(), "peer": lambda x: (x @ x).clamp(min=0).sum()})
+    kernels = []
+    core.run_case(case, min_time=0.01, rounds=1, device=str(device), kernels=kernels)
+    assert kernels and {k.impl for k in kernels} == {"fastrec"}  # peers are not profiled
+    assert any("mm" in k.kernel or "gemm" in k.kernel.lower() for k in kernels), [k.kernel for k in kernels]
+    assert all(k.calls > 0 and k.ms > 0 for k in kernels)
+    assert abs(sum(k.share for k in kernels) - 1) < 1e-6
+    core.write_kernels_csv(kernels, tmp_path / "kernels.csv")
+    (tmp_path / "stages.tsv").write_text("bench\tok\t5\n")
+    assert _gpu_report().main(["gpu_report.py", str(tmp_path)]) == 0
+    md = (tmp_path / "gpu-check.md").read_text()
+    assert "## Where fastrec's time goes" in md and "**toy matmul** [192x192] fastrec" in md
+    assert f"`{kernels[0].kernel}`" in md

@@ -6,7 +6,17 @@ import importlib
 
 import torch
 
-from fastrec.bench.core import Case, Row, format_table, markdown, plot, run_case, write_csv
+from fastrec.bench.core import (
+    Case,
+    KernelRow,
+    Row,
+    format_table,
+    markdown,
+    plot,
+    run_case,
+    write_csv,
+    write_kernels_csv,
+)
 
 # One module per op family, each exposing `cases(quick: bool) -> list[Case]`.
 FAMILIES = ["quantize", "graph", "collab", "fusion", "lcrec", "embedding_optim"]
@@ -27,4 +37,5 @@ def all_cases(quick: bool = False, families: list[str] | None = None, device: st
     return out
 
 
-__all__ = ["Case", "Row", "FAMILIES", "all_cases", "format_table", "markdown", "plot", "run_case", "write_csv"]
+__all__ = ["Case", "KernelRow", "Row", "FAMILIES", "all_cases", "format_table", "markdown", "plot", "run_case",
+           "write_csv", "write_kernels_csv"]

@@ -146,13 +146,59 @@ def peak_extra_cuda_mb(fn: Callable[[], Any]) -> float:
     return max(0.0, (torch.cuda.max_memory_allocated() - base - _output_bytes(out)) / 2**20)
 
 
+@dataclass
+class KernelRow:
+    """One kernel (CUDA) or operator (CPU) inside one implementation's call: where its time goes."""
+
+    op: str
+    shape: str
+    impl: str
+    kernel: str
+    calls: float  # launches per call of the implementation
+    ms: float  # device time per call of the implementation
+    share: float  # of the implementation's summed kernel time
+
+
+def kernel_profile(fn: Callable[[], Any], device: str = "cpu", runs: int = 3,
+                   top: int = 8) -> list[tuple[str, float, float]]:
+    """(kernel, launches per call, ms per call) of the `top` kernels by device time over `runs` calls of `fn`
+    (torch.profiler; on the CPU the operators by self time instead), then "(other kernels)" for the rest.
+    Call fn once before: compile and autotune launches would count otherwise."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(runs):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    totals: dict[str, list[float]] = {}
+    for e in prof.key_averages():
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if us <= 0 or (cuda and e.device_type != torch.autograd.DeviceType.CUDA):
+            continue
+        name = e.key if len(e.key) <= 70 else e.key[:67] + "..."
+        total = totals.setdefault(name, [0.0, 0.0])
+        total[0] += e.count / runs
+        total[1] += us / 1e3 / runs
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])
+    rows = [(name, calls, ms) for name, (calls, ms) in ranked[:top]]
+    rest = ranked[top:]
+    if rest:
+        rows.append(("(other kernels)", sum(c for _, (c, _) in rest), sum(m for _, (_, m) in rest)))
+    return rows
+
+
 def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] | None = None,
-             rounds: int = 3, device: str = "cpu") -> list[Row]:
+             rounds: int = 3, device: str = "cpu", kernels: list[KernelRow] | None = None) -> list[Row]:
     """Time every implementation of one case in this process; speedups relative to 'fastrec'.
 
     The implementations are interleaved over `rounds` rounds and each keeps its best round's median, so
     that a slow spell of the (shared, virtual) machine does not land on one implementation only. With
     `device="cuda"` the timings come from CUDA events (see time_ms_cuda); the inputs are the case's own.
+    `kernels`: where to append the kernel profile (kernel_profile) of each fastrec implementation, after its
+    timing (so compiles and autotuning are done).
     """
     cuda = torch.device(device).type == "cuda"
     inputs = case.make()
@@ -166,6 +212,15 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
         for impl, call in calls.items():
             ms = time_ms_cuda(call, min_time / rounds) if cuda else time_ms(call, min_time / rounds)
             best[impl] = min(best.get(impl, float("inf")), ms)
+    if kernels is not None:
+        for impl, call in calls.items():
+            if impl.startswith("fastrec"):
+                if progress:
+                    progress(f"{case.name} {impl} (kernel profile)")
+                found = kernel_profile(call, device)
+                spent = sum(ms for _, _, ms in found) or 1.0
+                kernels += [KernelRow(case.op, case.shape, impl, name, calls_, ms, ms / spent)
+                            for name, calls_, ms in found]
     rows = [Row(case.op, case.shape, impl, best[impl], mem[impl], target=case.targets.get(impl)) for impl in calls]
     base = best["fastrec"]
     for r in rows:
@@ -196,6 +251,16 @@ def write_csv(rows: list[Row], path: Path) -> None:
         for r in rows:
             w.writerow([r.op, r.shape, r.impl, f"{r.ms:.4f}", f"{r.speedup:.4f}", r.target or "",
                         f"{r.peak_extra_mb:.2f}"])
+
+
+def write_kernels_csv(rows: list[KernelRow], path: Path) -> None:
+    """The kernel profiles (run_case's `kernels`) as CSV: op, shape, impl, kernel, calls, ms, share."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["op", "shape", "impl", "kernel", "calls", "ms", "share"])
+        for r in rows:
+            w.writerow([r.op, r.shape, r.impl, r.kernel, f"{r.calls:g}", f"{r.ms:.4f}", f"{r.share:.3f}"])
 
 
 def markdown(rows: list[Row]) -> str:
