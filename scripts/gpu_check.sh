@@ -4,7 +4,8 @@
 #      each fastrec implementation's time kernel by kernel, torch.profiler, into kernels.csv)
 #   2. compute-sanitizer memcheck over scripts/gpu_sanitize.py (every op, forward + backward, odd shapes)
 #   3. pytest -m cuda            (every CUDA test case; in up to 16 processes with pytest-xdist), in what is left
-#   4. gpu-check.md (tables), bench.csv, kernels.csv and gpu-check.log under $OUT (default results/gpu-check/)
+#   4. opt-in (GPU_CHECK_STAGES naming ncu): Nsight Compute counters of fastrec's kernels into ncu.txt
+#   5. gpu-check.md (tables), bench.csv, kernels.csv and gpu-check.log under $OUT (default results/gpu-check/)
 # Uses the machine's own python3 (no venv, no network). Each stage's failure is reported and the next stage
 # still runs; the exit code is non-zero when any stage failed. Without a GPU: one line, exit 2.
 # The whole run keeps to GPU_CHECK_DEADLINE_S (default 540 s, 9 minutes: one device call of at most 10): each
@@ -12,8 +13,9 @@
 # python3), GPU_CHECK_DEADLINE_S, GPU_CHECK_BENCH_S (when the bench starts no new case, default 150 s),
 # GPU_CHECK_PYTEST_S (the pytest stage's limit, default 300), GPU_CHECK_PYTEST_ARGS (test files, default tests),
 # GPU_CHECK_BENCH_OPS (bench families, e.g. quantize,collab; default all), GPU_CHECK_SKIP_BUILD=1,
-# GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer to run; default all: a rerun can
-# take only what the first run left undone).
+# GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer,ncu to run; default all but ncu: a
+# rerun can take only what the first run left undone), GPU_CHECK_NCU_OPS (bench case ops for ncu, default
+# scripts/gpu_ncu.py's), GPU_CHECK_NCU_S (its limit, default 240), GPU_CHECK_NCU_KERNELS (default 60).
 # GPU_CHECK_DRY_RUN=1 walks the whole flow on a machine without a GPU (no build, the CUDA tests skip, a
 # short CPU bench): it checks this script and measures nothing.
 set -u -o pipefail
@@ -167,7 +169,38 @@ read -r -a TEST_PATHS <<< "${GPU_CHECK_PYTEST_ARGS:-tests}"
 stage pytest "${GPU_CHECK_PYTEST_S:-300}" "$PY" -m pytest "${TEST_PATHS[@]}" -m cuda -p no:cacheprovider -rfE \
   -o addopts="" -q --durations=10 "${XDIST[@]}" --junitxml="$OUT/pytest.xml"
 
-# 4. the report (gpu-check.md); its short table, ending with the verdict, is the last thing printed
+# 4. (opt-in: only when GPU_CHECK_STAGES names it, e.g. a second call with GPU_CHECK_STAGES=import,ncu and
+# GPU_CHECK_SKIP_BUILD=1) Nsight Compute over scripts/gpu_ncu.py: the counters of fastrec's kernels in the
+# cases that missed their targets, as text in ncu.txt (exit 3 = ncu missing or without counters: skipped)
+ncu_profile() {
+  local tool
+  tool="$(command -v ncu || true)"
+  for c in "${CUDA_HOME:-/usr/local/cuda}/bin/ncu" /opt/nvidia/nsight-compute/*/ncu; do
+    [ -z "$tool" ] && [ -x "$c" ] && tool="$c"
+  done
+  if [ -z "$tool" ]; then
+    echo "gpu-check: ncu not found (PATH, \$CUDA_HOME/bin, /opt/nvidia/nsight-compute): skipped"
+    return 3
+  fi
+  local out="$OUT/ncu.txt"
+  "$tool" --clock-control none --nvtx --nvtx-include "fastrec/" --launch-count "${GPU_CHECK_NCU_KERNELS:-60}" \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section MemoryWorkloadAnalysis "$PY" scripts/gpu_ncu.py --budget-s "${GPU_CHECK_NCU_BUDGET_S:-150}" \
+    ${GPU_CHECK_NCU_OPS:+--ops "$GPU_CHECK_NCU_OPS"} > "$out" 2>&1
+  local rc=$?
+  grep -E "^gpu_ncu:|==PROF==|==ERROR==" "$out" | tail -n 40
+  if ! grep -q "Section: " "$out"; then
+    echo "gpu-check: ncu read no counters (rc $rc; see ncu.txt): skipped"
+    return 3
+  fi
+  return "$rc"
+}
+export -f ncu_profile
+if [[ ",${GPU_CHECK_STAGES:-}," == *",ncu,"* ]]; then
+  stage ncu "${GPU_CHECK_NCU_S:-240}" bash -c ncu_profile
+fi
+
+# 5. the report (gpu-check.md); its short table, ending with the verdict, is the last thing printed
 "$PY" scripts/gpu_report.py "$OUT" 2>&1 | tee -a "$LOG"
 [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=1
 exit "$FAILED"

@@ -155,3 +155,23 @@ def test_kernel_profile_rows_reach_the_report(tmp_path, device):
     md = (tmp_path / "gpu-check.md").read_text()
     assert "## Where fastrec's time goes" in md and "**toy matmul** [192x192] fastrec" in md
     assert f"`{kernels[0].kernel}`" in md
+
+
+def test_ncu_driver_runs_the_chosen_cases(device, capsys):
+    """scripts/gpu_ncu.py (the opt-in ncu stage of make gpu-check) at toy sizes: every fastrec implementation
+    of the chosen cases runs (on CUDA once inside the NVTX range ncu profiles); an unknown case is an error."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_ncu.py"
+    spec = importlib.util.spec_from_file_location("gpu_ncu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ops = "residual_encode,lightgcn_propagate fwd"
+    assert module.main(["--device", device.type, "--tiny", "--ops", ops]) == 0
+    out = capsys.readouterr().out
+    assert "profiling residual_encode" in out and "lightgcn_propagate fwd" in out and "2 cases ok" in out
+    if device.type == "cuda":
+        assert "fastrec, no L2 stream hints" in out
+    assert module.main(["--device", device.type, "--tiny", "--ops", "no such op"]) == 2
+    assert set(module.DEFAULT_OPS.split(",")) <= {c.op for c in CASES}
