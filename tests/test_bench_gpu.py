@@ -175,3 +175,16 @@ def test_ncu_driver_runs_the_chosen_cases(device, capsys):
         assert "fastrec, no L2 stream hints" in out
     assert module.main(["--device", device.type, "--tiny", "--ops", "no such op"]) == 2
     assert set(module.DEFAULT_OPS.split(",")) <= {c.op for c in CASES}
+
+
+def test_a_failing_kernel_profile_keeps_the_timings(monkeypatch, capsys):
+    """Where torch.profiler cannot run (a GPU machine without CUPTI), the case's timings still come back."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr(core, "kernel_profile", broken)
+    case = core.Case("toy", "1", lambda: torch.ones(4), {"fastrec": lambda x: x * 2, "peer": lambda x: x + x})
+    kernels = []
+    rows = core.run_case(case, min_time=0.01, rounds=1, kernels=kernels)
+    assert [r.impl for r in rows] == ["fastrec", "peer"] and kernels == []
+    assert "no kernel profile of toy[1] fastrec: RuntimeError: CUPTI unavailable" in capsys.readouterr().out
