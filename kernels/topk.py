@@ -329,8 +329,18 @@ def score_error(d: int, dot: str) -> float:
     return (d + 2) * 2.0**-23 + {"ieee": 0.0, "tf32x3": 2.0**-18, "tf32": 2.0**-8}[dot]
 
 
+def sample_of(items: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the threshold's sample items[::stride] in float64, the largest item norm as a float64 scalar): per call,
+    not per group of queries. The norm is reduced in float64 without a float64 copy of the items."""
+    sample = items[::stride].double()
+    if not items.shape[0]:
+        return sample, items.new_zeros((), dtype=torch.float64)
+    return sample, torch.linalg.vector_norm(items, dim=1, dtype=torch.float64).max()
+
+
 def thresholds(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indptr: torch.Tensor | None,
-               exclude_indices: torch.Tensor | None, dot: str, stride: int) -> torch.Tensor:
+               exclude_indices: torch.Tensor | None, dot: str, stride: int,
+               sample: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """tau [U] fp32, at most each query's k-th best kernel score over the items it does not exclude (so at least
     k candidates reach it: the threshold scheme never falls back for want of them; its exactness does not rest
     on this bound).
@@ -339,10 +349,10 @@ def thresholds(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indpt
     query excludes (duplicates counted twice: a lower t is still a bound): at least k sample items it does not
     exclude score >= t exactly, so >= t - gamma ||q|| max ||i|| in the kernel, and tau = that, rounded down to
     fp32. -inf where e leaves the sample's top (k + EXTRA_EXCLUDED); NaN (no candidate: the caller falls back)
-    where a score or norm is NaN. Device work only."""
+    where a score or norm is NaN. Device work only. `sample`: sample_of(items, stride), when the caller has it."""
     U, d = queries.shape
     NI = items.shape[0]
-    sample = items[::stride].double()
+    sample, norm = sample_of(items, stride) if sample is None else sample
     top = min(sample.shape[0], k + EXTRA_EXCLUDED)
     excluded = torch.zeros(U, dtype=torch.long, device=queries.device)
     if exclude_indptr is not None and exclude_indices.numel():
@@ -360,8 +370,7 @@ def thresholds(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indpt
         pos = k - 1 + excluded[g0:g0 + group]
         got = best.gather(1, pos.clamp(max=top - 1)[:, None]).squeeze(1)
         t[g0:g0 + group] = torch.where(pos < top, got, float("-inf"))
-    norm = items.double().norm(dim=1).max() if NI else items.new_zeros((), dtype=torch.float64)
-    t = t - score_error(d, dot) * queries.double().norm(dim=1) * norm
+    t = t - score_error(d, dot) * torch.linalg.vector_norm(queries, dim=1, dtype=torch.float64) * norm
     tau = t.float()
     return torch.where(tau.double() > t, torch.nextafter(tau, tau.new_tensor(float("-inf"))), tau)
 
@@ -383,20 +392,22 @@ def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, str
     ex_sorted = sorted_exclusions(exclude_indptr.contiguous(), exclude_indices, U, NI) if has_ex else None
     scores = torch.empty(U, k, dtype=torch.float32, device=queries.device)
     ids = torch.empty(U, k, dtype=torch.int64, device=queries.device)
+    sample = sample_of(items, stride)
     group = max(1, CANDIDATE_BYTES // (8 * cap))
     for g0 in range(0, U, group):
         g1 = min(U, g0 + group)
         indptr = exclude_indptr[g0:g1 + 1].contiguous() if has_ex else None  # offsets into the whole list
-        found = _threshold_group(queries[g0:g1], items, k, indptr, exclude_indices, ex_sorted, dot, stride, cap)
+        found = _threshold_group(queries[g0:g1], items, k, indptr, exclude_indices, ex_sorted, dot, stride, cap,
+                                 sample)
         if found is None:
             return None
         scores[g0:g1], ids[g0:g1] = found
     return scores, ids
 
 
-def _threshold_group(queries, items, k, indptr, indices, ex_sorted, dot, stride, cap):
+def _threshold_group(queries, items, k, indptr, indices, ex_sorted, dot, stride, cap, sample):
     (U, d), NI = queries.shape, items.shape[0]
-    tau = thresholds(queries, items, k, indptr, indices, dot, stride)
+    tau = thresholds(queries, items, k, indptr, indices, dot, stride, sample)
     block_u, block_i, block_d, warps = _candidate_blocks(d)
     blocks_u, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
     count = torch.zeros(U, dtype=torch.int32, device=queries.device)
