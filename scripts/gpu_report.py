@@ -69,16 +69,8 @@ def sanitizer_summary(out: Path) -> str:
     return (summary[-1] if summary else "no error summary") + (f"; driver: {calls[-1]} calls ok" if calls else "")
 
 
-def bench_rows(out: Path) -> list[dict]:
-    path = out / "bench.csv"
-    if not path.is_file():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def kernel_rows(out: Path) -> list[dict]:
-    path = out / "kernels.csv"
+def csv_rows(path: Path) -> list[dict]:
+    """The rows of a CSV the bench wrote (bench.csv, kernels.csv); none when it is missing."""
     if not path.is_file():
         return []
     with open(path) as f:
@@ -104,7 +96,7 @@ def verdict(rows: list[dict], row: dict) -> str:
 
 def main(argv: list[str]) -> int:
     out = Path(argv[1] if len(argv) > 1 else "results/gpu-check")
-    env, done, bench = environment(), stages(out), bench_rows(out)
+    env, done, bench = environment(), stages(out), csv_rows(out / "bench.csv")
     ok = bool(done) and all(status in ("ok", "skipped", "not selected") for _, status, _ in done)
     md = ["# make gpu-check", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env]
     md += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
@@ -124,7 +116,7 @@ def main(argv: list[str]) -> int:
                       f"{float(r['peak_extra_mb']):.1f} |")
     else:
         md.append("no bench.csv (the benchmark did not run or failed before its first case)")
-    kernels = kernel_rows(out)
+    kernels = csv_rows(out / "kernels.csv")
     if kernels:
         md += ["", "## Where fastrec's time goes (torch.profiler, per call of each fastrec implementation)"]
         md += kernel_tables(kernels)

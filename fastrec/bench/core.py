@@ -248,24 +248,24 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
+def _write_table(path: Path, header: list[str], lines: list[list[Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["op", "shape", "impl", "ms", "peer_ms_over_fastrec_ms", "target", "peak_extra_mb"])
-        for r in rows:
-            w.writerow([r.op, r.shape, r.impl, f"{r.ms:.4f}", f"{r.speedup:.4f}", r.target or "",
-                        f"{r.peak_extra_mb:.2f}"])
+        w.writerow(header)
+        w.writerows(lines)
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    _write_table(path, ["op", "shape", "impl", "ms", "peer_ms_over_fastrec_ms", "target", "peak_extra_mb"],
+                 [[r.op, r.shape, r.impl, f"{r.ms:.4f}", f"{r.speedup:.4f}", r.target or "", f"{r.peak_extra_mb:.2f}"]
+                  for r in rows])
 
 
 def write_kernels_csv(rows: list[KernelRow], path: Path) -> None:
     """The kernel profiles (run_case's `kernels`) as CSV: op, shape, impl, kernel, calls, ms, share."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["op", "shape", "impl", "kernel", "calls", "ms", "share"])
-        for r in rows:
-            w.writerow([r.op, r.shape, r.impl, r.kernel, f"{r.calls:g}", f"{r.ms:.4f}", f"{r.share:.3f}"])
+    _write_table(path, ["op", "shape", "impl", "kernel", "calls", "ms", "share"],
+                 [[r.op, r.shape, r.impl, r.kernel, f"{r.calls:g}", f"{r.ms:.4f}", f"{r.share:.3f}"] for r in rows])
 
 
 def markdown(rows: list[Row]) -> str:
