@@ -15,7 +15,9 @@
 # GPU_CHECK_BENCH_OPS (bench families, e.g. quantize,collab; default all), GPU_CHECK_SKIP_BUILD=1,
 # GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer,ncu to run; default all but ncu: a
 # rerun can take only what the first run left undone), GPU_CHECK_NCU_OPS (bench case ops for ncu, default
-# scripts/gpu_ncu.py's), GPU_CHECK_NCU_S (its limit, default 240), GPU_CHECK_NCU_KERNELS (default 60).
+# scripts/gpu_ncu.py's), GPU_CHECK_NCU_S (its limit, default 240), GPU_CHECK_NCU_BUDGET_S (no new case after
+# it, default 150), GPU_CHECK_NCU_KERNELS (kernels profiled at most, default 60). ncu.txt is a ninth file
+# beside a full run's eight (the device tool returns eight): take ncu in a call of its own.
 # GPU_CHECK_DRY_RUN=1 walks the whole flow on a machine without a GPU (no build, the CUDA tests skip, a
 # short CPU bench): it checks this script and measures nothing.
 set -u -o pipefail

@@ -5,8 +5,7 @@
 Reads OUT/stages.tsv (stage, status, seconds), OUT/pytest.xml, OUT/sanitizer.log, OUT/bench.csv and
 OUT/kernels.csv; writes OUT/gpu-check.md (environment, stages, test counts, sanitizer summary, the benchmark
 table, where each fastrec implementation's time goes); prints the stages and the benchmark ratios, then the
-verdict. Exit 1 when a stage did not pass (skipped is a pass
-with a note: e.g. compute-sanitizer missing).
+verdict. Exit 1 when a stage did not pass (skipped is a pass with a note: e.g. compute-sanitizer missing).
 """
 
 from __future__ import annotations
