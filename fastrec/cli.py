@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda: the GPU cases against GPU peers, "
                        "timed with CUDA events")
     bench.add_argument("--kernels", action="store_true",
-                       help="also profile each fastrec implementation (torch.profiler) into kernels.csv: its "
-                            "kernels' device times (on the CPU: its operators' self times)")
+                       help="also profile each fastrec implementation, and each peer faster than fastrec, "
+                            "(torch.profiler) into kernels.csv: its kernels' device times (on the CPU: its "
+                            "operators' self times)")
     bench.add_argument("--budget-s", type=float, default=0.0,
                        help="stop starting new cases after this many seconds (0: no limit)")
     bench.set_defaults(func=_bench)

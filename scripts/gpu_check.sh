@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-check`: build fastrec._C in place for the visible GPU, then
 #   1. fastrec bench --device cuda --quick --kernels  (GPU peers, CUDA-event medians, ratios in the same run;
-#      each fastrec implementation's time kernel by kernel, torch.profiler, into kernels.csv)
+#      each fastrec implementation's time, and each faster peer's, kernel by kernel, into kernels.csv)
 #   2. compute-sanitizer memcheck over scripts/gpu_sanitize.py (every op, forward + backward, odd shapes)
 #   3. pytest -m cuda            (every CUDA test case; in up to 16 processes with pytest-xdist), in what is left
 #   4. opt-in (GPU_CHECK_STAGES naming ncu): Nsight Compute counters of fastrec's kernels into ncu.txt

@@ -4,8 +4,9 @@
 
 Reads OUT/stages.tsv (stage, status, seconds), OUT/pytest.xml, OUT/sanitizer.log, OUT/bench.csv and
 OUT/kernels.csv; writes OUT/gpu-check.md (environment, stages, test counts, sanitizer summary, the benchmark
-table, where each fastrec implementation's time goes); prints the stages and the benchmark ratios, then the
-verdict. Exit 1 when a stage did not pass (skipped is a pass with a note: e.g. compute-sanitizer missing).
+table, where the time of fastrec and of the peers faster than it goes); prints the stages and the benchmark
+ratios, then the verdict. Exit 1 when a stage did not pass (skipped is a pass with a note: e.g.
+compute-sanitizer missing).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def csv_rows(path: Path) -> list[dict]:
 
 
 def kernel_tables(rows: list[dict]) -> list[str]:
-    """One table per (op, shape, fastrec implementation): its kernels by device time per call."""
+    """One table per (op, shape, implementation profiled): its kernels by device time per call."""
     md = []
     groups = list(dict.fromkeys((r["op"], r["shape"], r["impl"]) for r in rows))
     for op, shape, impl in groups:
@@ -117,7 +118,8 @@ def main(argv: list[str]) -> int:
         md.append("no bench.csv (the benchmark did not run or failed before its first case)")
     kernels = csv_rows(out / "kernels.csv")
     if kernels:
-        md += ["", "## Where fastrec's time goes (torch.profiler, per call of each fastrec implementation)"]
+        md += ["", "## Where the time goes (torch.profiler, per call: each fastrec implementation, and each peer "
+               "that beat fastrec)"]
         md += kernel_tables(kernels)
     md += ["", f"Verdict: {'all stages passed' if ok else 'FAILED'}; full log: gpu-check.log", ""]
     (out / "gpu-check.md").write_text("\n".join(md))

@@ -141,11 +141,20 @@ def test_kernel_profile_rows_reach_the_report(tmp_path, device):
     after timing it; the top kernels (CUDA) or operators (CPU) come back per call, the rest summed, shares
     adding up to one; kernels.csv round-trips into gpu-check.md's "where the time goes" tables."""
     a = torch.randn(192, 192, device=device)
+
+    def slow_peer(x):
+        for _ in range(20):
+            x = (x @ a).tanh()
+        return x.sum()
+
     case = core.Case("toy matmul", "192x192", lambda: a,
-                     {"fastrec": lambda x: (x @ x).relu().sum(), "peer": lambda x: (x @ x).clamp(min=0).sum()})
+                     {"fastrec": lambda x: (x @ x).relu().sum(), "slow peer": slow_peer,
+                      "fast peer": lambda x: x.sum(), "copy (bound)": lambda x: x.clone()})
     kernels = []
     core.run_case(case, min_time=0.01, rounds=1, device=str(device), kernels=kernels)
-    assert kernels and {k.impl for k in kernels} == {"fastrec"}  # peers are not profiled
+    # fastrec, and the peer faster than fastrec; not the slower peer, not a copy bound
+    assert {k.impl for k in kernels} == {"fastrec", "fast peer"}
+    kernels = [k for k in kernels if k.impl == "fastrec"]
     assert any("mm" in k.kernel or "gemm" in k.kernel.lower() for k in kernels), [k.kernel for k in kernels]
     assert all(k.calls > 0 and k.ms > 0 for k in kernels)
     assert abs(sum(k.share for k in kernels) - 1) < 1e-6
@@ -153,7 +162,7 @@ def test_kernel_profile_rows_reach_the_report(tmp_path, device):
     (tmp_path / "stages.tsv").write_text("bench\tok\t5\n")
     assert _gpu_report().main(["gpu_report.py", str(tmp_path)]) == 0
     md = (tmp_path / "gpu-check.md").read_text()
-    assert "## Where fastrec's time goes" in md and "**toy matmul** [192x192] fastrec" in md
+    assert "## Where the time goes" in md and "**toy matmul** [192x192] fastrec" in md
     assert f"`{kernels[0].kernel}`" in md
 
 

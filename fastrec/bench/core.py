@@ -197,8 +197,9 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
     The implementations are interleaved over `rounds` rounds and each keeps its best round's median, so
     that a slow spell of the (shared, virtual) machine does not land on one implementation only. With
     `device="cuda"` the timings come from CUDA events (see time_ms_cuda); the inputs are the case's own.
-    `kernels`: where to append the kernel profile (kernel_profile) of each fastrec implementation, after its
-    timing (so compiles and autotuning are done).
+    `kernels`: where to append the kernel profile (kernel_profile) of each fastrec implementation and of each
+    peer faster than fastrec in this run (copy bounds aside), after the timings (so compiles and autotuning
+    are done).
     """
     cuda = torch.device(device).type == "cuda"
     inputs = case.make()
@@ -214,18 +215,20 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
             best[impl] = min(best.get(impl, float("inf")), ms)
     if kernels is not None:
         for impl, call in calls.items():
-            if impl.startswith("fastrec"):
-                if progress:
-                    progress(f"{case.name} {impl} (kernel profile)")
-                try:
-                    found = kernel_profile(call, device)
-                except Exception as exc:  # a profiler that cannot run here must not lose the timings
-                    print(f"fastrec bench: no kernel profile of {case.name} {impl}: {type(exc).__name__}: {exc}",
-                          flush=True)
-                    continue
-                spent = sum(ms for _, _, ms in found) or 1.0
-                kernels += [KernelRow(case.op, case.shape, impl, name, calls_, ms, ms / spent)
-                            for name, calls_, ms in found]
+            faster_peer = "bound" not in impl and best[impl] < best["fastrec"]  # how does it spend less time?
+            if not (impl.startswith("fastrec") or faster_peer):
+                continue
+            if progress:
+                progress(f"{case.name} {impl} (kernel profile)")
+            try:
+                found = kernel_profile(call, device)
+            except Exception as exc:  # a profiler that cannot run here must not lose the timings
+                print(f"fastrec bench: no kernel profile of {case.name} {impl}: {type(exc).__name__}: {exc}",
+                      flush=True)
+                continue
+            spent = sum(ms for _, _, ms in found) or 1.0
+            kernels += [KernelRow(case.op, case.shape, impl, name, calls_, ms, ms / spent)
+                        for name, calls_, ms in found]
     rows = [Row(case.op, case.shape, impl, best[impl], mem[impl], target=case.targets.get(impl)) for impl in calls]
     base = best["fastrec"]
     for r in rows:
