@@ -31,6 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"fastrec bench: {len(cases)} cases on {device}; {where}", flush=True)
     rows, failed, skipped = [], [], []
     kernels = [] if getattr(args, "kernels", False) else None
+    out = Path(args.out)
     start = time.monotonic()
     with tqdm(cases, desc="bench", unit="case") as bar:
         for case in bar:
@@ -43,8 +44,11 @@ def _bench(args: argparse.Namespace) -> int:
             except Exception as exc:  # one case failing must not lose the others' numbers
                 failed.append(f"{case.name}: {type(exc).__name__}: {exc}")
                 print(f"fastrec bench: {case.name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            # the CSVs after every case: a process that dies later (a driver fault, a time limit) keeps them
+            write_csv(rows, out / "bench.csv")
+            if kernels is not None:
+                write_kernels_csv(kernels, out / "kernels.csv")
     print(format_table(rows))
-    out = Path(args.out)
     write_csv(rows, out / "bench.csv")
     (out / "bench.md").write_text(markdown(rows))
     if rows:

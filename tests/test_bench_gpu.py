@@ -197,3 +197,25 @@ def test_a_failing_kernel_profile_keeps_the_timings(monkeypatch, capsys):
     rows = core.run_case(case, min_time=0.01, rounds=1, kernels=kernels)
     assert [r.impl for r in rows] == ["fastrec", "peer"] and kernels == []
     assert "no kernel profile of toy[1] fastrec: RuntimeError: CUPTI unavailable" in capsys.readouterr().out
+
+
+def test_bench_writes_its_csvs_after_every_case(tmp_path, monkeypatch):
+    """`fastrec bench` writes bench.csv (and kernels.csv) after each case: a run that dies in a later case (a
+    driver fault, the device call's time limit) keeps the figures of the cases before it."""
+    import argparse
+
+    import fastrec.bench
+    from fastrec import cli
+
+    def dies(x):
+        raise KeyboardInterrupt  # not an Exception: the run stops here, as a killed process would
+
+    toy = [core.Case("first", "1", lambda: torch.ones(8), {"fastrec": lambda x: x * 2, "peer": lambda x: x + x}),
+           core.Case("second", "1", lambda: torch.ones(8), {"fastrec": dies})]
+    monkeypatch.setattr(fastrec.bench, "all_cases", lambda **kwargs: toy)
+    args = argparse.Namespace(quick=True, ops="", out=str(tmp_path), device="cpu", budget_s=0.0, kernels=True)
+    with pytest.raises(KeyboardInterrupt):
+        cli._bench(args)
+    rows = (tmp_path / "bench.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("first,1,fastrec") and rows[2].startswith("first,1,peer")
+    assert "first,1,fastrec," in (tmp_path / "kernels.csv").read_text()
