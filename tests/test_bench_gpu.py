@@ -124,7 +124,7 @@ def test_kernel_option_rows_set_their_variable_only_while_they_run(monkeypatch):
     import os
 
     monkeypatch.setenv("FASTREC_SPMM_STREAM_HINTS", "1")
-    seen = gpu._with_env(lambda: os.environ["FASTREC_SPMM_STREAM_HINTS"], "FASTREC_SPMM_STREAM_HINTS", "0")()
+    seen = core.with_env(lambda: os.environ["FASTREC_SPMM_STREAM_HINTS"], "FASTREC_SPMM_STREAM_HINTS", "0")()
     assert seen == "0" and os.environ["FASTREC_SPMM_STREAM_HINTS"] == "1"
     monkeypatch.delenv("FASTREC_SPMM_STREAM_HINTS")
 
@@ -132,7 +132,7 @@ def test_kernel_option_rows_set_their_variable_only_while_they_run(monkeypatch):
         raise RuntimeError("kernel failed")
 
     with pytest.raises(RuntimeError, match="kernel failed"):
-        gpu._with_env(boom, "FASTREC_SPMM_STREAM_HINTS", "0")()
+        core.with_env(boom, "FASTREC_SPMM_STREAM_HINTS", "0")()
     assert "FASTREC_SPMM_STREAM_HINTS" not in os.environ
 
 

@@ -10,8 +10,10 @@ also flushes the L2 cache between calls) and memory the peak of the caching allo
 from __future__ import annotations
 
 import csv
+import functools
 import gc
 import importlib.util
+import os
 import statistics
 import threading
 import time
@@ -49,6 +51,23 @@ class Row:
     peak_extra_mb: float
     speedup: float = float("nan")  # this impl's time / fastrec's time (peers) ; 1.0 for fastrec
     target: float | None = None
+
+
+def with_env(fn: Callable, name: str, value: str) -> Callable:
+    """fn with the environment variable `name` set to `value` while it runs, restored after (also when fn
+    raises): a kernel option read per call, timed beside the default in the same run."""
+    @functools.wraps(fn)
+    def run(*args):
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return run
 
 
 def have(module: str) -> bool:

@@ -10,12 +10,11 @@ to take a few minutes on one H200, compile time of the torch.compile peers inclu
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
-from fastrec.bench.core import Case, available
+from fastrec.bench.core import Case, available, with_env
 from fastrec.bench.graph import torch_propagate
 from fastrec.ops import (
     collab_inputs_embeds,
@@ -40,23 +39,6 @@ def _no_grad(fn):
     def run(i):
         with torch.no_grad():
             return fn(i)
-    return run
-
-
-def _with_env(fn, name: str, value: str):
-    """fn with the environment variable `name` set to `value` while it runs (a kernel option read per call,
-    timed beside the default in the same run)."""
-    @functools.wraps(fn)
-    def run(*args):
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            return fn(*args)
-        finally:
-            if old is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = old
     return run
 
 
@@ -307,8 +289,8 @@ def graph_cases(device: str, quick: bool) -> list[Case]:
                "torch.sparse.mm CSR autograd": _fwd_bwd(lambda i, e: torch_propagate(i["adj"], e, 3, False)),
                "torch_geometric LGConv": _fwd_bwd(_lgconv)}
         if device == "cuda":  # the kernel without its evict-first hints on the edge stream (csrc/cuda/graph.cu)
-            fwd["fastrec, no L2 stream hints"] = _with_env(fwd["fastrec"], "FASTREC_SPMM_STREAM_HINTS", "0")
-            bwd["fastrec, no L2 stream hints"] = _with_env(bwd["fastrec"], "FASTREC_SPMM_STREAM_HINTS", "0")
+            fwd["fastrec, no L2 stream hints"] = with_env(fwd["fastrec"], "FASTREC_SPMM_STREAM_HINTS", "0")
+            bwd["fastrec, no L2 stream hints"] = with_env(bwd["fastrec"], "FASTREC_SPMM_STREAM_HINTS", "0")
         pyg = {"torch_geometric LGConv": "torch_geometric"}
         fwd, bwd = available(fwd, pyg), available(bwd, pyg)
         out.append(Case("lightgcn_propagate fwd", shape, make, fwd, {"torch.sparse.mm CSR (cuSPARSE)": 1.5,

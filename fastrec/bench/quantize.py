@@ -9,13 +9,12 @@ the AMX gain, measured in the same run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 
 import fastrec
-from fastrec.bench.core import Case, available, have, time_ms
+from fastrec.bench.core import Case, available, have, time_ms, with_env
 from fastrec.ops import nearest_code, residual_encode
 
 SHAPES = [(100_000, 32, 256, 4), (100_000, 64, 512, 4), (1_000_000, 32, 256, 4), (1_000_000, 64, 512, 4)]
@@ -93,17 +92,7 @@ def sgemm_bound(x: torch.Tensor, codebooks: torch.Tensor, out: torch.Tensor) -> 
 
 def fp32_path(fn: Callable) -> Callable:
     """`fn` with the AMX tile unit turned off (the fp32 micro-kernel), the environment restored after."""
-    def run(inputs):
-        old = os.environ.get("FASTREC_CPU_AMX")
-        os.environ["FASTREC_CPU_AMX"] = "0"
-        try:
-            return fn(inputs)
-        finally:
-            if old is None:
-                del os.environ["FASTREC_CPU_AMX"]
-            else:
-                os.environ["FASTREC_CPU_AMX"] = old
-    return run
+    return with_env(fn, "FASTREC_CPU_AMX", "0")
 
 
 def cases(quick: bool = False) -> list[Case]:
