@@ -40,7 +40,7 @@ def _bench(args: argparse.Namespace) -> int:
                 continue
             try:
                 rows += run_case(case, min_time=0.2 if args.quick else 0.5, progress=bar.set_postfix_str,
-                                 rounds=1 if cuda else 3, device=device, kernels=kernels)
+                                 rounds=1 if cuda else 3, device=device, kernels=kernels, failures=failed)
             except Exception as exc:  # one case failing must not lose the others' numbers
                 failed.append(f"{case.name}: {type(exc).__name__}: {exc}")
                 print(f"fastrec bench: {case.name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

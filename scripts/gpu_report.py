@@ -69,6 +69,16 @@ def sanitizer_summary(out: Path) -> str:
     return (summary[-1] if summary else "no error summary") + (f"; driver: {calls[-1]} calls ok" if calls else "")
 
 
+def bench_failures(out: Path) -> list[str]:
+    """The bench's closing "FAILED" lines in gpu-check.log: cases that failed, and rows dropped from a case."""
+    path = out / "gpu-check.log"
+    if not path.is_file():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    return list(dict.fromkeys(line.split("FAILED ", 1)[1] for line in lines
+                              if line.startswith("fastrec bench: FAILED ")))
+
+
 def csv_rows(path: Path) -> list[dict]:
     """The rows of a CSV the bench wrote (bench.csv, kernels.csv); none when it is missing."""
     if not path.is_file():
@@ -116,6 +126,10 @@ def main(argv: list[str]) -> int:
                       f"{float(r['peak_extra_mb']):.1f} |")
     else:
         md.append("no bench.csv (the benchmark did not run or failed before its first case)")
+    failures = bench_failures(out)
+    if failures:
+        md += ["", "Failed in the bench (a case, or one row of a case; the other rows kept their figures):", ""]
+        md += [f"- {line}" for line in failures]
     kernels = csv_rows(out / "kernels.csv")
     if kernels:
         md += ["", "## Where the time goes (torch.profiler, per call: each fastrec implementation, and each peer "

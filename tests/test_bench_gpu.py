@@ -199,6 +199,62 @@ def test_a_failing_kernel_profile_keeps_the_timings(monkeypatch, capsys):
     assert "no kernel profile of toy[1] fastrec: RuntimeError: CUPTI unavailable" in capsys.readouterr().out
 
 
+def test_a_failing_peer_is_dropped_and_the_case_keeps_its_other_rows(capsys):
+    """A peer (or an earlier-design row) that raises, at once or only in a later timing call (an OOM under a
+    grown allocator, a compile error), is dropped and named; fastrec and the other peers keep their figures.
+    fastrec itself raising still fails the case."""
+    calls = {"n": 0}
+
+    def fails_later(x):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (toy)")
+        return x + 1
+
+    def fails_at_once(x):
+        raise RuntimeError("no kernel image")
+
+    impls = {"fastrec": lambda x: x * 2, "fails later": fails_later, "peer": lambda x: x + x,
+             "fails at once": fails_at_once}
+    case = core.Case("toy", "1", lambda: torch.ones(4), impls)
+    failures, kernels = [], []
+    rows = core.run_case(case, min_time=0.01, rounds=2, kernels=kernels, failures=failures)
+    assert [r.impl for r in rows] == ["fastrec", "peer"]
+    assert all(r.ms > 0 for r in rows) and rows[1].speedup == rows[1].ms / rows[0].ms
+    assert failures == ["toy[1] fails at once: RuntimeError: no kernel image",
+                        "toy[1] fails later: OutOfMemoryError: CUDA out of memory (toy)"]
+    assert {k.impl for k in kernels} <= {"fastrec", "peer"}
+    assert "fastrec bench: dropped toy[1] fails at once" in capsys.readouterr().out
+
+    broken = core.Case("toy", "1", lambda: torch.ones(4), {"fastrec": fails_at_once, "peer": lambda x: x + x})
+    with pytest.raises(RuntimeError, match="no kernel image"):
+        core.run_case(broken, min_time=0.01, rounds=1, failures=failures)
+
+
+def test_bench_names_dropped_rows_in_its_exit_code_and_the_gpu_report(tmp_path, monkeypatch, capsys):
+    """`fastrec bench` exits 1 when a row was dropped, bench.csv keeps the case's other rows, and gpu-check.md
+    lists the dropped row under the benchmark table (read from the bench's closing lines in gpu-check.log)."""
+    import argparse
+
+    import fastrec.bench
+    from fastrec import cli
+
+    def no_image(x):
+        raise RuntimeError("no kernel image")
+
+    toy = [core.Case("toy", "1", lambda: torch.ones(8), {"fastrec": lambda x: x * 2, "broken peer": no_image,
+                                                         "peer": lambda x: x + x})]
+    monkeypatch.setattr(fastrec.bench, "all_cases", lambda **kwargs: toy)
+    args = argparse.Namespace(quick=True, ops="", out=str(tmp_path), device="cpu", budget_s=0.0, kernels=False)
+    assert cli._bench(args) == 1
+    assert [r.split(",")[2] for r in (tmp_path / "bench.csv").read_text().splitlines()[1:]] == ["fastrec", "peer"]
+    (tmp_path / "gpu-check.log").write_text(capsys.readouterr().out)
+    (tmp_path / "stages.tsv").write_text("bench\tFAILED (rc 1)\t5\n")
+    assert _gpu_report().main(["gpu_report.py", str(tmp_path)]) == 1
+    md = (tmp_path / "gpu-check.md").read_text()
+    assert "- toy[1] broken peer: RuntimeError: no kernel image" in md
+
+
 def test_bench_writes_its_csvs_after_every_case(tmp_path, monkeypatch):
     """`fastrec bench` writes bench.csv (and kernels.csv) after each case: a run that dies in a later case (a
     driver fault, the device call's time limit) keeps the figures of the cases before it."""

@@ -210,7 +210,8 @@ def kernel_profile(fn: Callable[[], Any], device: str = "cpu", runs: int = 3,
 
 
 def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] | None = None,
-             rounds: int = 3, device: str = "cpu", kernels: list[KernelRow] | None = None) -> list[Row]:
+             rounds: int = 3, device: str = "cpu", kernels: list[KernelRow] | None = None,
+             failures: list[str] | None = None) -> list[Row]:
     """Time every implementation of one case in this process; speedups relative to 'fastrec'.
 
     The implementations are interleaved over `rounds` rounds and each keeps its best round's median, so
@@ -219,19 +220,42 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
     `kernels`: where to append the kernel profile (kernel_profile) of each fastrec implementation and of each
     peer faster than fastrec in this run (copy bounds aside), after the timings (so compiles and autotuning
     are done).
+    A peer or earlier-design row that raises is dropped from the case and named in `failures` (printed too):
+    the other rows keep their figures (a GPU lease is too short to lose a whole case to, say, a peer's
+    out-of-memory). fastrec's own row raising fails the case.
     """
     cuda = torch.device(device).type == "cuda"
     inputs = case.make()
     calls = {impl: (lambda fn=fn: fn(inputs)) for impl, fn in case.impls.items()}
     mem, best = {}, {}
-    for impl, call in calls.items():
+
+    def attempt(impl: str, measure: Callable[[], float]) -> float | None:
+        """measure(), or None after dropping a failing peer (fastrec's failure fails the case)."""
+        try:
+            return measure()
+        except Exception as exc:
+            if impl == "fastrec":
+                raise
+            del calls[impl]
+            line = f"{case.name} {impl}: {type(exc).__name__}: {exc}"
+            print(f"fastrec bench: dropped {line}", flush=True)
+            if failures is not None:
+                failures.append(line)
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+            return None
+
+    for impl, call in list(calls.items()):
         if progress:
             progress(f"{case.name} {impl}")
-        mem[impl] = peak_extra_cuda_mb(call) if cuda else peak_extra_memory_mb(call)
+        mem[impl] = attempt(impl, lambda call=call: peak_extra_cuda_mb(call) if cuda else peak_extra_memory_mb(call))
     for _ in range(rounds):
-        for impl, call in calls.items():
-            ms = time_ms_cuda(call, min_time / rounds) if cuda else time_ms(call, min_time / rounds)
-            best[impl] = min(best.get(impl, float("inf")), ms)
+        for impl, call in list(calls.items()):
+            ms = attempt(impl, lambda call=call: time_ms_cuda(call, min_time / rounds) if cuda
+                         else time_ms(call, min_time / rounds))
+            if ms is not None:
+                best[impl] = min(best.get(impl, float("inf")), ms)
     if kernels is not None:
         for impl, call in calls.items():
             faster_peer = "bound" not in impl and best[impl] < best["fastrec"]  # how does it spend less time?
