@@ -231,6 +231,19 @@ def test_a_failing_peer_is_dropped_and_the_case_keeps_its_other_rows(capsys):
         core.run_case(broken, min_time=0.01, rounds=1, failures=failures)
 
 
+def test_a_case_asks_for_more_interleaved_rounds(monkeypatch):
+    """A case judged at the 2% level (constrained generate) runs at least its min_rounds interleaved rounds,
+    each as long as one of the run's, and keeps each implementation's best round."""
+    seen, times = [], iter([5.0, 9.0, 4.0, 9.5, 6.0, 8.0, 4.5, 9.0, 5.5, 9.9])
+    monkeypatch.setattr(core, "time_ms", lambda call, min_time: seen.append((call(), min_time)) or next(times))
+    case = core.Case("toy", "1", lambda: 1, {"fastrec": lambda x: "fastrec", "peer": lambda x: "peer"}, min_rounds=5)
+    rows = core.run_case(case, min_time=0.3, rounds=3)
+    assert [impl for impl, _ in seen] == ["fastrec", "peer"] * 5 and all(t == pytest.approx(0.1) for _, t in seen)
+    assert [(r.impl, r.ms) for r in rows] == [("fastrec", 4.0), ("peer", 8.0)] and rows[1].speedup == 2.0
+    gen = [c for c in CASES if c.op == "lcrec generate"]
+    assert gen and gen[0].min_rounds >= 5
+
+
 def test_bench_names_dropped_rows_in_its_exit_code_and_the_gpu_report(tmp_path, monkeypatch, capsys):
     """`fastrec bench` exits 1 when a row was dropped, bench.csv keeps the case's other rows, and gpu-check.md
     lists the dropped row under the benchmark table (read from the bench's closing lines in gpu-check.log)."""

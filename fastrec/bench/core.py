@@ -36,6 +36,9 @@ class Case:
     impls: dict[str, Callable[[Any], Any]]
     targets: dict[str, float] = field(default_factory=dict)  # peer -> required speedup of fastrec
     quick: bool = True  # part of `fastrec bench --quick`
+    # at least this many interleaved rounds, each as long as one of the run's: a ratio judged at the 2% level
+    # (constrained generate, tens of ms a call on a GPU) needs more than one round's few calls
+    min_rounds: int = 1
 
     @property
     def name(self) -> str:
@@ -214,7 +217,8 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
              failures: list[str] | None = None) -> list[Row]:
     """Time every implementation of one case in this process; speedups relative to 'fastrec'.
 
-    The implementations are interleaved over `rounds` rounds and each keeps its best round's median, so
+    The implementations are interleaved over `rounds` rounds (at least the case's `min_rounds`, each as long
+    as one of `rounds`) and each keeps its best round's median, so
     that a slow spell of the (shared, virtual) machine does not land on one implementation only. With
     `device="cuda"` the timings come from CUDA events (see time_ms_cuda); the inputs are the case's own.
     `kernels`: where to append the kernel profile (kernel_profile) of each fastrec implementation and of each
@@ -250,10 +254,10 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
         if progress:
             progress(f"{case.name} {impl}")
         mem[impl] = attempt(impl, lambda call=call: peak_extra_cuda_mb(call) if cuda else peak_extra_memory_mb(call))
-    for _ in range(rounds):
+    per_round = min_time / rounds
+    for _ in range(max(rounds, case.min_rounds)):
         for impl, call in list(calls.items()):
-            ms = attempt(impl, lambda call=call: time_ms_cuda(call, min_time / rounds) if cuda
-                         else time_ms(call, min_time / rounds))
+            ms = attempt(impl, lambda call=call: time_ms_cuda(call, per_round) if cuda else time_ms(call, per_round))
             if ms is not None:
                 best[impl] = min(best.get(impl, float("inf")), ms)
     if kernels is not None:
