@@ -33,8 +33,9 @@ lint: install
 	$(VENV)/bin/ruff check fastrec kernels tests benchmarks scripts setup.py
 
 # On a machine with one CUDA GPU, with its own python3 (no venv, no network): build fastrec._C in place for
-# that GPU, pytest -m cuda, fastrec bench --device cuda --quick, compute-sanitizer memcheck; writes
-# gpu-check.md, bench.csv and gpu-check.log under $$OUT (default results/gpu-check/). See docs/gpu.md.
+# that GPU, fastrec bench --device cuda --quick --kernels, compute-sanitizer memcheck, pytest -m cuda, and
+# Nsight Compute in the time left; writes gpu-check.md, bench.csv, kernels.csv, ncu.txt and gpu-check.log
+# under $$OUT (default results/gpu-check/). See docs/gpu.md.
 gpu-check:
 	PYTHON=$(PYTHON) bash scripts/gpu_check.sh
 

@@ -15,6 +15,8 @@ def _bench(args: argparse.Namespace) -> int:
     from fastrec import backends
     from fastrec.bench import all_cases, format_table, markdown, plot, run_case, write_csv, write_kernels_csv
 
+    if getattr(args, "from_csv", None):
+        return _bench_from_csv(Path(args.from_csv), Path(args.out))
     families = args.ops.split(",") if args.ops else None
     device = getattr(args, "device", "cpu")
     budget = getattr(args, "budget_s", 0.0) or float("inf")
@@ -64,6 +66,25 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bench_from_csv(path: Path, out: Path) -> int:
+    """The table, bench.md and bench.png of a bench.csv written elsewhere (a GPU run's), without running."""
+    from fastrec.bench import format_table, markdown, plot, read_csv
+
+    if not path.is_file():
+        print(f"fastrec bench: --from-csv {path}: no such file", file=sys.stderr)
+        return 2
+    rows = read_csv(path)
+    if not rows:
+        print(f"fastrec bench: --from-csv {path}: no rows", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(markdown(rows))
+    plot(rows, out / "bench.png")
+    print(f"wrote {out / 'bench.md'} and {out / 'bench.png'} from {path}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     """The main job of `make demo`: every end-to-end pipeline that exists, then the quick benchmarks."""
     from fastrec.recipes import cf, kirec, lcrec, sellarec
@@ -90,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "operators' self times)")
     bench.add_argument("--budget-s", type=float, default=0.0,
                        help="stop starting new cases after this many seconds (0: no limit)")
+    bench.add_argument("--from-csv", default="", metavar="BENCH_CSV",
+                       help="run nothing: table, bench.md and bench.png (in --out) of a bench.csv written "
+                            "elsewhere, e.g. by make gpu-check on a GPU machine")
     bench.set_defaults(func=_bench)
     demo = sub.add_parser("demo", help="end-to-end demo on the embedded data set, then quick benchmarks")
     demo.add_argument("--out", default="results/demo", help="folder for everything the demo writes")

@@ -4,7 +4,8 @@
 #      each fastrec implementation's time, and each faster peer's, kernel by kernel, into kernels.csv)
 #   2. compute-sanitizer memcheck over scripts/gpu_sanitize.py (every op, forward + backward, odd shapes)
 #   3. pytest -m cuda            (every CUDA test case; in up to 16 processes with pytest-xdist), in what is left
-#   4. opt-in (GPU_CHECK_STAGES naming ncu): Nsight Compute counters of fastrec's kernels into ncu.txt
+#   4. ncu, when at least GPU_CHECK_NCU_MIN_S (default 90) of the deadline is left, or when GPU_CHECK_STAGES
+#      names it: Nsight Compute counters of fastrec's kernels into ncu.txt
 #   5. gpu-check.md (tables), bench.csv, kernels.csv and gpu-check.log under $OUT (default results/gpu-check/)
 # Uses the machine's own python3 (no venv, no network). Each stage's failure is reported and the next stage
 # still runs; the exit code is non-zero when any stage failed. Without a GPU: one line, exit 2.
@@ -13,11 +14,12 @@
 # python3), GPU_CHECK_DEADLINE_S, GPU_CHECK_BENCH_S (when the bench starts no new case, default 150 s),
 # GPU_CHECK_PYTEST_S (the pytest stage's limit, default 300), GPU_CHECK_PYTEST_ARGS (test files, default tests),
 # GPU_CHECK_BENCH_OPS (bench families, e.g. quantize,collab; default all), GPU_CHECK_SKIP_BUILD=1,
-# GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer,ncu to run; default all but ncu: a
-# rerun can take only what the first run left undone), GPU_CHECK_NCU_OPS (bench case ops for ncu, default
-# scripts/gpu_ncu.py's), GPU_CHECK_NCU_S (its limit, default 240), GPU_CHECK_NCU_BUDGET_S (no new case after
-# it, default 150), GPU_CHECK_NCU_KERNELS (kernels profiled at most, default 60). ncu.txt is a ninth file
-# beside a full run's eight (the device tool returns eight): take ncu in a call of its own.
+# GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer,ncu to run; default all, ncu only in
+# time left over: a rerun can take only what the first run left undone), GPU_CHECK_NCU_OPS (bench case ops for
+# ncu, default scripts/gpu_ncu.py's), GPU_CHECK_NCU_S (its limit, default 240), GPU_CHECK_NCU_MIN_S (the time
+# left that the default run needs to start ncu, default 90), GPU_CHECK_NCU_KERNELS (kernels profiled at most,
+# default 60). At most eight files come back from $OUT (the device tool's limit), ncu.txt included: the bench's
+# bench.md and bench.png are removed (fastrec bench --from-csv bench.csv redraws them anywhere).
 # GPU_CHECK_DRY_RUN=1 walks the whole flow on a machine without a GPU (no build, the CUDA tests skip, a
 # short CPU bench): it checks this script and measures nothing.
 set -u -o pipefail
@@ -128,10 +130,11 @@ BENCH_OPS="${GPU_CHECK_BENCH_OPS:+--ops=$GPU_CHECK_BENCH_OPS}"
 [ "$DEVICE" = cpu ] && BENCH_OPS="--ops=fusion"  # the dry run: one small CPU family
 stage bench $((BENCH_S + 90)) "$PY" -m fastrec bench --device "$DEVICE" --quick --out "$OUT/bench" \
   --budget-s "$BENCH_S" --kernels $BENCH_OPS
-# moved, not copied: the device tool brings back at most 8 files from $OUT (bench.md is gpu-check.md's table)
+# moved, and the rest dropped: the device tool brings back at most 8 files from $OUT (bench.md is gpu-check.md's
+# table; `fastrec bench --from-csv bench.csv` redraws bench.png anywhere)
 [ -f "$OUT/bench/bench.csv" ] && mv "$OUT/bench/bench.csv" "$OUT/bench.csv"
 [ -f "$OUT/bench/kernels.csv" ] && mv "$OUT/bench/kernels.csv" "$OUT/kernels.csv"
-rm -f "$OUT/bench/bench.md"
+rm -rf "$OUT/bench"
 
 # 2. compute-sanitizer memcheck over the op driver (exit 3 = the tool is missing or cannot attach: skipped)
 sanitize() {
@@ -171,9 +174,12 @@ read -r -a TEST_PATHS <<< "${GPU_CHECK_PYTEST_ARGS:-tests}"
 stage pytest "${GPU_CHECK_PYTEST_S:-300}" "$PY" -m pytest "${TEST_PATHS[@]}" -m cuda -p no:cacheprovider -rfE \
   -o addopts="" -q --durations=10 "${XDIST[@]}" --junitxml="$OUT/pytest.xml"
 
-# 4. (opt-in: only when GPU_CHECK_STAGES names it, e.g. a second call with GPU_CHECK_STAGES=import,ncu and
-# GPU_CHECK_SKIP_BUILD=1) Nsight Compute over scripts/gpu_ncu.py: the counters of fastrec's kernels in the
-# cases that missed their targets, as text in ncu.txt (exit 3 = ncu missing or without counters: skipped)
+# 4. Nsight Compute over scripts/gpu_ncu.py: the counters of fastrec's kernels in the cases that missed their
+# targets, as text in ncu.txt (exit 3 = ncu missing or without counters: skipped). In the default run only in
+# the time the other stages left (at least GPU_CHECK_NCU_MIN_S); always when GPU_CHECK_STAGES names it (e.g. a
+# second call with GPU_CHECK_STAGES=import,ncu and GPU_CHECK_SKIP_BUILD=1). ncu itself stops 30 s before the
+# stage's limit (SIGINT: the program stops, ncu prints the kernels it profiled), no new case starts 60 s
+# before it, so a cut run still leaves counters behind and is not a failure.
 ncu_profile() {
   local tool
   tool="$(command -v ncu || true)"
@@ -184,10 +190,15 @@ ncu_profile() {
     echo "gpu-check: ncu not found (PATH, \$CUDA_HOME/bin, /opt/nvidia/nsight-compute): skipped"
     return 3
   fi
-  local out="$OUT/ncu.txt"
-  "$tool" --clock-control none --nvtx --nvtx-include "fastrec/" --launch-count "${GPU_CHECK_NCU_KERNELS:-60}" \
+  local out="$OUT/ncu.txt" limit="$1"
+  if [ "$limit" -lt 60 ]; then
+    echo "gpu-check: ${limit}s is too little for ncu: skipped"
+    return 3
+  fi
+  timeout --signal=INT --kill-after=15 $((limit - 30)) \
+    "$tool" --clock-control none --nvtx --nvtx-include "fastrec/" --launch-count "${GPU_CHECK_NCU_KERNELS:-60}" \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis "$PY" scripts/gpu_ncu.py --budget-s "${GPU_CHECK_NCU_BUDGET_S:-150}" \
+    --section MemoryWorkloadAnalysis "$PY" scripts/gpu_ncu.py --budget-s $((limit - 60)) --device "$DEVICE" $TINY \
     ${GPU_CHECK_NCU_OPS:+--ops "$GPU_CHECK_NCU_OPS"} > "$out" 2>&1
   local rc=$?
   grep -E "^gpu_ncu:|==PROF==|==ERROR==" "$out" | tail -n 40
@@ -195,11 +206,25 @@ ncu_profile() {
     echo "gpu-check: ncu read no counters (rc $rc; see ncu.txt): skipped"
     return 3
   fi
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "gpu-check: ncu stopped at its time limit; ncu.txt holds the kernels it profiled"
+    return 0
+  fi
   return "$rc"
 }
 export -f ncu_profile
-if [[ ",${GPU_CHECK_STAGES:-}," == *",ncu,"* ]]; then
-  stage ncu "${GPU_CHECK_NCU_S:-240}" bash -c ncu_profile
+TINY=""
+[ "$DEVICE" = cpu ] && TINY="--tiny"  # the dry run: toy sizes
+export DEVICE TINY
+NCU_LIMIT="${GPU_CHECK_NCU_S:-240}"
+NCU_LEFT=$((DEADLINE - SECONDS - 15))
+[ "$NCU_LIMIT" -gt "$NCU_LEFT" ] && NCU_LIMIT=$NCU_LEFT
+if [ -n "${GPU_CHECK_STAGES:-}" ] || [ "$NCU_LEFT" -ge "${GPU_CHECK_NCU_MIN_S:-90}" ]; then
+  stage ncu "$NCU_LIMIT" bash -c 'ncu_profile "$0"' "$NCU_LIMIT"  # stage(): "not selected" unless named
+else  # not a failure: the default run only gives ncu what the other stages left
+  echo "gpu-check: ncu skipped (${NCU_LEFT}s of the deadline left, it needs ${GPU_CHECK_NCU_MIN_S:-90}s;" \
+    "GPU_CHECK_STAGES=import,ncu GPU_CHECK_SKIP_BUILD=1 runs it alone)" | tee -a "$LOG"
+  printf 'ncu\tskipped\t0\n' >> "$STATUS"
 fi
 
 # 5. the report (gpu-check.md); its short table, ending with the verdict, is the last thing printed

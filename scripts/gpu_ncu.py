@@ -1,4 +1,4 @@
-"""Stage `ncu` of `make gpu-check` (opt-in: GPU_CHECK_STAGES=...,ncu): the hardware counters of fastrec's own
+"""Stage `ncu` of `make gpu-check` (in the time its other stages leave): the hardware counters of fastrec's own
 kernels in the benchmark's cases, for the work that follows a GPU run without a GPU (why a kernel misses its
 target: occupancy, stall reasons, L2 hit rate, DRAM and tensor-pipe throughput).
 

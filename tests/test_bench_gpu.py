@@ -167,7 +167,7 @@ def test_kernel_profile_rows_reach_the_report(tmp_path, device):
 
 
 def test_ncu_driver_runs_the_chosen_cases(device, capsys):
-    """scripts/gpu_ncu.py (the opt-in ncu stage of make gpu-check) at toy sizes: every fastrec implementation
+    """scripts/gpu_ncu.py (the ncu stage of make gpu-check) at toy sizes: every fastrec implementation
     of the chosen cases runs (on CUDA once inside the NVTX range ncu profiles); an unknown case is an error."""
     import importlib.util
     from pathlib import Path
@@ -288,3 +288,61 @@ def test_bench_writes_its_csvs_after_every_case(tmp_path, monkeypatch):
     rows = (tmp_path / "bench.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].startswith("first,1,fastrec") and rows[2].startswith("first,1,peer")
     assert "first,1,fastrec," in (tmp_path / "kernels.csv").read_text()
+
+
+def test_a_bench_csv_from_elsewhere_comes_back_as_table_markdown_and_plot(tmp_path, capsys):
+    """`fastrec bench --from-csv` (a GPU run's bench.csv, on a machine without the GPU): read_csv inverts
+    write_csv, and the table, bench.md and a linear-axis bench.png with each ratio and verdict are rebuilt;
+    a missing or empty file is a clear error (exit 2)."""
+    from fastrec import cli
+
+    rows = [core.Row("toy", "1", "fastrec", 2.0, 1.5, speedup=1.0),
+            core.Row("toy", "1", "peer", 5.0, 3.25, speedup=2.5, target=3.0),
+            core.Row("toy", "1", "copy (bound)", 0.5, 0.0, speedup=0.25, target=0.7)]
+    core.write_csv(rows, tmp_path / "bench.csv")
+    assert core.read_csv(tmp_path / "bench.csv") == rows
+    assert core._bar_label(rows[1]) == " 5 ms, 2.50x (target 3x: missed)"
+    assert core._bar_label(rows[2]) == " 0.5 ms: fastrec at 25% of its bandwidth (target 70%: missed)"
+    assert core._bar_label(core.Row("toy", "1", "sgemm only (bound)", 4.0, 0.0, 2.0)) == " 4 ms, 2.00x"
+    assert cli.main(["bench", "--from-csv", str(tmp_path / "bench.csv"), "--out", str(tmp_path / "plots")]) == 0
+    assert "3x MISS" in capsys.readouterr().out
+    assert "| toy | 1 | peer | 5.00 | 2.50x | 3x **missed** |" in (tmp_path / "plots" / "bench.md").read_text()
+    assert (tmp_path / "plots" / "bench.png").stat().st_size > 10_000
+    assert cli.main(["bench", "--from-csv", str(tmp_path / "none.csv"), "--out", str(tmp_path)]) == 2
+    (tmp_path / "empty.csv").write_text("op,shape,impl,ms,peer_ms_over_fastrec_ms,target,peak_extra_mb\n")
+    assert cli.main(["bench", "--from-csv", str(tmp_path / "empty.csv"), "--out", str(tmp_path)]) == 2
+    assert "no rows" in capsys.readouterr().err
+
+
+def test_gpu_check_dry_run_returns_at_most_eight_files_with_the_ncu_counters(tmp_path):
+    """scripts/gpu_check.sh end to end without a GPU (GPU_CHECK_DRY_RUN=1; a stand-in ncu that runs the
+    profiled program): every stage passes, ncu runs in the time left, and $OUT holds at most the eight plain
+    files the device tool brings back (the bench's own folder with bench.md and bench.png is removed)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and coreutils' timeout")
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "bin" / "ncu"
+    fake.parent.mkdir()
+    fake.write_text('#!/usr/bin/env bash\nwhile [ $# -gt 0 ] && [ "$1" != "$PYTHON" ]; do shift; done\n'
+                    '"$@"\nrc=$?\necho "  Section: GPU Speed Of Light Throughput (stand-in)"\nexit $rc\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "GPU_CHECK_DRY_RUN": "1",
+           "PYTHON": sys.executable, "OUT": str(out), "GPU_CHECK_PYTEST_ARGS": "tests/test_bench_gpu.py",
+           "GPU_CHECK_NCU_OPS": "residual_encode"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    stages = dict(line.split("\t")[:2] for line in (out / "stages.tsv").read_text().splitlines())
+    assert stages["bench"] == "ok" and stages["pytest"] == "ok" and stages["ncu"] == "ok", stages
+    files = sorted(p.name for p in out.iterdir())
+    assert all((out / f).is_file() for f in files) and len(files) <= 8, files
+    assert {"gpu-check.md", "bench.csv", "kernels.csv", "gpu-check.log", "stages.tsv", "ncu.txt"} <= set(files)
+    assert "gpu_ncu: profiling residual_encode" in (out / "ncu.txt").read_text()

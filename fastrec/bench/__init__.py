@@ -13,6 +13,7 @@ from fastrec.bench.core import (
     format_table,
     markdown,
     plot,
+    read_csv,
     run_case,
     write_csv,
     write_kernels_csv,
@@ -37,5 +38,5 @@ def all_cases(quick: bool = False, families: list[str] | None = None, device: st
     return out
 
 
-__all__ = ["Case", "KernelRow", "Row", "FAMILIES", "all_cases", "format_table", "markdown", "plot", "run_case",
-           "write_csv", "write_kernels_csv"]
+__all__ = ["Case", "KernelRow", "Row", "FAMILIES", "all_cases", "format_table", "markdown", "plot", "read_csv",
+           "run_case", "write_csv", "write_kernels_csv"]

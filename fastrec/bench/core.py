@@ -312,6 +312,14 @@ def write_csv(rows: list[Row], path: Path) -> None:
                   for r in rows])
 
 
+def read_csv(path: Path) -> list[Row]:
+    """The rows of a bench.csv (write_csv's format), e.g. one a GPU run brought back, to table or plot them."""
+    with open(path, newline="") as f:
+        return [Row(r["op"], r["shape"], r["impl"], float(r["ms"]), float(r["peak_extra_mb"]),
+                    speedup=float(r["peer_ms_over_fastrec_ms"]), target=float(r["target"]) if r["target"] else None)
+                for r in csv.DictReader(f)]
+
+
 def write_kernels_csv(rows: list[KernelRow], path: Path) -> None:
     """The kernel profiles (run_case's `kernels`) as CSV: op, shape, impl, kernel, calls, ms, share."""
     _write_table(path, ["op", "shape", "impl", "kernel", "calls", "ms", "share"],
@@ -328,26 +336,44 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ms(x: float) -> str:
+    """Three significant digits: 0.0213 ms, 1.31 ms, 173 ms."""
+    return f"{x:.3g}" if x < 1000 else f"{x:.0f}"
+
+
+def _bar_label(r: Row) -> str:
+    if r.impl == "fastrec":
+        return f" {_ms(r.ms)} ms"
+    verdict = "" if r.target is None else "met" if r.speedup >= r.target else "missed"
+    if "copy" in r.impl and "bound" in r.impl:  # a copy of the same bytes: the fraction of its bandwidth reached
+        target = "" if r.target is None else f" (target {100 * r.target:.0f}%: {verdict})"
+        return f" {_ms(r.ms)} ms: fastrec at {100 * r.speedup:.0f}% of its bandwidth{target}"
+    target = "" if r.target is None else f" (target {r.target:g}x: {verdict})"
+    return f" {_ms(r.ms)} ms, {r.speedup:.2f}x{target}"
+
+
 def plot(rows: list[Row], path: Path) -> None:
-    """One horizontal bar group per case: time of each implementation, fastrec highlighted."""
+    """One horizontal bar group per case: time of each implementation, fastrec highlighted, on a linear axis
+    from 0 (bar lengths compare), each peer labelled with its ratio to fastrec and the target's verdict."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cases = list(dict.fromkeys((r.op, r.shape) for r in rows))
-    fig, axes = plt.subplots(len(cases), 1, figsize=(9, 1.2 + 0.45 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(cases), 1, figsize=(10, 1.2 + 0.45 * len(rows)), squeeze=False)
     for ax, (op, shape) in zip(axes[:, 0], cases, strict=True):
         group = [r for r in rows if (r.op, r.shape) == (op, shape)]
         colors = ["#d62728" if r.impl == "fastrec" else "#7f7f7f" for r in group]
         ax.barh([r.impl for r in group], [r.ms for r in group], color=colors)
         for i, r in enumerate(group):
-            ax.text(r.ms, i, f" {r.ms:.1f} ms ({r.speedup:.2f}x)", va="center", fontsize=8)
+            ax.text(r.ms, i, _bar_label(r), va="center", fontsize=8)
         ax.set_title(f"{op} {shape}", fontsize=9)
-        ax.set_xscale("log")
+        ax.set_xlim(0, 1.6 * max(r.ms for r in group))  # room for the labels
         ax.invert_yaxis()
         ax.tick_params(labelsize=8)
-    axes[-1, 0].set_xlabel("milliseconds (log scale; lower is better)")
+    axes[-1, 0].set_xlabel("milliseconds (lower is better); ratio = that row's ms / fastrec's ms "
+                           "(above 1: fastrec is faster)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
