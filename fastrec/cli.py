@@ -45,7 +45,7 @@ def _bench(args: argparse.Namespace) -> int:
                                  rounds=1 if cuda else 3, device=device, kernels=kernels, failures=failed)
             except Exception as exc:  # one case failing must not lose the others' numbers
                 failed.append(f"{case.name}: {type(exc).__name__}: {exc}")
-                print(f"fastrec bench: {case.name} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                print(f"fastrec bench: FAILED {failed[-1]}", file=sys.stderr, flush=True)
             # the CSVs after every case: a process that dies later (a driver fault, a time limit) keeps them
             write_csv(rows, out / "bench.csv")
             if kernels is not None:

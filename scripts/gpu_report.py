@@ -70,13 +70,13 @@ def sanitizer_summary(out: Path) -> str:
 
 
 def bench_failures(out: Path) -> list[str]:
-    """The bench's closing "FAILED" lines in gpu-check.log: cases that failed, and rows dropped from a case."""
+    """The bench's failures in gpu-check.log: cases that failed and rows dropped from a case, as printed when
+    they happened (so a bench stopped by its time limit still names them) and again at its end."""
     path = out / "gpu-check.log"
     if not path.is_file():
         return []
-    lines = path.read_text(errors="replace").splitlines()
-    return list(dict.fromkeys(line.split("FAILED ", 1)[1] for line in lines
-                              if line.startswith("fastrec bench: FAILED ")))
+    found = re.findall(r"fastrec bench: (?:FAILED|dropped) ([^\r\n]+)", path.read_text(errors="replace"))
+    return list(dict.fromkeys(found))
 
 
 def csv_rows(path: Path) -> list[dict]:

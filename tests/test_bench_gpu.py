@@ -256,16 +256,24 @@ def test_bench_names_dropped_rows_in_its_exit_code_and_the_gpu_report(tmp_path, 
         raise RuntimeError("no kernel image")
 
     toy = [core.Case("toy", "1", lambda: torch.ones(8), {"fastrec": lambda x: x * 2, "broken peer": no_image,
-                                                         "peer": lambda x: x + x})]
+                                                         "peer": lambda x: x + x}),
+           core.Case("broken", "2", lambda: torch.ones(8), {"fastrec": no_image, "peer": lambda x: x + x})]
     monkeypatch.setattr(fastrec.bench, "all_cases", lambda **kwargs: toy)
     args = argparse.Namespace(quick=True, ops="", out=str(tmp_path), device="cpu", budget_s=0.0, kernels=False)
     assert cli._bench(args) == 1
     assert [r.split(",")[2] for r in (tmp_path / "bench.csv").read_text().splitlines()[1:]] == ["fastrec", "peer"]
-    (tmp_path / "gpu-check.log").write_text(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    (tmp_path / "gpu-check.log").write_text(printed.out + printed.err)
     (tmp_path / "stages.tsv").write_text("bench\tFAILED (rc 1)\t5\n")
-    assert _gpu_report().main(["gpu_report.py", str(tmp_path)]) == 1
+    report = _gpu_report()
+    assert report.main(["gpu_report.py", str(tmp_path)]) == 1
     md = (tmp_path / "gpu-check.md").read_text()
-    assert "- toy[1] broken peer: RuntimeError: no kernel image" in md
+    for line in ["- toy[1] broken peer: RuntimeError: no kernel image", "- broken[2]: RuntimeError: no kernel image"]:
+        assert md.count(line) == 1, md  # printed when it happened and at the end: listed once
+    # a bench stopped by its time limit prints no closing lines: the ones printed on the way still count,
+    # also behind the progress bar's carriage returns
+    (tmp_path / "gpu-check.log").write_text("bench:  50%|#  \rfastrec bench: dropped toy[1] p: E: m\rbench: 60%\n")
+    assert report.bench_failures(tmp_path) == ["toy[1] p: E: m"]
 
 
 def test_bench_writes_its_csvs_after_every_case(tmp_path, monkeypatch):
