@@ -4,7 +4,7 @@
 #      each fastrec implementation's time, and each faster peer's, kernel by kernel, into kernels.csv)
 #   2. compute-sanitizer memcheck over scripts/gpu_sanitize.py (every op, forward + backward, odd shapes)
 #   3. pytest -m cuda            (every CUDA test case; in up to 16 processes with pytest-xdist), in what is left
-#   4. ncu, when at least GPU_CHECK_NCU_MIN_S (default 90) of the deadline is left, or when GPU_CHECK_STAGES
+#   4. ncu, when at least GPU_CHECK_NCU_MIN_S (default 60) of the deadline is left, or when GPU_CHECK_STAGES
 #      names it: Nsight Compute counters of fastrec's kernels into ncu.txt
 #   5. gpu-check.md (tables), bench.csv, kernels.csv and gpu-check.log under $OUT (default results/gpu-check/)
 # Uses the machine's own python3 (no venv, no network). Each stage's failure is reported and the next stage
@@ -17,7 +17,7 @@
 # GPU_CHECK_STAGES (a comma list of build,import,pytest,bench,sanitizer,ncu to run; default all, ncu only in
 # time left over: a rerun can take only what the first run left undone), GPU_CHECK_NCU_OPS (bench case ops for
 # ncu, default scripts/gpu_ncu.py's), GPU_CHECK_NCU_S (its limit, default 240), GPU_CHECK_NCU_MIN_S (the time
-# left that the default run needs to start ncu, default 90), GPU_CHECK_NCU_KERNELS (kernels profiled at most,
+# left that the default run needs to start ncu, default 60), GPU_CHECK_NCU_KERNELS (kernels profiled at most,
 # default 60). At most eight files come back from $OUT (the device tool's limit), ncu.txt included: the bench's
 # bench.md and bench.png are removed (fastrec bench --from-csv bench.csv redraws them anywhere).
 # GPU_CHECK_DRY_RUN=1 walks the whole flow on a machine without a GPU (no build, the CUDA tests skip, a
@@ -179,7 +179,8 @@ stage pytest "${GPU_CHECK_PYTEST_S:-300}" "$PY" -m pytest "${TEST_PATHS[@]}" -m 
 # the time the other stages left (at least GPU_CHECK_NCU_MIN_S); always when GPU_CHECK_STAGES names it (e.g. a
 # second call with GPU_CHECK_STAGES=import,ncu and GPU_CHECK_SKIP_BUILD=1). ncu itself stops 30 s before the
 # stage's limit (SIGINT: the program stops, ncu prints the kernels it profiled), no new case starts 60 s
-# before it, so a cut run still leaves counters behind and is not a failure.
+# before it (10 s after its start in a short stage), so a cut run still leaves counters behind and is not a
+# failure.
 ncu_profile() {
   local tool
   tool="$(command -v ncu || true)"
@@ -198,8 +199,8 @@ ncu_profile() {
   timeout --signal=INT --kill-after=15 $((limit - 30)) \
     "$tool" --clock-control none --nvtx --nvtx-include "fastrec/" --launch-count "${GPU_CHECK_NCU_KERNELS:-60}" \
     --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-    --section MemoryWorkloadAnalysis "$PY" scripts/gpu_ncu.py --budget-s $((limit - 60)) --device "$DEVICE" $TINY \
-    ${GPU_CHECK_NCU_OPS:+--ops "$GPU_CHECK_NCU_OPS"} > "$out" 2>&1
+    --section MemoryWorkloadAnalysis "$PY" scripts/gpu_ncu.py --budget-s $((limit > 70 ? limit - 60 : 10)) \
+    --device "$DEVICE" $TINY ${GPU_CHECK_NCU_OPS:+--ops "$GPU_CHECK_NCU_OPS"} > "$out" 2>&1
   local rc=$?
   grep -E "^gpu_ncu:|==PROF==|==ERROR==" "$out" | tail -n 40
   if ! grep -q "Section: " "$out"; then
@@ -219,10 +220,10 @@ export DEVICE TINY
 NCU_LIMIT="${GPU_CHECK_NCU_S:-240}"
 NCU_LEFT=$((DEADLINE - SECONDS - 15))
 [ "$NCU_LIMIT" -gt "$NCU_LEFT" ] && NCU_LIMIT=$NCU_LEFT
-if [ -n "${GPU_CHECK_STAGES:-}" ] || [ "$NCU_LEFT" -ge "${GPU_CHECK_NCU_MIN_S:-90}" ]; then
+if [ -n "${GPU_CHECK_STAGES:-}" ] || [ "$NCU_LEFT" -ge "${GPU_CHECK_NCU_MIN_S:-60}" ]; then
   stage ncu "$NCU_LIMIT" bash -c 'ncu_profile "$0"' "$NCU_LIMIT"  # stage(): "not selected" unless named
 else  # not a failure: the default run only gives ncu what the other stages left
-  echo "gpu-check: ncu skipped (${NCU_LEFT}s of the deadline left, it needs ${GPU_CHECK_NCU_MIN_S:-90}s;" \
+  echo "gpu-check: ncu skipped (${NCU_LEFT}s of the deadline left, it needs ${GPU_CHECK_NCU_MIN_S:-60}s;" \
     "GPU_CHECK_STAGES=import,ncu GPU_CHECK_SKIP_BUILD=1 runs it alone)" | tee -a "$LOG"
   printf 'ncu\tskipped\t0\n' >> "$STATUS"
 fi
