@@ -369,7 +369,7 @@ def plot(rows: list[Row], path: Path) -> None:
         for i, r in enumerate(group):
             ax.text(r.ms, i, _bar_label(r), va="center", fontsize=8)
         ax.set_title(f"{op} {shape}", fontsize=9)
-        ax.set_xlim(0, 1.6 * max(r.ms for r in group))  # room for the labels
+        ax.set_xlim(0, 1.8 * max(r.ms for r in group))  # room for the labels
         ax.invert_yaxis()
         ax.tick_params(labelsize=8)
     axes[-1, 0].set_xlabel("milliseconds (lower is better); ratio = that row's ms / fastrec's ms "
