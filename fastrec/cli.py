@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the bench imports torch: only when a command needs it
+    from fastrec.bench import Row
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -13,7 +17,7 @@ def _bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fastrec import backends
-    from fastrec.bench import all_cases, format_table, markdown, plot, run_case, write_csv, write_kernels_csv
+    from fastrec.bench import all_cases, run_case, write_csv, write_kernels_csv
 
     if getattr(args, "from_csv", None):
         return _bench_from_csv(Path(args.from_csv), Path(args.out))
@@ -50,11 +54,8 @@ def _bench(args: argparse.Namespace) -> int:
             write_csv(rows, out / "bench.csv")
             if kernels is not None:
                 write_kernels_csv(kernels, out / "kernels.csv")
-    print(format_table(rows))
     write_csv(rows, out / "bench.csv")
-    (out / "bench.md").write_text(markdown(rows))
-    if rows:
-        plot(rows, out / "bench.png")
+    _table_and_chart(rows, out)
     print(f"wrote {out / 'bench.csv'}, {out / 'bench.md'} and {out / 'bench.png'}")
     if kernels is not None:
         write_kernels_csv(kernels, out / "kernels.csv")
@@ -66,9 +67,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _table_and_chart(rows: list[Row], out: Path) -> None:
+    """Prints the table of `rows` and writes it as out/bench.md, and out/bench.png when there are rows."""
+    from fastrec.bench import format_table, markdown, plot
+
+    print(format_table(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(markdown(rows))
+    if rows:
+        plot(rows, out / "bench.png")
+
+
 def _bench_from_csv(path: Path, out: Path) -> int:
     """The table, bench.md and bench.png of a bench.csv written elsewhere (a GPU run's), without running."""
-    from fastrec.bench import format_table, markdown, plot, read_csv
+    from fastrec.bench import read_csv
 
     if not path.is_file():
         print(f"fastrec bench: --from-csv {path}: no such file", file=sys.stderr)
@@ -77,10 +89,7 @@ def _bench_from_csv(path: Path, out: Path) -> int:
     if not rows:
         print(f"fastrec bench: --from-csv {path}: no rows", file=sys.stderr)
         return 2
-    print(format_table(rows))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(markdown(rows))
-    plot(rows, out / "bench.png")
+    _table_and_chart(rows, out)
     print(f"wrote {out / 'bench.md'} and {out / 'bench.png'} from {path}")
     return 0
 
