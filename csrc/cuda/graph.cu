@@ -19,10 +19,11 @@
 // accumulation, int64 offsets.
 //
 // L2 residency: the gathered rows (one side of the bipartite graph at a time: 13-23 MB at the Amazon-Book
-// shape, within an H200's L2: 60 MB as torch reports it) are read ~40 times a layer each, while the edge
-// stream (indices, values) and LightGCN's running sum `out` are touched once a layer. Those streams load
-// and store with the evict-first hint (ld/st.global.cs), so they do not push the gathered rows out of L2;
-// the layer's output `next` (the next layer's gathered table) and x0 (layer 1's) keep the default policy.
+// shape, within an H200's L2: 60 MB per the device library's record) are read ~40 times a layer each,
+// while the edge stream (indices, values) and LightGCN's running sum `out` are touched once a layer. Those
+// streams load and store with the evict-first hint (ld/st.global.cs), so they do not push the gathered rows
+// out of L2; the layer's output `next` (the next layer's gathered table) and x0 (layer 1's) keep the
+// default policy.
 // FASTREC_SPMM_STREAM_HINTS=0 turns the hints off (the benchmark times both).
 //
 // The kernels bound-check what they index with user data themselves (the host checks vanish under
