@@ -163,30 +163,26 @@ def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, 
     tl.store(pi_ptr + out, ri, mask=omask)
 
 
-@triton.jit(do_not_specialize=["U", "NI", "nnz"])
-def candidates_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_ptr, U, NI, d, nnz, chunk,
-                      CAP, HAS_EX: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                      BLOCK_U: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The threshold scheme's scan: every (query, item) whose score reaches the query's threshold tau and that
-    the query does not exclude is appended to the query's candidate list (an atomic counter gives its slot;
-    past CAP only the count grows). No running top-k: a tile costs its dot, one comparison and one reduction,
-    and the appends of its few candidates. NaN scores never reach tau."""
+@triton.jit(do_not_specialize=["U", "NI"])
+def candidates_kernel(q_ptr, it_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_ptr, U, NI, d, chunk, CAP, UPCAST: tl.constexpr,
+                      PRECISION: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_I: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """The threshold scheme's scan: every (query, item) whose score reaches the query's threshold tau is appended
+    to the query's candidate list (an atomic counter gives its slot; past CAP only the count grows). No running
+    top-k and no exclusions (the caller drops the few excluded candidates): a tile costs its dot, one comparison
+    and one reduction, and the appends of its few candidates. NaN scores never reach tau. `chunk` items a program
+    (a multiple of BLOCK_I); the grid's second axis covers the items."""
     c = tl.program_id(1)
     us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     umask = us < U
     lo = c * chunk
     hi = tl.minimum(lo + chunk, NI)
     tau = tl.load(tau_ptr + us, mask=umask, other=float("inf"))  # rows past U score 0 (or NaN): never kept
-    if HAS_EX:
-        p, e, x = _exclusion_cursor(exp_ptr, exi_ptr, us, umask, nnz, lo)
     for i0 in range(lo, hi, BLOCK_I):
         ids = i0 + tl.arange(0, BLOCK_I)
         imask = ids < hi
         acc = _tile_scores(q_ptr, it_ptr, us, umask, ids, imask, d, UPCAST, PRECISION, BLOCK_U, BLOCK_I, BLOCK_D)
         keep = imask[None, :] & (acc >= tau[:, None])
-        if HAS_EX:
-            excluded, p, x = _excluded(exi_ptr, ids, p, e, x, i0 + BLOCK_I)
-            keep = keep & ~excluded
         n = tl.sum(keep.to(tl.int32), axis=1)
         if tl.max(n, axis=0) > 0:  # one atomic a query with candidates reserves its slots; a scan places them
             base = tl.atomic_add(cnt_ptr + us, n, mask=n > 0)
@@ -211,13 +207,17 @@ def precision(dtype: torch.dtype) -> str:
     return "tf32" if os.environ.get("FASTREC_TF32") == "1" else p
 
 
-def sorted_exclusions(indptr: torch.Tensor, indices: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
-    """Each query's excluded ids in ascending order (int32, clamped to [-1, I]), by one device sort of
-    (row, id) keys: no host sync, and an out-of-range id matches no item instead of reading anything."""
+def exclusion_keys(indptr: torch.Tensor, indices: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
+    """Every exclusion as one int64 key, row * (I + 2) + id + 1, sorted (rows clamped to [0, U], ids to [-1, I]):
+    one device sort, no host sync; an out-of-range id matches no item."""
     pos = torch.arange(indices.numel(), device=indices.device)
     rows = (torch.searchsorted(indptr.long(), pos, right=True) - 1).clamp(0, num_users)
-    key = rows * (num_items + 2) + indices.long().clamp(-1, num_items) + 1
-    return (torch.sort(key).values % (num_items + 2) - 1).to(torch.int32)
+    return torch.sort(rows * (num_items + 2) + indices.long().clamp(-1, num_items) + 1).values
+
+
+def sorted_exclusions(indptr: torch.Tensor, indices: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
+    """Each query's excluded ids in ascending order (int32, clamped to [-1, I]), from exclusion_keys."""
+    return (exclusion_keys(indptr, indices, num_users, num_items) % (num_items + 2) - 1).to(torch.int32)
 
 
 def _config(kp: int, d: int) -> tuple[int, int, int, int]:
@@ -375,29 +375,53 @@ def thresholds(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indpt
     return torch.where(tau.double() > t, torch.nextafter(tau, tau.new_tensor(float("-inf"))), tau)
 
 
+def _candidate_block_d(d: int) -> int:
+    return min(32, max(16, triton.next_power_of_2(d)))
+
+
+# The candidate scan's (BLOCK_U, BLOCK_I, num_warps) tried by autotune on a GPU, per (d, dtype, dot scheme), with
+# BLOCK_D = 32 (16 for d <= 16). ptxas -v (sm_90, d = 64; tests/test_triton_compile.py): under Triton 3.6 (the
+# H200's) none spills in fp32 (tf32x3) or bf16; under 3.8 the first spills nothing and the others 188-272 bytes
+# (BLOCK_D = 64 or BLOCK_I = 128 spilled 60-372 under 3.6). Counted in the SASS (Triton 3.6; a static count, not
+# a time), the tile's common path (dot, comparison, reduction, no candidate) issues per score 1.93 / 1.18 / 1.33
+# warp instructions in fp32 and 0.79 / 0.62 / 0.64 in bf16 for these three (the last two hold 255 registers a
+# thread against 245 / 193). Which runs fastest only a GPU can say; the first is the default where autotune does
+# not run (the interpreter tests of the GPU tiles).
+CANDIDATE_CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_I": bi}, num_warps=w, num_stages=3)
+                     for bu, bi, w in [(64, 64, 8), (128, 64, 8), (64, 64, 4)]]
+# reset_to_zero: autotune runs the scan once per config; each run must append to empty candidate lists
+candidates_tuned = triton.autotune(CANDIDATE_CONFIGS, key=["d", "UPCAST", "PRECISION"],
+                                   reset_to_zero=["cnt_ptr"])(candidates_kernel)
+
+
+def _autotunes(queries: torch.Tensor) -> bool:
+    """Whether the candidate scan runs its autotuned launch (on a GPU; tests patch this)."""
+    return queries.is_cuda and not _interpret()
+
+
 def _candidate_blocks(d: int) -> tuple[int, int, int, int]:
-    """candidates_kernel's (BLOCK_U, BLOCK_I, BLOCK_D, num_warps). ptxas -v (sm_90, tests/test_triton_compile.py):
-    no spill in fp32 (tf32x3) or bf16; BLOCK_D = 64 spilled 240 bytes with tf32x3, 4 warps or larger tiles
-    140-500."""
+    """candidates_kernel's (BLOCK_U, BLOCK_I, BLOCK_D, num_warps) where it is not autotuned: small under the
+    interpreter, else the first of CANDIDATE_CONFIGS (tests run the GPU tiles under the interpreter with it)."""
     if _interpret():
         return 16, 32, min(64, max(16, triton.next_power_of_2(d))), 4
-    return 64, 64, min(32, max(16, triton.next_power_of_2(d))), 8
+    c = CANDIDATE_CONFIGS[0]
+    return c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"], _candidate_block_d(d), c.num_warps
 
 
 def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, stride, cap):
     """The threshold scheme, in groups of queries whose candidate slots take at most CANDIDATE_BYTES; None when
-    some query got fewer than k or more than cap candidates."""
+    some query got fewer than k kept candidates or more than cap candidates."""
     U, NI = queries.shape[0], items.shape[0]
     has_ex = exclude_indptr is not None and exclude_indices.numel() > 0
-    ex_sorted = sorted_exclusions(exclude_indptr.contiguous(), exclude_indices, U, NI) if has_ex else None
+    keys = exclusion_keys(exclude_indptr.contiguous(), exclude_indices, U, NI) if has_ex else None
     scores = torch.empty(U, k, dtype=torch.float32, device=queries.device)
     ids = torch.empty(U, k, dtype=torch.int64, device=queries.device)
     sample = sample_of(items, stride)
     group = max(1, CANDIDATE_BYTES // (8 * cap))
     for g0 in range(0, U, group):
         g1 = min(U, g0 + group)
-        indptr = exclude_indptr[g0:g1 + 1].contiguous() if has_ex else None  # offsets into the whole list
-        found = _threshold_group(queries[g0:g1], items, k, indptr, exclude_indices, ex_sorted, dot, stride, cap,
+        indptr = exclude_indptr[g0:g1 + 1] if has_ex else None  # offsets into the whole list
+        found = _threshold_group(queries[g0:g1], items, k, indptr, exclude_indices, keys, g0, dot, stride, cap,
                                  sample)
         if found is None:
             return None
@@ -405,25 +429,48 @@ def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, str
     return scores, ids
 
 
-def _threshold_group(queries, items, k, indptr, indices, ex_sorted, dot, stride, cap, sample):
+def _threshold_group(queries, items, k, indptr, indices, keys, first, dot, stride, cap, sample):
     (U, d), NI = queries.shape, items.shape[0]
     tau = thresholds(queries, items, k, indptr, indices, dot, stride, sample)
-    block_u, block_i, block_d, warps = _candidate_blocks(d)
-    blocks_u, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
     count = torch.zeros(U, dtype=torch.int32, device=queries.device)
     cand_s = torch.full((U, cap), float("-inf"), dtype=torch.float32, device=queries.device)
     cand_i = torch.full((U, cap), NI, dtype=torch.int32, device=queries.device)
-    has_ex = ex_sorted is not None
     upcast = _interpret() or queries.dtype == torch.float32
+
+    # the item chunk is the same for every config autotune tries (all have BLOCK_I = 64; it holds whole tiles of
+    # each): sized for the smallest query block, so a larger one runs fewer programs over the same chunks
+    block_u, block_i, block_d, warps = _candidate_blocks(d)
+    _, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
+    args = (queries, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
     with device_guard(queries):
-        candidates_kernel[(blocks_u, chunks)](
-            queries, items, indptr if has_ex else count, ex_sorted if has_ex else count, tau, count, cand_s, cand_i,
-            U, NI, d, ex_sorted.numel() if has_ex else 0, chunk, cap, HAS_EX=has_ex, UPCAST=upcast,
-            PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, num_warps=warps)
-    least, most = torch.stack(torch.aminmax(count)).tolist()  # the one host read a group
+        if _autotunes(queries):
+            candidates_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks)](
+                *args, UPCAST=upcast, PRECISION=dot, BLOCK_D=block_d)
+        else:
+            candidates_kernel[(triton.cdiv(U, block_u), chunks)](
+                *args, UPCAST=upcast, PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d,
+                num_warps=warps)
+    least, most = torch.stack(torch.aminmax(count)).tolist()  # the one host read a group (two with exclusions)
     if least < k or most > cap:
         return None
-    return merge(cand_s[:, :most], cand_i[:, :most].long(), k)  # the sort spans the longest list, not cap
+    cand_s, cand_i = cand_s[:, :most], cand_i[:, :most]  # the sort spans the longest list, not cap
+    if keys is not None and drop_excluded(cand_s, cand_i, keys, first, NI).min().item() < k:
+        return None
+    return merge(cand_s, cand_i.long(), k)
+
+
+def drop_excluded(scores: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor, first: int,
+                  num_items: int) -> torch.Tensor:
+    """Turns the candidates their query excludes into empty slots (-inf, I), in place, and returns how many each
+    query keeps. Row r is query first + r; keys: exclusion_keys of the whole call (not empty). Excluded items are
+    a few of each query's candidates, so this costs less than masking them in every tile of the scan did."""
+    rows = torch.arange(first, first + ids.shape[0], device=ids.device)[:, None]
+    key = rows * (num_items + 2) + ids.long() + 1
+    found = keys[torch.searchsorted(keys, key).clamp(max=keys.numel() - 1)] == key
+    hit = found & (ids < num_items)
+    scores.masked_fill_(hit, float("-inf"))
+    ids.masked_fill_(hit, num_items)
+    return (ids < num_items).sum(1)
 
 
 def merge(scores: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -143,6 +143,19 @@ def test_sorted_exclusions_sort_within_each_query():
     assert tk.sorted_exclusions(indptr, indices, 3, 8).tolist() == [1, 5, 5, -1, 0, 8]
 
 
+def test_drop_excluded_empties_only_the_slots_its_query_excludes():
+    """The threshold scheme drops excluded candidates after its scan: by (query, id) key, with the group's first
+    query offsetting the rows; out-of-range exclusions and empty slots (id I) match nothing."""
+    indptr, indices = torch.tensor([0, 2, 2, 5]), torch.tensor([4, 1, 3, 8, -1])  # query 2 also "excludes" 8, -1
+    keys = tk.exclusion_keys(indptr, indices, 3, 8)
+    scores = torch.tensor([[5.0, 4.0, 3.0], [2.0, 1.0, float("-inf")]])
+    ids = torch.tensor([[1, 3, 8], [3, 4, 8]], dtype=torch.int32)  # rows are queries 1 and 2; id 8 = empty slot
+    kept = tk.drop_excluded(scores, ids, keys, 1, 8)
+    assert kept.tolist() == [2, 1]
+    assert ids.tolist() == [[1, 3, 8], [8, 4, 8]]
+    assert scores[1, 0] == float("-inf") and scores[0].tolist() == [5.0, 4.0, 3.0]
+
+
 def test_merge_orders_by_score_then_id():
     s = torch.tensor([[1.0, 3.0, 1.0, float("-inf"), 3.0, float("-inf")]])
     i = torch.tensor([[9, 4, 2, 7, 1, 3]])
@@ -320,19 +333,49 @@ def test_sample_plan_keeps_the_sample_bounded_and_the_slots_proportional():
     assert tk.sample_plan(100, 3) == (16, 192) and tk.sample_plan(100, 3, 2, 7) == (2, 7)
 
 
-def test_threshold_scheme_in_its_gpu_blocks_under_the_interpreter(monkeypatch):
-    """The candidate scan's GPU tiles (64 queries x 64 items, d in 32-wide slices: two here) on CPU tensors."""
+@pytest.mark.parametrize("config", range(len(tk.CANDIDATE_CONFIGS)))
+def test_threshold_scheme_in_its_gpu_blocks_under_the_interpreter(config, monkeypatch):
+    """The candidate scan in each GPU tile autotune may pick (64 or 128 queries x 64 items, d in 32-wide slices:
+    two here) on CPU tensors."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs the Triton interpreter")
     monkeypatch.setattr(tk, "_interpret", lambda: False)  # the GPU configuration...
     monkeypatch.setattr(tk, "_num_chunks", lambda *a: 2)
     monkeypatch.setattr(tk, "precision", lambda dtype: "ieee")  # ...computed by the interpreter
-    assert tk._candidate_blocks(64) == (64, 64, 32, 8)
+    c = tk.CANDIDATE_CONFIGS[config]
+    monkeypatch.setattr(tk, "CANDIDATE_CONFIGS", [c])
+    assert tk._candidate_blocks(64) == (c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"], 32, c.num_warps)
     g = torch.Generator().manual_seed(9)
-    q, it = torch.randn(70, 64, generator=g).round(), torch.randn(500, 64, generator=g).round()
+    q, it = torch.randn(150, 64, generator=g).round(), torch.randn(500, 64, generator=g).round()
     it[400:] = it[:100]  # exact ties across tiles and chunks
-    indptr, indices = csr(torch.randint(0, 9, (70,), generator=g), 500, g)
+    indptr, indices = csr(torch.randint(0, 9, (150,), generator=g), 500, g)
     check_threshold(q, it, 10, indptr, indices, exact=True, stride=5, cap=500, monkeypatch=monkeypatch)
+
+
+def test_the_autotuned_candidate_scan_resets_its_counts_for_every_trial(monkeypatch):
+    """On a GPU autotune runs the scan once per config (and its benchmark several times) before the real launch:
+    each run must start from zero counts (reset_to_zero), or the candidate lists would hold every trial's appends.
+    Here under the interpreter, with a stand-in benchmark that runs each config twice and finds the second fastest."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs the Triton interpreter")
+    trials = []
+
+    def bench(call, quantiles):
+        call()
+        call()
+        trials.append(len(trials))
+        return [1.0 if len(trials) == 2 else 2.0] * 3
+
+    monkeypatch.setattr(tk, "_autotunes", lambda queries: True)
+    monkeypatch.setattr(tk, "precision", lambda dtype: "ieee")
+    monkeypatch.setattr(tk.candidates_tuned, "_do_bench", bench)
+    monkeypatch.setattr(tk.candidates_tuned, "cache", {})
+    g = torch.Generator().manual_seed(12)
+    q, it = torch.randn(150, 40, generator=g).round(), torch.randn(400, 40, generator=g).round()
+    indptr, indices = csr(torch.randint(0, 9, (150,), generator=g), 400, g)
+    check_threshold(q, it, 10, indptr, indices, exact=True, stride=5, cap=400, monkeypatch=monkeypatch)
+    assert trials == list(range(len(tk.CANDIDATE_CONFIGS)))
+    assert list(tk.candidates_tuned.cache.values()) == [tk.CANDIDATE_CONFIGS[1]]
 
 
 def _threshold_at_scale(device, monkeypatch, users=300, num_items=70_000):

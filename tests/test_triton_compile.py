@@ -17,9 +17,9 @@ triton = pytest.importorskip("triton")
 # operands of pointer type p) and the specialization a GPU launch gives a kernel.
 SHARED_DEFS = textwrap.dedent('''
     def CANDIDATES_SIGNATURE(p):  # topk's candidates_kernel, queries and items of pointer type p
-        return {"q_ptr": p, "it_ptr": p, "exp_ptr": "*i64", "exi_ptr": "*i32", "tau_ptr": "*fp32", "cnt_ptr": "*i32",
-                "cs_ptr": "*fp32", "ci_ptr": "*i32", "U": "i32", "NI": "i32", "d": "i32", "nnz": "i32",
-                "chunk": "i32", "CAP": "i32"}
+        return {"q_ptr": p, "it_ptr": p, "tau_ptr": "*fp32", "cnt_ptr": "*i32", "cs_ptr": "*fp32", "ci_ptr": "*i32",
+                "U": "i32", "NI": "i32", "d": "i32", "chunk": "i32", "CAP": "i32", "UPCAST": "constexpr",
+                "PRECISION": "constexpr", "BLOCK_U": "constexpr", "BLOCK_I": "constexpr", "BLOCK_D": "constexpr"}
 
     def runtime_attrs(fn, sig):
         """What Triton's JIT assumes on a GPU launch: 16-byte aligned pointers (every torch allocation is) and
@@ -82,9 +82,8 @@ SCRIPT = textwrap.dedent('''
              {"HAS_EX": True, "UPCAST": up, "PRECISION": prec, "BLOCK_U": 64, "BLOCK_I": 64, "BLOCK_D": 64,
               "KP": 32})
         bu, bi, bd, warps = T._candidate_blocks(64)
-        comp(T.candidates_kernel, {**CANDIDATES_SIGNATURE(p), "HAS_EX": C_, "UPCAST": C_, "PRECISION": C_,
-                                   "BLOCK_U": C_, "BLOCK_I": C_, "BLOCK_D": C_},
-             {"HAS_EX": True, "UPCAST": up, "PRECISION": prec, "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd}, warps)
+        comp(T.candidates_kernel, CANDIDATES_SIGNATURE(p),
+             {"UPCAST": up, "PRECISION": prec, "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd}, warps)
         cfg = F._CONFIGS[-2]
         comp(F.gather_reduce_kernel, {"sem_ptr": p, "rows_ptr": "*i64", "w_ptr": p, "b_ptr": p, "live_ptr": "*i64",
                                       "out_ptr": "*fp32", "U": "i32", "D": "i32", "d": "i32", "HAS_BIAS": C_,
@@ -254,12 +253,11 @@ SPILL_SCRIPT = '''
                    "HAS_EX": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_I": C_, "BLOCK_D": C_, "KP": C_},
                   {"HAS_EX": True, "UPCAST": dt == "fp32", "PRECISION": "tf32x3" if dt == "fp32" else "ieee",
                    "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd, "KP": kp}, warps, 3)
-        bu, bi, bd, warps = T._candidate_blocks(64)
-        spill(f"topk_candidates-{dt}", T.candidates_kernel,
-              {**CANDIDATES_SIGNATURE(p), "HAS_EX": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_I": C_,
-               "BLOCK_D": C_},
-              {"HAS_EX": True, "UPCAST": dt == "fp32", "PRECISION": "tf32x3" if dt == "fp32" else "ieee",
-               "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd}, warps, 3)
+        for c in T.CANDIDATE_CONFIGS:  # every config autotune may pick
+            bu, bi = c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"]
+            spill(f"topk_candidates-{dt}-{bu}x{bi}-w{c.num_warps}", T.candidates_kernel, CANDIDATES_SIGNATURE(p),
+                  {"UPCAST": dt == "fp32", "PRECISION": "tf32x3" if dt == "fp32" else "ieee",
+                   "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": T._candidate_block_d(64)}, c.num_warps, c.num_stages)
         for mode in (0, 1, 2):
             bn, bj, bk, warps, stages = F.fuse_blocks(256)
             spill(f"fuse_gather-{dt}-mode{mode}", F.fuse_gather_kernel,
@@ -276,12 +274,20 @@ def test_topk_and_fuse_gather_gpu_blocks_spill_nothing():
     fuse_gather (every mode) in the blocks their launchers pick on a GPU compile for sm_90 without a register
     spill (ptxas -v): a spill there costs local-memory traffic in the inner loop (the old 4-warp top-k spilled up
     to 896 bytes, the old fuse_gather over 500; the candidate scan with BLOCK_D = 64, 240). Every top-k variant runs
-    its score GEMM on tensor cores (tf32x3 for fp32; the first H200 run's IEEE dots were FMA loops)."""
+    its score GEMM on tensor cores (tf32x3 for fp32; the first H200 run's IEEE dots were FMA loops). The candidate
+    scan's first autotune config (its default) spills nothing; the larger ones spill nothing under Triton 3.6 (the
+    H200's) and up to about 270 bytes under 3.8, which autotune weighs (timed, a spill costs what it costs)."""
     out = _run_offline(SHARED_DEFS + SPILL_PRELUDE + textwrap.dedent(SPILL_SCRIPT))
     spills = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines() if " spill " in line}
     mma = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines() if " mma " in line}
-    assert len(spills) == 16, spills
-    assert all(v == 0 for v in spills.values()), spills
+    from fastrec.kernels.topk import CANDIDATE_CONFIGS
+
+    assert len(spills) == 14 + 2 * len(CANDIDATE_CONFIGS), spills
+    c = CANDIDATE_CONFIGS[0]
+    first = f"-{c.kwargs['BLOCK_U']}x{c.kwargs['BLOCK_I']}-w{c.num_warps}"
+    tuned = [name for name in spills if name.startswith("topk_candidates") and not name.endswith(first)]
+    assert all(v == 0 for name, v in spills.items() if name not in tuned), spills
+    assert all(v <= 320 for name, v in spills.items() if name in tuned), spills
     assert all(v > 0 for name, v in mma.items() if name.startswith("topk")), mma
 
 
