@@ -7,7 +7,9 @@ BLOCK_N rows and walks all L levels in one launch; each row's fp32 residual stay
   pass 1  over BLOCK_K code tiles: the distance GEMM on tensor cores gives A_j = ||c_j||^2 - 2 r.c_j, by
           tl.dot(input_precision="tf32x3") (three tf32 dots over a hi/lo split of both operands: an error
           near fp32's; FASTREC_QUANTIZE_DOT=tf32 takes one tf32 dot); with a per-(row, code) error bound B_j
-          it keeps U = min_j (A_j + B_j) and the three smallest A_j - B_j, the first two with their codes.
+          it keeps U = min_j (A_j + B_j) and the three smallest A_j - B_j, the first two with their codes
+          (each per column slot of the tile, elementwise in registers, merged across the slots once at the
+          end: the loop body has no cross-thread reduction).
           Every code with A_j - B_j <= U is a candidate, and the exact winner is always one (below). B_j is
           split into a per-row, a per-code and a product term (`_approx`), so A_j -+ B_j cost two FMAs an
           element each (and few live tiles: register pressure sets how many programs share a multiprocessor);
@@ -155,31 +157,34 @@ def _exact(r, res_ptr, cb, rows, rmask, j, D, IN_REGS: tl.constexpr, BLOCK_D: tl
 
 
 @triton.jit
-def _insert(m1, j1, m2, j2, m3, t, i):
-    """(t, i) into the sorted (m1, j1) <= (m2, j2) <= m3 of every row; only a strictly smaller t moves an
-    entry down (the entries already there come from lower codes: ties keep the lower code first)."""
-    c1 = t < m1
-    c2 = t < m2
-    m3 = tl.where(c2, m2, tl.where(t < m3, t, m3))
-    m2n = tl.where(c1, m1, tl.where(c2, t, m2))
-    j2 = tl.where(c1, j1, tl.where(c2, i, j2))
-    m1n = tl.where(c1, t, m1)
-    j1 = tl.where(c1, i, j1)
-    return m1n, j1, m2n, j2, m3
+def _slot_insert(v, k, s1, i1, s2, i2, s3):
+    """Each slot's sorted three smallest (s1, i1) <= (s2, i2) <= s3 take in the tile's (v, k), elementwise; only a
+    strictly smaller v moves an entry down (the entries there come from lower codes: ties keep the lower code
+    first)."""
+    c1 = v < s1
+    c2 = v < s2
+    s3 = tl.where(c2, s2, tl.minimum(v, s3))
+    s2 = tl.where(c1, s1, tl.where(c2, v, s2))
+    i2 = tl.where(c1, i1, tl.where(c2, k, i2))
+    return tl.where(c1, v, s1), tl.where(c1, k, i1), s2, i2, s3
 
 
 @triton.jit
-def _three_smallest(v, k0, m1, j1, m2, j2, m3, BLOCK_K: tl.constexpr):
-    """Merges the three smallest v of a tile (codes k0 + [0, BLOCK_K), ties to the lower code) into the running
-    three smallest (the first two with their codes)."""
-    cols = tl.arange(0, BLOCK_K)[None, :]
-    t1, i1 = tl.min(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
-    v = tl.where(cols == i1[:, None], float("inf"), v)
-    t2, i2 = tl.min(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
-    t3 = tl.min(tl.where(cols == i2[:, None], float("inf"), v), axis=1)
-    m1, j1, m2, j2, m3 = _insert(m1, j1, m2, j2, m3, t1, i1 + k0)
-    m1, j1, m2, j2, m3 = _insert(m1, j1, m2, j2, m3, t2, i2 + k0)
-    return _insert(m1, j1, m2, j2, m3, t3, i2 + k0)
+def _merge_slots(s1, i1, s2, i2, s3, K):
+    """The three smallest over all column slots, (m1, j1) <= (m2, j2) <= m3 by (value, code), from each slot's
+    own sorted three (codes increase within a slot: its ties already keep the lower code first)."""
+    m1 = tl.min(s1, axis=1)
+    j1 = tl.min(tl.where(s1 == m1[:, None], i1, K), axis=1)
+    at = (s1 == m1[:, None]) & (i1 == j1[:, None])  # the slot that gave it moves up one
+    s1 = tl.where(at, s2, s1)
+    i1 = tl.where(at, i2, i1)
+    s2 = tl.where(at, s3, s2)
+    m2 = tl.min(s1, axis=1)
+    j2 = tl.min(tl.where(s1 == m2[:, None], i1, K), axis=1)
+    at = (s1 == m2[:, None]) & (i1 == j2[:, None])
+    s1 = tl.where(at, s2, s1)
+    m3 = tl.min(s1, axis=1)
+    return m1, j1, m2, j2, m3
 
 
 # K is not specialized: Triton turns an integer argument equal to 1 into a Python int, which has no .to()
@@ -223,19 +228,24 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
         rd = r
         if IN_REGS:
             rd = tl.where(bad[:, None], 0.0, r)
-        upper = tl.full([BLOCK_N], float("inf"), tl.float32)
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_k = tl.zeros([BLOCK_N], dtype=tl.int32)
-        m1 = tl.full([BLOCK_N], float("inf"), tl.float32)
-        m2 = m1
-        m3 = m1
-        j1 = best_k
-        j2 = best_k
+        # U and the three smallest are kept per (row, column slot) of the tile, elementwise, and merged across
+        # the slots after the loop: no cross-thread reduction inside it (the per-tile argmins of the first
+        # rework cost shuffles, shared memory and barriers on every tile)
+        inf_t = tl.full([BLOCK_N, BLOCK_K], float("inf"), tl.float32)
+        zero_t = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
+        ut = inf_t
+        s1 = inf_t
+        s2 = inf_t
+        s3 = inf_t
+        i1 = zero_t
+        i2 = zero_t
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             lo, hi, a = _approx(rd, res_ptr, cb, nb, rows, live, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
                                 EMULATE_TF32, PRECISION, APPROX_ONLY, BLOCK_N, BLOCK_K, BLOCK_D)
-            upper = tl.minimum(upper, tl.min(hi, axis=1) + alpha2)
+            ut = tl.minimum(ut, hi)
             if APPROX_ONLY:  # the tensor-core ranking alone (tests): argmin of A, ties to the lowest index
                 tile_best = tl.min(a, axis=1)
                 tile_k = tl.argmin(a, axis=1, tie_break_left=True).to(tl.int32) + k0
@@ -243,7 +253,9 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
                 best = tl.where(take, tile_best, best)
                 best_k = tl.where(take, tile_k, best_k)
             elif RESOLVE:
-                m1, j1, m2, j2, m3 = _three_smallest(lo, k0, m1, j1, m2, j2, m3, BLOCK_K)
+                s1, i1, s2, i2, s3 = _slot_insert(lo, zero_t + ks[None, :], s1, i1, s2, i2, s3)
+        upper = tl.min(ut, axis=1) + alpha2
+        m1, j1, m2, j2, m3 = _merge_slots(s1, i1, s2, i2, s3, K)
         crowded = 1  # pass 2 unless every row of the block has at most two candidates
         if RESOLVE:
             crowded = tl.max((live & (m3 <= upper)).to(tl.int32), axis=0)

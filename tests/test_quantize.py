@@ -348,6 +348,59 @@ def _rounding_trap(rows, d, k, winner, decoy, decoy_gap):
     return x, codebook
 
 
+try:  # a Triton kernel around the encode kernel's running three smallest (per column slot, then merged)
+    import triton
+    import triton.language as tl
+    from fastrec.kernels.quantize import _merge_slots, _slot_insert
+
+    @triton.jit
+    def _three_smallest_kernel(v_ptr, out_ptr, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = tl.arange(0, BLOCK_N)
+        inf_t = tl.full([BLOCK_N, BLOCK_K], float("inf"), tl.float32)
+        zero_t = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
+        s1 = inf_t
+        s2 = inf_t
+        s3 = inf_t
+        i1 = zero_t
+        i2 = zero_t
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            v = tl.load(v_ptr + rows[:, None] * K + ks[None, :], mask=(ks < K)[None, :], other=float("inf"))
+            s1, i1, s2, i2, s3 = _slot_insert(v, zero_t + ks[None, :], s1, i1, s2, i2, s3)
+        m1, j1, m2, j2, m3 = _merge_slots(s1, i1, s2, i2, s3, K)
+        out = out_ptr + rows * 5
+        tl.store(out, m1)
+        tl.store(out + 1, j1.to(tl.float32))
+        tl.store(out + 2, m2)
+        tl.store(out + 3, j2.to(tl.float32))
+        tl.store(out + 4, m3)
+except ImportError:  # pragma: no cover - triton ships with torch on Linux
+    _three_smallest_kernel = None
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(3, 70), levels=st.integers(1, 4), block_k=st.sampled_from([4, 8, 16]), seed=st.integers(0, 999))
+def test_running_three_smallest_per_slot_equal_a_sort_by_value_then_code(k, levels, block_k, seed):
+    """pass 1's candidates: the three smallest A - B of a row over all codes by (value, code), the first two with
+    their codes, kept per column slot of the tile and merged after the loop. Few distinct values (exact ties
+    everywhere) and a column slot that holds a row's three smallest put every branch of the insertion to work;
+    a wrong third value would send a block to the two-candidate resolve when a third code is a candidate."""
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("needs the Triton interpreter or a GPU")
+    dev = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randint(0, levels + 1, (8, k), generator=g).float()
+    for row in (0, 1):  # one slot holds the row's smallest, rising (row 0) or falling (row 1) with the code
+        slot = int(torch.randint(0, block_k, (1,), generator=g))
+        n = len(range(slot, k, block_k))
+        v[row, slot::block_k] = -100.0 + torch.arange(n).float() * (1 if row == 0 else -1)
+    out = torch.empty(8, 5, device=dev)
+    _three_smallest_kernel[(1,)](v.to(dev), out, k, BLOCK_N=8, BLOCK_K=block_k)
+    for row, got in zip(v.tolist(), out.cpu().tolist(), strict=True):
+        (a, i), (b, j), (c, _) = sorted((value, code) for code, value in enumerate(row))[:3]
+        assert got == [a, i, b, j, c]
+
+
 @INTERPRETER_ONLY
 def test_tf32_emulation_changes_the_approximate_ranking_not_the_codes():
     """x = e_0; code 5 = e_0 + 2^-14 e_1 (exact distance 2^-28), code 9 = (1 - 2^-13) e_0 (2^-26). In tf32,
