@@ -385,8 +385,8 @@ def _candidate_block_d(d: int) -> int:
 # (BLOCK_D = 64 or BLOCK_I = 128 spilled 60-372 under 3.6). Counted in the SASS (Triton 3.6; a static count, not
 # a time), the tile's common path (dot, comparison, reduction, no candidate) issues per score 1.93 / 1.18 / 1.33
 # warp instructions in fp32 and 0.79 / 0.62 / 0.64 in bf16 for these three (the last two hold 255 registers a
-# thread against 245 / 193). Which runs fastest only a GPU can say; the first is the default where autotune does
-# not run (the interpreter tests of the GPU tiles).
+# thread, the first 245 in fp32 and 193 in bf16). Which runs fastest only a GPU can say; the first is the default
+# where autotune does not run (the interpreter tests of the GPU tiles).
 CANDIDATE_CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_I": bi}, num_warps=w, num_stages=3)
                      for bu, bi, w in [(64, 64, 8), (128, 64, 8), (64, 64, 4)]]
 # reset_to_zero: autotune runs the scan once per config; each run must append to empty candidate lists
