@@ -157,6 +157,14 @@ def _exact(r, res_ptr, cb, rows, rmask, j, D, IN_REGS: tl.constexpr, BLOCK_D: tl
 
 
 @triton.jit
+def _empty_slots(BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(s1, i1, s2, i2, s3) of _slot_insert before the first tile: every value +inf."""
+    inf = tl.full([BLOCK_N, BLOCK_K], float("inf"), tl.float32)
+    zero = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
+    return inf, zero, inf, zero, inf
+
+
+@triton.jit
 def _slot_insert(v, k, s1, i1, s2, i2, s3):
     """Each slot's sorted three smallest (s1, i1) <= (s2, i2) <= s3 take in the tile's (v, k), elementwise; only a
     strictly smaller v moves an entry down (the entries there come from lower codes: ties keep the lower code
@@ -233,14 +241,8 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
         # U and the three smallest are kept per (row, column slot) of the tile, elementwise, and merged across
         # the slots after the loop: no cross-thread reduction inside it (the per-tile argmins of the first
         # rework cost shuffles, shared memory and barriers on every tile)
-        inf_t = tl.full([BLOCK_N, BLOCK_K], float("inf"), tl.float32)
-        zero_t = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
-        ut = inf_t
-        s1 = inf_t
-        s2 = inf_t
-        s3 = inf_t
-        i1 = zero_t
-        i2 = zero_t
+        ut = tl.full([BLOCK_N, BLOCK_K], float("inf"), tl.float32)
+        s1, i1, s2, i2, s3 = _empty_slots(BLOCK_N, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             lo, hi, a = _approx(rd, res_ptr, cb, nb, rows, live, ks, rn, K, D, eps_dot, eps_acc, IN_REGS,
@@ -253,7 +255,8 @@ def encode_kernel(x_ptr, cb_ptr, norm_ptr, codes_ptr, q_ptr, dist_ptr, res_ptr, 
                 best = tl.where(take, tile_best, best)
                 best_k = tl.where(take, tile_k, best_k)
             elif RESOLVE:
-                s1, i1, s2, i2, s3 = _slot_insert(lo, zero_t + ks[None, :], s1, i1, s2, i2, s3)
+                codes = tl.broadcast_to(ks[None, :], [BLOCK_N, BLOCK_K])
+                s1, i1, s2, i2, s3 = _slot_insert(lo, codes, s1, i1, s2, i2, s3)
         upper = tl.min(ut, axis=1) + alpha2
         m1, j1, m2, j2, m3 = _merge_slots(s1, i1, s2, i2, s3, K)
         crowded = 1  # pass 2 unless every row of the block has at most two candidates

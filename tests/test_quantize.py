@@ -351,22 +351,17 @@ def _rounding_trap(rows, d, k, winner, decoy, decoy_gap):
 try:  # a Triton kernel around the encode kernel's running three smallest (per column slot, then merged)
     import triton
     import triton.language as tl
-    from fastrec.kernels.quantize import _merge_slots, _slot_insert
+    from fastrec.kernels.quantize import _empty_slots, _merge_slots, _slot_insert
 
     @triton.jit
     def _three_smallest_kernel(v_ptr, out_ptr, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         rows = tl.arange(0, BLOCK_N)
-        inf_t = tl.full([BLOCK_N, BLOCK_K], float("inf"), tl.float32)
-        zero_t = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
-        s1 = inf_t
-        s2 = inf_t
-        s3 = inf_t
-        i1 = zero_t
-        i2 = zero_t
+        s1, i1, s2, i2, s3 = _empty_slots(BLOCK_N, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             v = tl.load(v_ptr + rows[:, None] * K + ks[None, :], mask=(ks < K)[None, :], other=float("inf"))
-            s1, i1, s2, i2, s3 = _slot_insert(v, zero_t + ks[None, :], s1, i1, s2, i2, s3)
+            codes = tl.broadcast_to(ks[None, :], [BLOCK_N, BLOCK_K])
+            s1, i1, s2, i2, s3 = _slot_insert(v, codes, s1, i1, s2, i2, s3)
         m1, j1, m2, j2, m3 = _merge_slots(s1, i1, s2, i2, s3, K)
         out = out_ptr + rows * 5
         tl.store(out, m1)
