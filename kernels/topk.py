@@ -1,6 +1,6 @@
 """Triton full-ranking top-K: the query x item score GEMM tiled on tensor cores, never U x I in memory.
 
-Two schemes (topk_scores): "threshold" for large catalogues (a float64 sample gives each query a score
+Two schemes (topk_scores): "threshold" for large catalogues (a sample of the items gives each query a score
 threshold, one scan appends the items reaching it, a sort of those few gives the top-k: the scan's tile
 costs its dot, one comparison and one reduction) and "insertion", the fallback and the small-catalogue
 path, described next.
@@ -259,7 +259,7 @@ SAMPLE_STRIDE = 16  # the threshold's sample: every 16th item (at least), so abo
 MAX_SAMPLE = 65_536  # sample items at most: for larger catalogues the stride grows
 CAP_FACTOR = 4  # candidate slots a query: four times the expected count (k * stride)
 EXTRA_EXCLUDED = 64  # the sample's top (k + 64): room for the query's excluded items that fall in the sample
-SAMPLE_BYTES = 2**27  # the fp64 sample scores of one group of queries (128 MB)
+SAMPLE_BYTES = 2**27  # the fp32 sample scores of one group of queries (128 MB)
 CANDIDATE_BYTES = 2**28  # the candidate slots (score and id) of one group of queries (256 MB)
 
 
@@ -270,7 +270,7 @@ def topk_scores(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indp
 
     Two schemes give the same answer. "insertion": one scan keeps a running top-k per query (topk_kernel).
     "threshold" (the default from THRESHOLD_MIN_ITEMS items, outside CUDA-graph capture): a threshold tau per
-    query from a float64 sample of the items, then one scan that only appends the items a query keeps whose
+    query from a sample of the items, then one scan that only appends the items a query keeps whose
     score reaches its tau (candidates_kernel), and the merge's sort of those. Exact for any tau: when at least k
     kept items score >= tau, the k best all do, so all are candidates. A query with fewer than k candidates, or
     more than `cap` (the slots), sends the call to the insertion scheme (one host read decides); tau's bound
@@ -330,9 +330,9 @@ def score_error(d: int, dot: str) -> float:
 
 
 def sample_of(items: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the threshold's sample items[::stride] in float64, the largest item norm as a float64 scalar): per call,
-    not per group of queries. The norm is reduced in float64 without a float64 copy of the items."""
-    sample = items[::stride].double()
+    """(the threshold's sample items[::stride] in fp32, the largest item norm as a float64 scalar): per call, not
+    per group of queries. The norm is reduced in float64 without a float64 copy of the items."""
+    sample = items[::stride].float()
     if not items.shape[0]:
         return sample, items.new_zeros((), dtype=torch.float64)
     return sample, torch.linalg.vector_norm(items, dim=1, dtype=torch.float64).max()
@@ -345,10 +345,14 @@ def thresholds(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indpt
     k candidates reach it: the threshold scheme never falls back for want of them; its exactness does not rest
     on this bound).
 
-    t = the (k + e)-th best exact (float64) score over the sample items[::stride], e = how many sample items the
-    query excludes (duplicates counted twice: a lower t is still a bound): at least k sample items it does not
-    exclude score >= t exactly, so >= t - gamma ||q|| max ||i|| in the kernel, and tau = that, rounded down to
-    fp32. -inf where e leaves the sample's top (k + EXTRA_EXCLUDED); NaN (no candidate: the caller falls back)
+    t = the (k + e)-th best exact score over the sample items[::stride], e = how many sample items the query
+    excludes (duplicates counted twice: a lower t is still a bound): at least k sample items it does not exclude
+    score >= t exactly, so >= t - gamma ||q|| max ||i|| in the kernel. The sample's scores come from an fp32
+    product (torch's matmul, which may run as one TF32 dot, so its error is taken as that one's: score_error(d,
+    "tf32")), and a k-th largest moves no more than the scores do, so the (k + e)-th best of them less that bound
+    is at most t. tau = that less the kernel's gamma term, in float64, rounded down to fp32. fp32 rather than
+    float64: the selection (a radix select, one pass over the scores per digit) reads half the bytes in half the
+    passes. -inf where e leaves the sample's top (k + EXTRA_EXCLUDED); NaN (no candidate: the caller falls back)
     where a score or norm is NaN. Device work only. `sample`: sample_of(items, stride), when the caller has it."""
     U, d = queries.shape
     NI = items.shape[0]
@@ -363,14 +367,15 @@ def thresholds(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_indpt
         lo = exclude_indptr[:-1].long().clamp(0, nnz)  # the kernels' clamped segments
         hi = torch.maximum(exclude_indptr[1:].long().clamp(0, nnz), lo)
         excluded = seen[hi] - seen[lo]
-    group = max(1, SAMPLE_BYTES // (8 * max(1, sample.shape[0])))
+    group = max(1, SAMPLE_BYTES // (4 * max(1, sample.shape[0])))
     t = torch.empty(U, dtype=torch.float64, device=queries.device)
     for g0 in range(0, U, group):
-        best = (queries[g0:g0 + group].double() @ sample.t()).topk(top, dim=1).values  # NaN ranks first
+        best = (queries[g0:g0 + group].float() @ sample.t()).topk(top, dim=1).values  # NaN ranks first
         pos = k - 1 + excluded[g0:g0 + group]
-        got = best.gather(1, pos.clamp(max=top - 1)[:, None]).squeeze(1)
+        got = best.gather(1, pos.clamp(max=top - 1)[:, None]).squeeze(1).double()
         t[g0:g0 + group] = torch.where(pos < top, got, float("-inf"))
-    t = t - score_error(d, dot) * torch.linalg.vector_norm(queries, dim=1, dtype=torch.float64) * norm
+    gamma = score_error(d, dot) + score_error(d, "tf32")  # the kernel's and the sample product's
+    t = t - gamma * torch.linalg.vector_norm(queries, dim=1, dtype=torch.float64) * norm
     tau = t.float()
     return torch.where(tau.double() > t, torch.nextafter(tau, tau.new_tensor(float("-inf"))), tau)
 
