@@ -18,8 +18,9 @@ appear (by lowest id) only when fewer than k others remain.
 
 Precision: fp32 inputs use tf32x3 dots by default (three tf32 tensor-core dots over a hi/lo split of both
 operands: the product error, <= 3.01 2^-20 |q_d i_d|, is below fp32's own summation bound d 2^-24 for
-d >= 64), so scores match the reference's fp32 matmul to about 1e-6 relative and ids match wherever scores are
-not that close; FASTREC_TOPK_DOT=ieee takes CUDA-core fp32 dots (summation order the only difference).
+d >= 64; the threshold scheme's scan does the split by hand for d <= 64, candidates_split_kernel), so
+scores match the reference's fp32 matmul to about 1e-6 relative and ids match wherever scores are not that
+close; FASTREC_TOPK_DOT=ieee takes CUDA-core fp32 dots (summation order the only difference).
 FASTREC_TF32=1 opts fp32 into one TF32 dot (scores within about 1e-3 relative; near-ties may reorder). bf16/fp16
 inputs use native tensor-core dots with fp32 accumulation: their products are exact in fp32, so scores
 again differ from the reference (which upcasts first) by summation order only.
@@ -191,6 +192,48 @@ def candidates_kernel(q_ptr, it_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_ptr, U, NI, d,
             where = us[:, None] * CAP + slot
             tl.store(cs_ptr + where, acc, mask=ok)
             tl.store(ci_ptr + where, ids, mask=ok)
+
+
+@triton.jit(do_not_specialize=["U", "NI"])
+def candidates_split_kernel(q_ptr, ql_ptr, it_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_ptr, U, NI, d, chunk, CAP,
+                            BLOCK_U: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
+    """candidates_kernel for fp32 queries and items with tf32x3 dots and d <= BLOCK_D, item-major: the tile is
+    [BLOCK_I, BLOCK_U], items as the dot's first operand. The caller splits the queries once (q_ptr: the top 10
+    mantissa bits, ql_ptr: the rest) and the program holds its queries' split for its whole chunk; each item tile
+    is split in registers (hi: the top 10 mantissa bits, lo = i - hi, exact) for three tf32 dots (lo hi, hi lo,
+    hi hi): per product an error <= 3.01 2^-20 |i| |q| (each lo within 2^-10 of its own size after the tensor
+    core's tf32 rounding, lo lo dropped), the tf32x3 bound score_error takes. Built-in tf32x3 splits both
+    operands on every tile and moves them through shared memory: counted in the SASS (Triton 3.6, sm_90, d = 64;
+    a static count, not a time), 0.88 warp instructions a score in this kernel's configs against 1.18-1.93."""
+    c = tl.program_id(1)
+    us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    umask = us < U
+    lo = c * chunk
+    hi = tl.minimum(lo + chunk, NI)
+    tau = tl.load(tau_ptr + us, mask=umask, other=float("inf"))  # rows past U score 0 (or NaN): never kept
+    dims = tl.arange(0, BLOCK_D)
+    dmask = dims < d
+    qm = umask[:, None] & dmask[None, :]
+    qh = tl.trans(tl.load(q_ptr + us[:, None] * d + dims[None, :], mask=qm, other=0.0))
+    ql = tl.trans(tl.load(ql_ptr + us[:, None] * d + dims[None, :], mask=qm, other=0.0))
+    for i0 in range(lo, hi, BLOCK_I):
+        ids = i0 + tl.arange(0, BLOCK_I)
+        imask = ids < hi
+        it = tl.load(it_ptr + ids.to(tl.int64)[:, None] * d + dims[None, :], mask=imask[:, None] & dmask[None, :],
+                     other=0.0)
+        ih = (it.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+        acc = tl.dot(it - ih, qh, input_precision="tf32")
+        acc = tl.dot(ih, ql, acc, input_precision="tf32")
+        acc = tl.dot(ih, qh, acc, input_precision="tf32")
+        keep = imask[:, None] & (acc >= tau[None, :])
+        n = tl.sum(keep.to(tl.int32), axis=0)
+        if tl.max(n, axis=0) > 0:  # as in candidates_kernel, per query (a column of the tile)
+            base = tl.atomic_add(cnt_ptr + us, n, mask=n > 0)
+            slot = base[None, :] + tl.cumsum(keep.to(tl.int32), axis=0) - 1
+            ok = keep & (slot < CAP)
+            where = us[None, :] * CAP + slot
+            tl.store(cs_ptr + where, acc, mask=ok)
+            tl.store(ci_ptr + where, tl.broadcast_to(ids[:, None], [BLOCK_I, BLOCK_U]), mask=ok)
 
 
 DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
@@ -413,6 +456,39 @@ def _candidate_blocks(d: int) -> tuple[int, int, int, int]:
     return c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"], _candidate_block_d(d), c.num_warps
 
 
+# candidates_split_kernel's (BLOCK_U, BLOCK_I, num_warps, num_stages) tried by autotune, per d (<= SPLIT_MAX_D),
+# with BLOCK_D = d rounded up to a power of two: ptxas -v (sm_90, d = 64, tests/test_triton_compile.py): none
+# spills under Triton 3.6 (64 queries a block spilled 116-544 bytes); SASS: 0.88 / 0.89 / 0.97 warp instructions a
+# score on the tile's common path.
+SPLIT_CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_I": bi}, num_warps=w, num_stages=st)
+                 for bu, bi, w, st in [(32, 64, 4, 1), (32, 128, 8, 1), (32, 64, 4, 2)]]
+SPLIT_MAX_D = 64  # the program holds its queries' split [d, BLOCK_U] twice for its whole chunk
+candidates_split_tuned = triton.autotune(SPLIT_CONFIGS, key=["d"], reset_to_zero=["cnt_ptr"])(candidates_split_kernel)
+
+
+def _splits(queries: torch.Tensor, items: torch.Tensor, dot: str) -> bool:
+    """Whether the candidate scan is candidates_split_kernel's (fp32 tf32x3 dots, d <= SPLIT_MAX_D), unless
+    FASTREC_TOPK_SPLIT=0 (Triton's built-in tf32x3 in candidates_kernel: for a comparison on a GPU)."""
+    fp32 = queries.dtype == items.dtype == torch.float32
+    on = env_choice("FASTREC_TOPK_SPLIT", ("1", "0")) == "1"
+    return on and fp32 and dot == "tf32x3" and 0 < queries.shape[1] <= SPLIT_MAX_D
+
+
+def _split_blocks(d: int) -> tuple[int, int, int, int, int]:
+    """candidates_split_kernel's (BLOCK_U, BLOCK_I, BLOCK_D, num_warps, num_stages) where it is not autotuned."""
+    block_d = max(16, triton.next_power_of_2(d))
+    if _interpret():
+        return 16, 32, block_d, 4, 1
+    c = SPLIT_CONFIGS[0]
+    return c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"], block_d, c.num_warps, c.num_stages
+
+
+def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) of an fp32 tensor: hi keeps the top 10 mantissa bits (a tf32 value), lo = x - hi (exact)."""
+    hi = (x.contiguous().view(torch.int32) & -8192).view(torch.float32)
+    return hi, x - hi
+
+
 def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, stride, cap):
     """The threshold scheme, in groups of queries whose candidate slots take at most CANDIDATE_BYTES; None when
     some query got fewer than k kept candidates or more than cap candidates."""
@@ -435,26 +511,13 @@ def _threshold_topk(queries, items, k, exclude_indptr, exclude_indices, dot, str
 
 
 def _threshold_group(queries, items, k, indptr, indices, keys, first, dot, stride, cap, sample):
-    (U, d), NI = queries.shape, items.shape[0]
+    U, NI = queries.shape[0], items.shape[0]
     tau = thresholds(queries, items, k, indptr, indices, dot, stride, sample)
     count = torch.zeros(U, dtype=torch.int32, device=queries.device)
     cand_s = torch.full((U, cap), float("-inf"), dtype=torch.float32, device=queries.device)
     cand_i = torch.full((U, cap), NI, dtype=torch.int32, device=queries.device)
-    upcast = _interpret() or queries.dtype == torch.float32
-
-    # the item chunk is the same for every config autotune tries (all have BLOCK_I = 64; it holds whole tiles of
-    # each): sized for the smallest query block, so a larger one runs fewer programs over the same chunks
-    block_u, block_i, block_d, warps = _candidate_blocks(d)
-    _, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
-    args = (queries, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
     with device_guard(queries):
-        if _autotunes(queries):
-            candidates_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks)](
-                *args, UPCAST=upcast, PRECISION=dot, BLOCK_D=block_d)
-        else:
-            candidates_kernel[(triton.cdiv(U, block_u), chunks)](
-                *args, UPCAST=upcast, PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d,
-                num_warps=warps)
+        _scan(queries, items, tau, count, cand_s, cand_i, cap, dot)
     least, most = torch.stack(torch.aminmax(count)).tolist()  # the one host read a group (two with exclusions)
     if least < k or most > cap:
         return None
@@ -462,6 +525,36 @@ def _threshold_group(queries, items, k, indptr, indices, keys, first, dot, strid
     if keys is not None and drop_excluded(cand_s, cand_i, keys, first, NI).min().item() < k:
         return None
     return merge(cand_s, cand_i.long(), k)
+
+
+def _scan(queries, items, tau, count, cand_s, cand_i, cap, dot):
+    """The candidate scan's launch: candidates_split_kernel where _splits, else candidates_kernel; autotuned on a
+    GPU. The item chunk is the same for every config autotune tries (a multiple of each one's BLOCK_I): sized for
+    the smallest query block, so a larger one runs fewer programs over the same chunks."""
+    (U, d), NI = queries.shape, items.shape[0]
+    tuned = _autotunes(queries)
+    if _splits(queries, items, dot):
+        block_u, block_i, block_d, warps, stages = _split_blocks(d)
+        _, chunks, chunk = _grid(U, NI, block_u, 128 if tuned else block_i, queries.device)
+        qh, ql = split_tf32(queries)
+        args = (qh, ql, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
+        if tuned:
+            candidates_split_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks)](*args, BLOCK_D=block_d)
+        else:
+            candidates_split_kernel[(triton.cdiv(U, block_u), chunks)](
+                *args, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
+        return
+    upcast = _interpret() or queries.dtype == torch.float32
+    block_u, block_i, block_d, warps = _candidate_blocks(d)
+    _, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
+    args = (queries, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
+    if tuned:
+        candidates_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks)](
+            *args, UPCAST=upcast, PRECISION=dot, BLOCK_D=block_d)
+    else:
+        candidates_kernel[(triton.cdiv(U, block_u), chunks)](
+            *args, UPCAST=upcast, PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d,
+            num_warps=warps)
 
 
 def drop_excluded(scores: torch.Tensor, ids: torch.Tensor, keys: torch.Tensor, first: int,

@@ -352,7 +352,9 @@ def test_threshold_scheme_in_its_gpu_blocks_under_the_interpreter(config, monkey
     check_threshold(q, it, 10, indptr, indices, exact=True, stride=5, cap=500, monkeypatch=monkeypatch)
 
 
-def test_the_autotuned_candidate_scan_resets_its_counts_for_every_trial(monkeypatch):
+@pytest.mark.parametrize("dot,tuned,configs", [("ieee", "candidates_tuned", "CANDIDATE_CONFIGS"),
+                                                ("tf32x3", "candidates_split_tuned", "SPLIT_CONFIGS")])
+def test_the_autotuned_candidate_scan_resets_its_counts_for_every_trial(dot, tuned, configs, monkeypatch):
     """On a GPU autotune runs the scan once per config (and its benchmark several times) before the real launch:
     each run must start from zero counts (reset_to_zero), or the candidate lists would hold every trial's appends.
     Here under the interpreter, with a stand-in benchmark that runs each config twice and finds the second fastest."""
@@ -366,16 +368,62 @@ def test_the_autotuned_candidate_scan_resets_its_counts_for_every_trial(monkeypa
         trials.append(len(trials))
         return [1.0 if len(trials) == 2 else 2.0] * 3
 
+    tuned, configs = getattr(tk, tuned), getattr(tk, configs)
     monkeypatch.setattr(tk, "_autotunes", lambda queries: True)
-    monkeypatch.setattr(tk, "precision", lambda dtype: "ieee")
-    monkeypatch.setattr(tk.candidates_tuned, "_do_bench", bench)
-    monkeypatch.setattr(tk.candidates_tuned, "cache", {})
+    monkeypatch.setattr(tk, "precision", lambda dtype: dot)
+    monkeypatch.setattr(tuned, "_do_bench", bench)
+    monkeypatch.setattr(tuned, "cache", {})
     g = torch.Generator().manual_seed(12)
     q, it = torch.randn(150, 40, generator=g).round(), torch.randn(400, 40, generator=g).round()
     indptr, indices = csr(torch.randint(0, 9, (150,), generator=g), 400, g)
     check_threshold(q, it, 10, indptr, indices, exact=True, stride=5, cap=400, monkeypatch=monkeypatch)
-    assert trials == list(range(len(tk.CANDIDATE_CONFIGS)))
-    assert list(tk.candidates_tuned.cache.values()) == [tk.CANDIDATE_CONFIGS[1]]
+    assert trials == list(range(len(configs)))
+    assert list(tuned.cache.values()) == [configs[1]]
+
+
+def test_split_tf32_keeps_ten_mantissa_bits_and_an_exact_remainder():
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(13)) * 1e3
+    hi, lo = tk.split_tf32(x)
+    assert torch.equal(hi + lo, x) and not (hi.view(torch.int32) & 8191).any()
+    assert (lo.abs() <= x.abs() * 2.0**-10).all()
+
+
+@pytest.mark.parametrize("config", [None, *range(len(tk.SPLIT_CONFIGS))])
+def test_the_split_candidate_scan_matches_reference(config, monkeypatch):
+    """fp32 with tf32x3 dots and d <= 64 (the GPU default) takes candidates_split_kernel: item-major tiles, the
+    queries split once. Under the interpreter in its own small blocks (config None) and in each GPU config's,
+    with exclusions, exact ties across tiles and chunks, and a d below the block's."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs the Triton interpreter")
+    calls, fallbacks = [], []
+    split, insertion = tk.split_tf32, tk._insertion_topk
+    monkeypatch.setattr(tk, "split_tf32", lambda x: calls.append(x.shape) or split(x))  # the split path only
+    monkeypatch.setattr(tk, "_insertion_topk", lambda *a: fallbacks.append(1) or insertion(*a))
+    if config is not None:
+        c = tk.SPLIT_CONFIGS[config]
+        monkeypatch.setattr(tk, "_interpret", lambda: False)
+        monkeypatch.setattr(tk, "_num_chunks", lambda *a: 2)
+        monkeypatch.setattr(tk, "SPLIT_CONFIGS", [c])
+        assert tk._split_blocks(50) == (c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"], 64, c.num_warps, c.num_stages)
+    g = torch.Generator().manual_seed(10)
+    for d, rounded in ((50, True), (7, False)):
+        q, it = torch.randn(70, d, generator=g), torch.randn(500, d, generator=g)
+        if rounded:
+            q, it = q.round(), it.round()
+            it[400:] = it[:100]  # exact ties across tiles and chunks
+        indptr, indices = csr(torch.randint(0, 9, (70,), generator=g), 500, g)
+        s, i = tk.topk_scores(q, it, 10, indptr, indices, dot="tf32x3", scheme="threshold", stride=5, cap=500)
+        rs, ri = reference.topk_scores(q, it, 10, indptr, indices)
+        torch.testing.assert_close(s, rs, rtol=1e-5, atol=1e-5)
+        if rounded:
+            assert torch.equal(i, ri) and torch.equal(s, rs)
+    assert calls == [(70, 50), (70, 7)] and not fallbacks
+    monkeypatch.setenv("FASTREC_TOPK_SPLIT", "0")  # the built-in tf32x3 scan instead
+    tk.topk_scores(q, it, 10, indptr, indices, dot="tf32x3", scheme="threshold", stride=5, cap=500)
+    assert len(calls) == 2
+    monkeypatch.setenv("FASTREC_TOPK_SPLIT", "yes")
+    with pytest.raises(ValueError, match="FASTREC_TOPK_SPLIT"):
+        tk.topk_scores(q, it, 10, indptr, indices, dot="tf32x3", scheme="threshold", stride=5, cap=500)
 
 
 def _threshold_at_scale(device, monkeypatch, users=300, num_items=70_000):

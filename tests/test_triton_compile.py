@@ -21,6 +21,10 @@ SHARED_DEFS = textwrap.dedent('''
                 "U": "i32", "NI": "i32", "d": "i32", "chunk": "i32", "CAP": "i32", "UPCAST": "constexpr",
                 "PRECISION": "constexpr", "BLOCK_U": "constexpr", "BLOCK_I": "constexpr", "BLOCK_D": "constexpr"}
 
+    SPLIT_SIGNATURE = {"q_ptr": "*fp32", "ql_ptr": "*fp32", "it_ptr": "*fp32", "tau_ptr": "*fp32", "cnt_ptr": "*i32",
+                       "cs_ptr": "*fp32", "ci_ptr": "*i32", "U": "i32", "NI": "i32", "d": "i32", "chunk": "i32",
+                       "CAP": "i32", "BLOCK_U": "constexpr", "BLOCK_I": "constexpr", "BLOCK_D": "constexpr"}
+
     def runtime_attrs(fn, sig):
         """What Triton's JIT assumes on a GPU launch: 16-byte aligned pointers (every torch allocation is) and
         the feature widths (D, d, H, K, OUT: 64 to 4096 in the benchmark shapes) divisible by 16. Compiled
@@ -81,6 +85,10 @@ SCRIPT = textwrap.dedent('''
                              "BLOCK_I": C_, "BLOCK_D": C_, "KP": C_},
              {"HAS_EX": True, "UPCAST": up, "PRECISION": prec, "BLOCK_U": 64, "BLOCK_I": 64, "BLOCK_D": 64,
               "KP": 32})
+        if dt == "fp32":
+            bu, bi, bd, warps, stages = T._split_blocks(64)
+            comp(T.candidates_split_kernel, SPLIT_SIGNATURE, {"BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd}, warps,
+                 stages)
         bu, bi, bd, warps = T._candidate_blocks(64)
         comp(T.candidates_kernel, CANDIDATES_SIGNATURE(p),
              {"UPCAST": up, "PRECISION": prec, "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd}, warps)
@@ -253,6 +261,10 @@ SPILL_SCRIPT = '''
                    "HAS_EX": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_I": C_, "BLOCK_D": C_, "KP": C_},
                   {"HAS_EX": True, "UPCAST": dt == "fp32", "PRECISION": "tf32x3" if dt == "fp32" else "ieee",
                    "BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": bd, "KP": kp}, warps, 3)
+        for c in T.SPLIT_CONFIGS if dt == "fp32" else []:  # the fp32 tf32x3 scan, every config autotune may pick
+            bu, bi = c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"]
+            spill(f"topk_split-{bu}x{bi}-w{c.num_warps}-s{c.num_stages}", T.candidates_split_kernel, SPLIT_SIGNATURE,
+                  {"BLOCK_U": bu, "BLOCK_I": bi, "BLOCK_D": 64}, c.num_warps, c.num_stages)
         for c in T.CANDIDATE_CONFIGS:  # every config autotune may pick
             bu, bi = c.kwargs["BLOCK_U"], c.kwargs["BLOCK_I"]
             spill(f"topk_candidates-{dt}-{bu}x{bi}-w{c.num_warps}", T.candidates_kernel, CANDIDATES_SIGNATURE(p),
@@ -280,9 +292,9 @@ def test_topk_and_fuse_gather_gpu_blocks_spill_nothing():
     out = _run_offline(SHARED_DEFS + SPILL_PRELUDE + textwrap.dedent(SPILL_SCRIPT))
     spills = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines() if " spill " in line}
     mma = {line.split()[0]: int(line.split()[-1]) for line in out.splitlines() if " mma " in line}
-    from fastrec.kernels.topk import CANDIDATE_CONFIGS
+    from fastrec.kernels.topk import CANDIDATE_CONFIGS, SPLIT_CONFIGS
 
-    assert len(spills) == 14 + 2 * len(CANDIDATE_CONFIGS), spills
+    assert len(spills) == 14 + 2 * len(CANDIDATE_CONFIGS) + len(SPLIT_CONFIGS), spills
     c = CANDIDATE_CONFIGS[0]
     first = f"-{c.kwargs['BLOCK_U']}x{c.kwargs['BLOCK_I']}-w{c.num_warps}"
     tuned = [name for name in spills if name.startswith("topk_candidates") and not name.endswith(first)]
