@@ -535,7 +535,8 @@ def _scan(queries, items, tau, count, cand_s, cand_i, cap, dot):
     tuned = _autotunes(queries)
     if _splits(queries, items, dot):
         block_u, block_i, block_d, warps, stages = _split_blocks(d)
-        _, chunks, chunk = _grid(U, NI, block_u, 128 if tuned else block_i, queries.device)
+        widest = max(c.kwargs["BLOCK_I"] for c in SPLIT_CONFIGS) if tuned else block_i
+        _, chunks, chunk = _grid(U, NI, block_u, widest, queries.device)
         qh, ql = split_tf32(queries)
         args = (qh, ql, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
         if tuned:
