@@ -164,6 +164,17 @@ def topk_kernel(q_ptr, it_ptr, exp_ptr, exi_ptr, ps_ptr, pi_ptr, U, NI, d, nnz, 
     tl.store(pi_ptr + out, ri, mask=omask)
 
 
+@triton.jit
+def _scan_start(tau_ptr, U, NI, chunk, BLOCK_U: tl.constexpr):
+    """A candidate scan program's queries (us; umask: below U), its items [lo, hi) and its queries' thresholds
+    (+inf past U: those rows score 0, or NaN, and are never kept)."""
+    us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    umask = us < U
+    lo = tl.program_id(1) * chunk
+    hi = tl.minimum(lo + chunk, NI)
+    return us, umask, lo, hi, tl.load(tau_ptr + us, mask=umask, other=float("inf"))
+
+
 @triton.jit(do_not_specialize=["U", "NI"])
 def candidates_kernel(q_ptr, it_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_ptr, U, NI, d, chunk, CAP, UPCAST: tl.constexpr,
                       PRECISION: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_I: tl.constexpr,
@@ -173,12 +184,7 @@ def candidates_kernel(q_ptr, it_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_ptr, U, NI, d,
     top-k and no exclusions (the caller drops the few excluded candidates): a tile costs its dot, one comparison
     and one reduction, and the appends of its few candidates. NaN scores never reach tau. `chunk` items a program
     (a multiple of BLOCK_I); the grid's second axis covers the items."""
-    c = tl.program_id(1)
-    us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
-    umask = us < U
-    lo = c * chunk
-    hi = tl.minimum(lo + chunk, NI)
-    tau = tl.load(tau_ptr + us, mask=umask, other=float("inf"))  # rows past U score 0 (or NaN): never kept
+    us, umask, lo, hi, tau = _scan_start(tau_ptr, U, NI, chunk, BLOCK_U)
     for i0 in range(lo, hi, BLOCK_I):
         ids = i0 + tl.arange(0, BLOCK_I)
         imask = ids < hi
@@ -205,12 +211,7 @@ def candidates_split_kernel(q_ptr, ql_ptr, it_ptr, tau_ptr, cnt_ptr, cs_ptr, ci_
     core's tf32 rounding, lo lo dropped), the tf32x3 bound score_error takes. Built-in tf32x3 splits both
     operands on every tile and moves them through shared memory: counted in the SASS (Triton 3.6, sm_90, d = 64;
     a static count, not a time), 0.88 warp instructions a score in this kernel's configs against 1.18-1.93."""
-    c = tl.program_id(1)
-    us = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
-    umask = us < U
-    lo = c * chunk
-    hi = tl.minimum(lo + chunk, NI)
-    tau = tl.load(tau_ptr + us, mask=umask, other=float("inf"))  # rows past U score 0 (or NaN): never kept
+    us, umask, lo, hi, tau = _scan_start(tau_ptr, U, NI, chunk, BLOCK_U)
     dims = tl.arange(0, BLOCK_D)
     dmask = dims < d
     qm = umask[:, None] & dmask[None, :]
