@@ -528,6 +528,12 @@ def _threshold_group(queries, items, k, indptr, indices, keys, first, dot, strid
     return merge(cand_s, cand_i.long(), k)
 
 
+def _chunk_tile(configs: list, tuned: bool, block_i: int) -> int:
+    """What a scan's item chunk is a multiple of: the widest BLOCK_I autotune may pick (whole tiles for every
+    config), or the launch's own block_i."""
+    return max(c.kwargs["BLOCK_I"] for c in configs) if tuned else block_i
+
+
 def _scan(queries, items, tau, count, cand_s, cand_i, cap, dot):
     """The candidate scan's launch: candidates_split_kernel where _splits, else candidates_kernel; autotuned on a
     GPU. The item chunk is the same for every config autotune tries (a multiple of each one's BLOCK_I): sized for
@@ -536,8 +542,7 @@ def _scan(queries, items, tau, count, cand_s, cand_i, cap, dot):
     tuned = _autotunes(queries)
     if _splits(queries, items, dot):
         block_u, block_i, block_d, warps, stages = _split_blocks(d)
-        widest = max(c.kwargs["BLOCK_I"] for c in SPLIT_CONFIGS) if tuned else block_i
-        _, chunks, chunk = _grid(U, NI, block_u, widest, queries.device)
+        _, chunks, chunk = _grid(U, NI, block_u, _chunk_tile(SPLIT_CONFIGS, tuned, block_i), queries.device)
         qh, ql = split_tf32(queries)
         args = (qh, ql, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
         if tuned:
@@ -548,7 +553,7 @@ def _scan(queries, items, tau, count, cand_s, cand_i, cap, dot):
         return
     upcast = _interpret() or queries.dtype == torch.float32
     block_u, block_i, block_d, warps = _candidate_blocks(d)
-    _, chunks, chunk = _grid(U, NI, block_u, block_i, queries.device)
+    _, chunks, chunk = _grid(U, NI, block_u, _chunk_tile(CANDIDATE_CONFIGS, tuned, block_i), queries.device)
     args = (queries, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
     if tuned:
         candidates_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks)](
