@@ -40,9 +40,9 @@ FASTREC_GHD float accumulate(bool first, float out, float x0, float w0, float w,
 // row, in the order row 0's edges, row 0's end, row 1's edges, row 1's end, ...; so row r's k-th edge is
 // item r + indptr[r] + k and row r's end is item r + indptr[r + 1]. Worker w takes the items
 // [w * K, min((w + 1) * K, rows + nnz)): every worker gets at most K items, whatever the degrees (an empty
-// row is one item, a row of 50,000 neighbours spans about 50,000 / K workers). A worker finds its start by
-// a binary search over indptr (merge_path_row), so nothing is precomputed per call and the host never
-// waits on the device.
+// row is one item, a row of 50,000 neighbours spans about 50,000 / K workers). A worker's start is a
+// binary search over indptr (merge_path_row); the CUDA code runs plan_worker for every worker in one
+// launch per CSR (partition_kernel, on the device: the host never waits) and its pass kernels read the plans.
 //
 // Who sums what (plan_worker), so that every row is written once, by one worker, with a fixed summation
 // order (deterministic run to run, no atomics):

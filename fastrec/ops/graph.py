@@ -9,8 +9,8 @@ OpenMP over rows (balanced by nnz), keep each row's output in AVX-512 registers,
 layer accumulation into every SpMM pass; the backward of the propagation is the same kernel over the
 transpose (the symmetric normalised adjacency is its own transpose). topk_scores multiplies a cache-sized
 tile of users x items at a time, masks the seen items in the tile and keeps a running top-K per user.
-On CUDA, spmm and the LightGCN passes split the work by nnz (merge path, csrc/cuda/graph.cu): long rows are
-shared by several warps and combined in a fixed order, so results are deterministic; see docs/gpu.md.
+On CUDA, spmm and the LightGCN passes split the work by nnz (merge path, csrc/cuda/graph_kernels.cuh): long
+rows are shared by several warps and combined in a fixed order, so results are deterministic; see docs/gpu.md.
 """
 
 from __future__ import annotations
