@@ -20,8 +20,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <type_traits>
-#include <vector>
 
 #include "common/graph.h"
 

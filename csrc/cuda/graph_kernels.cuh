@@ -25,11 +25,12 @@
 //
 // The edge stream (EdgeStream): the warp reads its edges' columns and values 32 at a time, one coalesced
 // load each (lane l: edge base + l), and the next 32 are already in flight while these are used; each lane
-// takes the column and value of the edge it gathers by a shuffle. The gathers therefore wait on an L2 hit
-// for the neighbour row only, not first on an HBM load of its column index (and before that change, the
-// value load also waited on the column's range check: two HBM latencies per four neighbours). The edge a
-// group sums at each step is the same as before, in the same order, so the sums are bit for bit those of
-// the per-edge loads.
+// takes the column and value of the edge it gathers by a shuffle. The gathers therefore wait on the
+// neighbour row only. Before, each lane loaded its neighbours' columns itself, and the device assert's
+// branch on each column held the next column load back (the SASS issued a step's four column loads one
+// after another, each waited for, and each value load after its column's check). A bad column is now
+// flagged and asserted on once, at the kernel's end. The edges a group sums, and their order, are the same
+// as before, so the sums are bit for bit those of the per-edge loads.
 //
 // L2 residency: the gathered rows (one side of the bipartite graph at a time: 13-23 MB at the Amazon-Book
 // shape, within an H200's L2: 60 MB per the device library's record) are read ~40 times a layer each,
