@@ -8,42 +8,27 @@ an inaccessible page) and reports a shuffle that only part of a warp reaches. Th
 """
 
 import ctypes
-import os
-import pickle
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cuda_emulator.harness import CXX, build, emulate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastrec import reference
 
-ROOT = Path(__file__).resolve().parents[1]
-EMU = ROOT / "tests" / "cuda_emulator"
 PLAN_FIELDS = 6
-CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the CUDA emulator")
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    lib = tmp_path_factory.mktemp("cuda_emulator") / "libgraph_emulated.so"
-    cmd = [CXX, "-O2", "-shared", "-fPIC", "-Wall", "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc'}", f"-I{EMU}",
-           str(EMU / "graph_emulated.cpp"), "-o", str(lib)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return _bind(ctypes.CDLL(str(lib)))
-
-
-def _bind(lib):
+    lib = build("graph_emulated.cpp", tmp_path_factory.mktemp("cuda_emulator"))
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
     lib.emu_partition.argtypes = [i32, p, i64, i64, i64, i64, p, i32]
     lib.emu_pass.argtypes = [i32, i32, p, p, p, p, i64, p, i64, i64, i64, i64, p, p, p, i32, f32, f32, p, i32, i32]
-    lib.emu_asserts.restype = lib.emu_divergent.restype = i64
     return lib
 
 
@@ -71,42 +56,6 @@ def run_pass(emu, indptr, indices, values, plan, x, nxt=None, out=None, x0=None,
     emu.emu_pass(indices.dtype == np.int64, vec, _ptr(indptr), _ptr(indices), _ptr(values), _ptr(plan), workers,
                  _ptr(x), rows, indices.size, x.shape[0], d, _ptr(nxt), _ptr(out), _ptr(x0), first, w0, w,
                  _ptr(carry), hint, guard_after)
-
-
-def _in_child(fn):
-    """fn() in a forked child: (exit status, its result). A kernel fault kills the child, not pytest."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(r)
-        try:
-            data = pickle.dumps(fn())
-            code = 0
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            data, code = pickle.dumps(repr(e)), 3
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    return status, (pickle.loads(data) if data else None)
-
-
-def emulate(emu, fn, *args, **kw):
-    """fn(emu, *args, **kw) in a forked child (a kernel fault fails the test instead of killing pytest); checks
-    that no warp diverged at a shuffle and returns (result, device asserts)."""
-    def run():
-        emu.emu_reset()
-        out = fn(emu, *args, **kw)
-        return out, emu.emu_asserts(), emu.emu_divergent()
-
-    status, result = _in_child(run)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the kernels faulted ({status}): {result}"
-    out, asserts, divergent = result
-    assert divergent == 0, "a shuffle was reached by only part of a warp"
-    return out, asserts
 
 
 def spmm(emu, indptr, indices, values, x, items=256, **kw):

@@ -1,8 +1,5 @@
-// CUDA kernel of the trie constraint: trie_mask. One block per row (beam): thread 0 walks the beam's
-// generated tokens down the CSR trie (the walk is shared with the CPU kernel, csrc/common/trie.h), the
-// block fills the row with `fill`, synchronises, then scatters the allowed tokens' scores back. indptr is
-// not checked on the host here (that would sync): every edge range is clamped into [0, E] in the kernel.
-// Light ATen headers only.
+// CUDA host code of the trie constraint: trie_mask. The kernel (one block per beam) is in
+// csrc/cuda/trie_kernels.cuh. Light ATen headers only.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -13,34 +10,13 @@
 #include <cstdint>
 #include <limits>
 
-#include "common/trie.h"
 #include "common/trie_args.h"
+#include "cuda/trie_kernels.cuh"
 
 namespace fastrec {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <typename scalar_t, typename id_t>
-__global__ void trie_mask_kernel(const scalar_t* __restrict__ scores, const id_t* __restrict__ generated,
-                                 const int64_t* __restrict__ indptr, const int64_t* __restrict__ tokens,
-                                 const int64_t* __restrict__ children, int64_t V, int64_t G, int64_t S,
-                                 int64_t E, scalar_t fill, scalar_t* __restrict__ out) {
-  __shared__ int64_t node;
-  const int64_t r = blockIdx.x;
-  if (threadIdx.x == 0) node = trie_walk(generated + r * G, G, indptr, tokens, children, S, E);
-  scalar_t* o = out + r * V;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) o[v] = fill;
-  __syncthreads();
-  if (node < 0) return;
-  const scalar_t* s = scores + r * V;
-  int64_t lo, hi;
-  trie_edges(indptr, node, E, &lo, &hi);
-  for (int64_t e = lo + threadIdx.x; e < hi; e += blockDim.x) {
-    const int64_t t = tokens[e];
-    if (t >= 0 && t < V) o[t] = s[t];
-  }
-}
+using namespace trie_kernels;
 
 at::Tensor trie_mask_cuda(const at::Tensor& scores, const at::Tensor& generated, const at::Tensor& indptr,
                           const at::Tensor& tokens, const at::Tensor& children, double fill) {

@@ -1,9 +1,10 @@
-// A small CUDA emulator for the warp-synchronous kernels of csrc/cuda (no GPU needed): compiles their device
-// code as host C++ and runs each warp as 32 cooperative lanes (ucontext fibers) that switch at every
-// shuffle, so __shfl_sync and __shfl_xor_sync exchange values exactly as a warp does. It also checks what
-// a GPU would not report: a shuffle reached by only some lanes of a warp (divergent control flow around a
-// warp collective) is an error here. Warps run one after another (the kernels never share data between the
-// warps of one launch); a device assert is counted, not fatal, so a test can check that bad input raises it.
+// A small CUDA emulator for the kernels of csrc/cuda (no GPU needed): compiles their device code as host C++
+// and runs each warp as 32 cooperative lanes (ucontext fibers) that switch at every shuffle, so __shfl_sync
+// and __shfl_xor_sync exchange values exactly as a warp does (launch), or each block's threads as fibers
+// that switch at every __syncthreads (launch_blocks). It also checks what a GPU would not report: a shuffle
+// or barrier reached by only some threads (divergent control flow around a collective) is an error here.
+// Warps (blocks) run one after another: the kernels never share data between the warps (blocks) of one
+// launch. A device assert is counted, not fatal, so a test can check that bad input raises it.
 // Memory: guarded_copy() places a buffer against an inaccessible page (after its end or before its start),
 // so a kernel's out-of-bounds read or write faults at once.
 #pragma once
@@ -14,6 +15,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -23,10 +25,13 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __shared__ static
+#define __syncthreads() ::emu::syncthreads()
 
 namespace emu {
 
 constexpr int kLanes = 32;
+constexpr int kMaxThreads = 1024;
 constexpr size_t kStackBytes = 128 * 1024;
 
 struct Dim3 {
@@ -37,28 +42,36 @@ struct float4_t {
   float x, y, z, w;
 };
 
-struct Warp {
+// The fibers that run together: one warp's 32 lanes (launch: kernels that shuffle) or one block's threads
+// (launch_blocks: kernels that use __syncthreads and __shared__; no shuffles there).
+struct Group {
   ucontext_t host;
-  ucontext_t lane[kLanes];
-  bool done[kLanes] = {};
+  std::vector<ucontext_t> fiber;
+  std::vector<char> done;
   uint64_t slot[kLanes] = {};
   int current = 0;
-  Dim3 block_idx, block_dim, thread_idx[kLanes];
+  unsigned first_thread = 0;  // threadIdx.x of fiber 0
+  bool block = false;
+  Dim3 block_idx, block_dim;
   std::function<void()> body;
 };
 
-inline Warp* g_warp = nullptr;
+inline Group* g_group = nullptr;
 inline int64_t g_asserts = 0;     // device asserts that failed
-inline int64_t g_divergent = 0;   // warps whose lanes did not all reach a shuffle
+inline int64_t g_divergent = 0;   // groups whose threads did not all reach a shuffle or a barrier
 
-inline Dim3 thread_idx() { return g_warp->thread_idx[g_warp->current]; }
-inline Dim3 block_idx() { return g_warp->block_idx; }
-inline Dim3 block_dim() { return g_warp->block_dim; }
-inline int lane() { return g_warp->current; }
+inline Dim3 thread_idx() {
+  Dim3 t;
+  t.x = g_group->first_thread + static_cast<unsigned>(g_group->current);
+  return t;
+}
+inline Dim3 block_idx() { return g_group->block_idx; }
+inline Dim3 block_dim() { return g_group->block_dim; }
+inline int lane() { return static_cast<int>(thread_idx().x % kLanes); }
 
-inline void yield_lane() {
-  Warp& w = *g_warp;
-  swapcontext(&w.lane[w.current], &w.host);
+inline void yield_fiber() {
+  Group& g = *g_group;
+  swapcontext(&g.fiber[g.current], &g.host);
 }
 
 // Every lane writes its value, the warp switches lanes, every lane reads its source's value, and the warp
@@ -66,67 +79,93 @@ inline void yield_lane() {
 template <typename T>
 T shfl(T v, int src) {
   static_assert(sizeof(T) <= sizeof(uint64_t), "a shuffled value is at most 8 bytes");
-  Warp& w = *g_warp;
+  Group& g = *g_group;
+  if (g.block) {
+    std::fprintf(stderr, "cuda emulator: a shuffle in a kernel launched with launch_blocks\n");
+    std::abort();
+  }
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  w.slot[w.current] = bits;
-  yield_lane();
-  const uint64_t got = w.slot[src & (kLanes - 1)];
-  yield_lane();
+  g.slot[g.current] = bits;
+  yield_fiber();
+  const uint64_t got = g.slot[src & (kLanes - 1)];
+  yield_fiber();
   T r;
   std::memcpy(&r, &got, sizeof(T));
   return r;
 }
 
-// The lanes' stacks, allocated once and reused by every warp (warps run one at a time).
-inline char* lane_stack(int i) {
-  static std::vector<char> stacks(static_cast<size_t>(kLanes) * kStackBytes);
-  return stacks.data() + static_cast<size_t>(i) * kStackBytes;
+inline void syncthreads() {
+  if (!g_group->block) {
+    std::fprintf(stderr, "cuda emulator: __syncthreads in a kernel launched with launch (warps)\n");
+    std::abort();
+  }
+  yield_fiber();
 }
 
-inline void lane_entry(int i) {
-  g_warp->body();
-  g_warp->done[i] = true;
+// The fibers' stacks: one mapping for the largest block, reserved once, touched only as used.
+inline char* fiber_stack(int i) {
+  static char* stacks = static_cast<char*>(mmap(nullptr, static_cast<size_t>(kMaxThreads) * kStackBytes,
+                                                PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                                                -1, 0));
+  return stacks + static_cast<size_t>(i) * kStackBytes;
 }
 
-// Runs one warp of a launch: lanes in turn, each up to its next shuffle, until all have returned.
-inline void run_warp(unsigned block, unsigned warp, unsigned threads, const std::function<void()>& kernel) {
-  auto w = std::make_unique<Warp>();
-  Warp* saved = g_warp;
-  g_warp = w.get();
-  w->body = kernel;
-  w->block_idx.x = block;
-  w->block_dim.x = threads;
-  for (int i = 0; i < kLanes; ++i) {
-    w->thread_idx[i].x = warp * kLanes + i;
-    getcontext(&w->lane[i]);
-    w->lane[i].uc_stack.ss_sp = lane_stack(i);
-    w->lane[i].uc_stack.ss_size = kStackBytes;
-    w->lane[i].uc_link = &w->host;
-    makecontext(&w->lane[i], reinterpret_cast<void (*)()>(lane_entry), 1, i);
+inline void fiber_entry(int i) {
+  g_group->body();
+  g_group->done[i] = true;
+}
+
+// Runs `n` fibers to the end, each in turn up to its next shuffle or barrier: every round, either all live
+// fibers stop at one (the next round resumes them) or all return; a mix is a divergent group.
+inline void run_group(unsigned block, unsigned first_thread, int n, bool whole_block, unsigned threads,
+                      const std::function<void()>& kernel) {
+  auto g = std::make_unique<Group>();
+  Group* saved = g_group;
+  g_group = g.get();
+  g->body = kernel;
+  g->block = whole_block;
+  g->block_idx.x = block;
+  g->block_dim.x = threads;
+  g->first_thread = first_thread;
+  g->fiber.resize(n);
+  g->done.assign(n, 0);
+  for (int i = 0; i < n; ++i) {
+    getcontext(&g->fiber[i]);
+    g->fiber[i].uc_stack.ss_sp = fiber_stack(i);
+    g->fiber[i].uc_stack.ss_size = kStackBytes;
+    g->fiber[i].uc_link = &g->host;
+    makecontext(&g->fiber[i], reinterpret_cast<void (*)()>(fiber_entry), 1, i);
   }
   for (;;) {
     int yielded = 0, finished = 0;
-    for (int i = 0; i < kLanes; ++i) {
-      if (w->done[i]) continue;
-      w->current = i;
-      swapcontext(&w->host, &w->lane[i]);
-      (w->done[i] ? finished : yielded)++;
+    for (int i = 0; i < n; ++i) {
+      if (g->done[i]) continue;
+      g->current = i;
+      swapcontext(&g->host, &g->fiber[i]);
+      (g->done[i] ? finished : yielded)++;
     }
-    if (yielded > 0 && finished > 0) {  // lanes still waiting in a shuffle that the others never reach
+    if (yielded > 0 && finished > 0) {  // threads still waiting at a shuffle or barrier the others never reach
       ++g_divergent;
       break;
     }
     if (yielded == 0) break;
   }
-  g_warp = saved;
+  g_group = saved;
 }
 
 // A launch of `grid` blocks of `threads` threads (a multiple of 32), warp after warp.
 inline void launch(unsigned grid, unsigned threads, const std::function<void()>& kernel) {
   for (unsigned b = 0; b < grid; ++b) {
-    for (unsigned wp = 0; wp < threads / kLanes; ++wp) run_warp(b, wp, threads, kernel);
+    for (unsigned w = 0; w < threads / kLanes; ++w) run_group(b, w * kLanes, kLanes, false, threads, kernel);
   }
+}
+
+// A launch whose kernel synchronises its block: all `threads` threads of a block run together, block after
+// block (__shared__ variables are function statics: shared by the block, and blocks do not overlap).
+inline void launch_blocks(unsigned grid, unsigned threads, const std::function<void()>& kernel) {
+  if (threads > static_cast<unsigned>(kMaxThreads)) std::abort();
+  for (unsigned b = 0; b < grid; ++b) run_group(b, 0, static_cast<int>(threads), true, threads, kernel);
 }
 
 // A copy of `bytes` bytes that sits against a PROT_NONE page: after its end (guard_after) or before its
