@@ -50,7 +50,7 @@ def random_case(n_items, levels, codes, rows, depth, seed, vocab=None):
     vocab = vocab or offset + levels * codes + 2
     gen = []
     for r in range(rows):
-        row = (list(rng.choice(seqs)) + [1, 2, 1, 2])[:depth]
+        row = (list(rng.choice(seqs)) + [1, 2] * depth)[:depth]
         if r % 4 == 3 and depth:
             row[rng.randrange(depth)] = rng.randrange(vocab)  # may leave the trie
         gen.append(row)

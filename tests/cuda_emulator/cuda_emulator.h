@@ -198,7 +198,34 @@ class Guarded {
   size_t size_;
 };
 
+// A user buffer as a kernel sees it: a guarded copy (none for a null pointer), written back on request.
+class Buffer {
+ public:
+  Buffer(const void* p, size_t bytes, bool guard_after, size_t align) : user_(const_cast<void*>(p)), bytes_(bytes) {
+    if (p != nullptr) copy_ = std::make_unique<Guarded>(p, bytes, guard_after, align);
+  }
+  template <typename T>
+  T* get() const {
+    return copy_ ? static_cast<T*>(copy_->data()) : nullptr;
+  }
+  void write_back() const {
+    if (copy_) std::memcpy(user_, copy_->data(), bytes_);
+  }
+
+ private:
+  std::unique_ptr<Guarded> copy_;
+  void* user_;
+  size_t bytes_;
+};
+
 }  // namespace emu
+
+// The counters a test reads through ctypes (each emulated library includes this header once).
+extern "C" {
+int64_t emu_asserts() { return emu::g_asserts; }
+int64_t emu_divergent() { return emu::g_divergent; }
+void emu_reset() { emu::g_asserts = emu::g_divergent = 0; }
+}
 
 using float4 = emu::float4_t;
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }

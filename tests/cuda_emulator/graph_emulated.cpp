@@ -13,26 +13,12 @@ using fastrec::graph_kernels::kWarp;
 using fastrec::graph_kernels::kWarpsPerBlock;
 using fastrec::graph_kernels::PassArgs;
 
-struct Buffer {
-  std::unique_ptr<emu::Guarded> copy;
-  void* user;
-  size_t bytes;
-  Buffer(void* p, size_t n, bool after, size_t align) : user(p), bytes(n) {
-    if (p != nullptr) copy = std::make_unique<emu::Guarded>(p, n, after, align);
-  }
-  template <typename T>
-  T* get() const {
-    return copy ? static_cast<T*>(copy->data()) : nullptr;
-  }
-  void write_back() const {
-    if (copy) std::memcpy(user, copy->data(), bytes);
-  }
-};
+using emu::Buffer;
 
 template <typename index_t>
 void partition(const void* indptr, int64_t rows, int64_t nnz, int64_t items, int64_t workers, int64_t* plan,
                bool after) {
-  const Buffer ip(const_cast<void*>(indptr), (rows + 1) * sizeof(index_t), after, sizeof(index_t));
+  const Buffer ip(indptr, (rows + 1) * sizeof(index_t), after, sizeof(index_t));
   const Buffer out(plan, workers * kPlanFields * sizeof(int64_t), after, sizeof(int64_t));
   const unsigned threads = 128, grid = static_cast<unsigned>((workers + threads - 1) / threads);
   emu::launch(grid, threads, [&] {
@@ -47,13 +33,13 @@ void pass(const void* indptr, const void* indices, const float* values, const in
           const float* x, int64_t rows, int64_t nnz, int64_t ncols, int64_t d, float* next, float* out,
           const float* x0, bool first, float w0, float w, float* carry, bool hint, bool after) {
   const size_t f = sizeof(float), vec = 16;
-  const Buffer ip(const_cast<void*>(indptr), (rows + 1) * sizeof(index_t), after, sizeof(index_t));
-  const Buffer ix(const_cast<void*>(indices), nnz * sizeof(index_t), after, sizeof(index_t));
-  const Buffer vals(const_cast<float*>(values), nnz * f, after, f);
-  const Buffer pl(const_cast<int64_t*>(plan), workers * kPlanFields * sizeof(int64_t), after, sizeof(int64_t));
-  const Buffer xb(const_cast<float*>(x), ncols * d * f, after, vec);
+  const Buffer ip(indptr, (rows + 1) * sizeof(index_t), after, sizeof(index_t));
+  const Buffer ix(indices, nnz * sizeof(index_t), after, sizeof(index_t));
+  const Buffer vals(values, nnz * f, after, f);
+  const Buffer pl(plan, workers * kPlanFields * sizeof(int64_t), after, sizeof(int64_t));
+  const Buffer xb(x, ncols * d * f, after, vec);
   const Buffer nb(next, rows * d * f, after, vec), ob(out, rows * d * f, after, vec);
-  const Buffer x0b(const_cast<float*>(x0), rows * d * f, after, vec), cb(carry, workers * d * f, after, vec);
+  const Buffer x0b(x0, rows * d * f, after, vec), cb(carry, workers * d * f, after, vec);
   PassArgs<index_t> a{ip.get<index_t>(), ix.get<index_t>(), vals.get<float>(), xb.get<float>(), rows, nnz, ncols, d,
                       nb.get<float>(), ob.get<float>(), x0b.get<float>(), first, w0, w, pl.get<int64_t>(),
                       cb.get<float>(), fastrec::graph_kernels::lanes_per_neighbour(V == 4 ? d / 4 : d)};
@@ -74,11 +60,6 @@ void pass(const void* indptr, const void* indices, const float* values, const in
 }  // namespace
 
 extern "C" {
-
-// The device asserts that failed and the divergent warps, since the last reset.
-int64_t emu_asserts() { return emu::g_asserts; }
-int64_t emu_divergent() { return emu::g_divergent; }
-void emu_reset() { emu::g_asserts = emu::g_divergent = 0; }
 
 void emu_partition(int index64, const void* indptr, int64_t rows, int64_t nnz, int64_t items, int64_t workers,
                    int64_t* plan, int guard_after) {

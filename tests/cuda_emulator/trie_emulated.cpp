@@ -8,19 +8,7 @@
 
 namespace {
 
-struct Buffer {
-  std::unique_ptr<emu::Guarded> copy;
-  void* user;
-  size_t bytes;
-  Buffer(const void* p, size_t n, bool after, size_t align) : user(const_cast<void*>(p)), bytes(n) {
-    copy = std::make_unique<emu::Guarded>(p, n, after, align);
-  }
-  template <typename T>
-  T* get() const {
-    return static_cast<T*>(copy->data());
-  }
-  void write_back() const { std::memcpy(user, copy->data(), bytes); }
-};
+using emu::Buffer;
 
 template <typename id_t>
 void trie_mask(const float* scores, const void* generated, const int64_t* indptr, const int64_t* tokens,
@@ -43,10 +31,6 @@ void trie_mask(const float* scores, const void* generated, const int64_t* indptr
 }  // namespace
 
 extern "C" {
-
-int64_t emu_asserts() { return emu::g_asserts; }
-int64_t emu_divergent() { return emu::g_divergent; }
-void emu_reset() { emu::g_asserts = emu::g_divergent = 0; }
 
 // trie_mask_cuda's launch: R blocks of kThreads threads; fp32 scores, int64 (id64) or int32 generated ids.
 void emu_trie_mask(int id64, const float* scores, const void* generated, const int64_t* indptr,
