@@ -5,8 +5,8 @@
 // or barrier reached by only some threads (divergent control flow around a collective) is an error here.
 // Warps (blocks) run one after another: the kernels never share data between the warps (blocks) of one
 // launch. A device assert is counted, not fatal, so a test can check that bad input raises it.
-// Memory: guarded_copy() places a buffer against an inaccessible page (after its end or before its start),
-// so a kernel's out-of-bounds read or write faults at once.
+// Memory: Guarded (and Buffer, a user buffer seen through it) places a copy against an inaccessible page
+// (after its end or before its start), so a kernel's out-of-bounds read or write faults at once.
 #pragma once
 
 #include <sys/mman.h>

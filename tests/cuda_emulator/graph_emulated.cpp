@@ -1,6 +1,6 @@
 // csrc/cuda/graph_kernels.cuh (the CUDA spmm / LightGCN kernels) compiled for the emulator, with a C entry
 // point per launch that tests/test_graph_cuda_emulated.py calls through ctypes. Every buffer is copied
-// against a PROT_NONE page (after its end, or before its start: `guard`), so any out-of-bounds access by
+// against a PROT_NONE page (after its end, or before its start: `guard_after`), so any out-of-bounds access by
 // the kernels faults.
 #include "cuda_emulator.h"
 // the emulator's definitions first: the kernels' header sees them as CUDA's
