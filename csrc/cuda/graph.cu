@@ -95,9 +95,8 @@ void launch_pass(const at::Tensor& indptr, const at::Tensor& indices, const at::
 }
 
 // Scratch for the carries of one pass, from the caching allocator (reused by every pass of a call).
-at::Tensor carry_buffer(int64_t rows, int64_t nnz, int64_t d, const at::Tensor& like) {
-  return at::empty({std::max<int64_t>(graph::merge_path_workers(rows, nnz, kItemsPerWarp) * d, 1)},
-                   like.options().dtype(at::kFloat));
+at::Tensor carry_buffer(const at::Tensor& plan, int64_t d, const at::Tensor& like) {
+  return at::empty({std::max<int64_t>(plan.size(0) * d, 1)}, like.options().dtype(at::kFloat));
 }
 
 void check_csr(const at::Tensor& indptr, const at::Tensor& indices, const at::Tensor& values, int64_t rows,
@@ -124,9 +123,9 @@ at::Tensor spmm_cuda(const at::Tensor& indptr, const at::Tensor& indices, const 
   auto vals = values.to(at::kFloat).contiguous();
   auto x = dense.to(at::kFloat).contiguous();
   auto out = at::empty({rows, d}, dense.options().dtype(at::kFloat));
-  auto carry = carry_buffer(rows, ix.numel(), d, x);
   AT_DISPATCH_INDEX_TYPES(ip.scalar_type(), "spmm_cuda", [&] {
     const at::Tensor plan = partition<index_t>(ip, ix.numel(), kItemsPerWarp);
+    const at::Tensor carry = carry_buffer(plan, d, x);
     launch_pass<index_t>(ip, ix, vals, plan, x.data_ptr<float>(), rows, ncols, d, out.data_ptr<float>(), nullptr,
                          nullptr, false, 0.f, 0.f, carry.data_ptr<float>());
   });
@@ -155,9 +154,9 @@ at::Tensor lightgcn_propagate_cuda(const at::Tensor& indptr, const at::Tensor& i
   auto buf_a = at::empty({layers > 1 ? n * d : 0}, x0.options());
   auto buf_b = at::empty({layers > 2 ? n * d : 0}, x0.options());
   float* bufs[2] = {buf_a.data_ptr<float>(), buf_b.data_ptr<float>()};
-  auto carry = carry_buffer(n, ix.numel(), d, x0);
   AT_DISPATCH_INDEX_TYPES(ip.scalar_type(), "lightgcn_propagate_cuda", [&] {
     const at::Tensor plan = partition<index_t>(ip, ix.numel(), kItemsPerWarp);  // one for every layer
+    const at::Tensor carry = carry_buffer(plan, d, x0);
     const float* cur = x0.data_ptr<float>();
     for (int64_t l = 1; l <= layers; ++l) {
       float* next = l < layers ? bufs[(l - 1) % 2] : nullptr;

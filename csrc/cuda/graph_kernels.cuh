@@ -296,7 +296,8 @@ template <int V, bool Hint, typename index_t>
 __global__ void spmm_carry_kernel(PassArgs<index_t> a, int64_t workers) {
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= workers) return;  // the whole warp
-  const int64_t cb = a.plan[w * kPlanFields + 4], ce = a.plan[w * kPlanFields + 5];
+  const graph::WorkerPlan p = load_plan(a.plan, w);
+  const int64_t cb = p.carry_begin, ce = p.carry_end;
   if (cb >= ce) return;  // the whole warp
   const int lane = threadIdx.x % kWarp, groups = kWarp / a.group, g = lane / a.group, q = lane % a.group;
   const int64_t dv = a.d / V, chunks = (dv + a.group - 1) / a.group;
