@@ -7,7 +7,6 @@ trie_mask_cuda launches it. Every buffer sits against an inaccessible page, so a
 """
 
 import ctypes
-import random
 
 import numpy as np
 import pytest
@@ -15,9 +14,9 @@ import torch
 from cuda_emulator.harness import CXX, build, emulate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_trie import random_generated, random_trie
 
 from fastrec import reference
-from fastrec.ops import build_trie
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the CUDA emulator")
 NEG = float("-inf")
@@ -42,20 +41,14 @@ def trie_mask(emu, scores, generated, indptr, tokens, children, fill=NEG, guard_
 
 
 def random_case(n_items, levels, codes, rows, depth, seed, vocab=None):
-    """A trie of n_items random code paths and rows that follow items, leave the trie, or end them."""
-    rng = random.Random(seed)
+    """test_trie's random trie and generated rows (following items, leaving the trie, ending them), as numpy,
+    with fp32 scores over a vocabulary that holds every token."""
     offset = 3
-    seqs = [[offset + lv * codes + rng.randrange(codes) for lv in range(levels)] for _ in range(n_items)]
-    indptr, tokens, children = (t.numpy() for t in build_trie(seqs, (1,), (2,)))
+    seqs, trie = random_trie(n_items, levels, codes, offset, seed)
     vocab = vocab or offset + levels * codes + 2
-    gen = []
-    for r in range(rows):
-        row = (list(rng.choice(seqs)) + [1, 2] * depth)[:depth]
-        if r % 4 == 3 and depth:
-            row[rng.randrange(depth)] = rng.randrange(vocab)  # may leave the trie
-        gen.append(row)
+    gen = random_generated(seqs, rows, depth, vocab, seed).numpy()
     scores = np.random.default_rng(seed).standard_normal((rows, vocab)).astype(np.float32)
-    return scores, np.array(gen, np.int64).reshape(rows, depth), indptr, tokens, children
+    return scores, gen, *(t.numpy() for t in trie)
 
 
 def reference_mask(scores, gen, indptr, tokens, children, fill=NEG):
