@@ -332,6 +332,28 @@ def test_processor_tells_a_new_generation_on_the_device_without_a_host_sync(tiny
     assert proc.prompt_length(torch.cat([b, step, step], 1)) == 5
 
 
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
+def test_restart_edge_walks_a_row_to_the_root_and_never_shows(on_device, id_dtype):
+    """The processor's device copies of the trie have a root edge on RESTART_TOKEN back to the root (its device
+    check's way to give a new generation's mask with one trie_mask call): a row of that token gets the root's
+    mask at any depth, every other row the plain trie's, and the edge's token is never written."""
+    from fastrec.integrations.hf import RESTART_TOKEN, with_restart_edge
+
+    seqs, trie = random_trie(seed=3)
+    restart = with_restart_edge(*trie)
+    check_trie(*restart)  # still a valid trie: the root's tokens stay sorted
+    assert restart[0].numel() == trie[0].numel() and restart[1].numel() == trie[1].numel() + 1
+    scores = torch.randn(37, 41)
+    root = trie_mask(scores, torch.zeros(37, 0, dtype=id_dtype), *trie)
+    for depth in (1, 3, 6):
+        gen = random_generated(seqs, 37, depth, 41, seed=depth).to(id_dtype)
+        gen[::3] = RESTART_TOKEN
+        want = trie_mask(scores, gen, *trie)
+        assert bool((want[::3] == NEG).all())  # the plain trie has no such edge: those rows are dead
+        want[::3] = root[::3]
+        assert torch.equal(trie_mask(scores, gen, *restart, validate=False), want)
+
+
 def test_processor_bad_input(tiny_lm):
     from fastrec.integrations import ItemTrieLogitsProcessor
 

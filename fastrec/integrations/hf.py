@@ -190,6 +190,21 @@ try:
 except ImportError:  # pragma: no cover - transformers is a dependency
     LogitsProcessor = object
 
+# A token id no vocabulary reaches (2^31 - 1 fits int32 and int64 input_ids). The processor's device copies of
+# the trie give the root one more edge, on this id, back to the root, so writing it over a row's generated
+# tokens walks that row to the root: a new generation's mask from the same single trie_mask call, chosen on
+# the device. trie_mask writes only tokens inside [0, V), so this edge never shows in a mask.
+RESTART_TOKEN = 2**31 - 1
+
+
+def with_restart_edge(indptr: torch.Tensor, tokens: torch.Tensor,
+                      children: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CSR trie with a root edge reading RESTART_TOKEN back to the root (last of the root's sorted edges)."""
+    end = int(indptr[1])
+    tokens = torch.cat([tokens[:end], tokens.new_tensor([RESTART_TOKEN]), tokens[end:]])
+    children = torch.cat([children[:end], children.new_zeros(1), children[end:]])
+    return torch.cat([indptr[:1], indptr[1:] + 1]), tokens, children
+
 
 class ItemTrieLogitsProcessor(LogitsProcessor):
     """Only let generation spell existing item indices (then EOS/pad), exactly.
@@ -202,10 +217,10 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         pad_token_ids: tokens a finished row may go on with (default: the tokenizer's pad).
         fill: score given to disallowed tokens.
         device_check: how a call tells a continuing generation from a new one with the same shape: on the
-            device, without a host sync (True; two masks a step, one kept by the device's answer), or by a
-            host comparison (False; a sync on a GPU). Default: on the device for tensors off the CPU (where
-            a sync would stall the next step's launches), on the host for CPU tensors (where it costs
-            nothing and the second mask would).
+            device, without a host sync (True; the device's answer restarts the rows' trie walk at the root
+            when the prompt changed, still one mask a step), or by a host comparison (False; a sync on a
+            GPU). Default: on the device for tensors off the CPU (where a sync would stall the next step's
+            launches), on the host for CPU tensors (where the compare costs nothing).
     """
 
     def __init__(self, index: dict, tokenizer, end_token_ids: Iterable[int] | None = None,
@@ -238,6 +253,7 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         self.levels = max(len(s) for s in self.items_of)
         self.trie = build_trie(list(self.items_of), self.end_token_ids, self.pad_token_ids)
         check_trie(*self.trie)
+        self._max_token = int(self.trie[1].max())
         self._on_device: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
         self.reset()
 
@@ -252,10 +268,12 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
     def _trie(self, device: torch.device, vocab_size: int) -> tuple[torch.Tensor, ...]:
         key = (str(device), vocab_size)
         if key not in self._on_device:
-            if int(self.trie[1].max()) >= vocab_size:
-                raise ValueError(f"the index uses token id {int(self.trie[1].max())} but the model scores only "
+            if self._max_token >= vocab_size:
+                raise ValueError(f"the index uses token id {self._max_token} but the model scores only "
                                  f"{vocab_size} tokens (resize the embeddings after adding index tokens)")
-            self._on_device[key] = tuple(t.to(device) for t in self.trie)
+            if vocab_size >= RESTART_TOKEN:
+                raise ValueError(f"the model scores {vocab_size} tokens; at most {RESTART_TOKEN - 1} are supported")
+            self._on_device[key] = tuple(t.to(device) for t in with_restart_edge(*self.trie))
         return self._on_device[key]
 
     def _may_continue(self, input_ids: torch.Tensor) -> bool:
@@ -296,8 +314,9 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """Masks `scores` to the tokens that keep each row on an item's index. With the device check (off the
         CPU by default) there is no host sync: the prompt check of a continuing generation runs on the
-        device, where its answer picks between the continuing mask and a fresh generation's (the root's);
-        the host learns that answer at the next call."""
+        device, and where the prompt changed it overwrites the rows' generated tokens with RESTART_TOKEN,
+        whose edge keeps the trie walk at the root (a fresh generation's mask); the host learns that
+        answer at the next call."""
         self._resolve()
         trie = self._trie(scores.device, scores.shape[1])
         cur = input_ids.shape[1]
@@ -311,10 +330,9 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         self._last_len = cur
         p = self._prompt.shape[1]
         new = (input_ids[:, :p] != self._prompt).any()
-        cont = torch.ops.fastrec.trie_mask(scores, input_ids[:, p:], *trie, self.fill)
-        root = torch.ops.fastrec.trie_mask(scores, input_ids[:, cur:], *trie, self.fill)
+        generated = input_ids[:, p:].masked_fill(new, RESTART_TOKEN)  # [R, a few]: the only extra pass
         self._pending = (*self._flag_to_host(new), input_ids.detach().clone())  # the caller may reuse its buffer
-        return torch.where(new, root, cont)
+        return torch.ops.fastrec.trie_mask(scores, generated, *trie, self.fill)
 
     @staticmethod
     def _flag_to_host(flag: torch.Tensor) -> tuple[torch.Tensor, object]:
