@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 export CUDA_HOME ?= /usr/local/cuda
-SOURCES := $(wildcard setup.py pyproject.toml csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
+SOURCES := $(wildcard setup.py pyproject.toml csrc/*.cpp csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh csrc/*/*.h)
 
 .PHONY: install demo test bench lint clean gpu-check compat-check
 

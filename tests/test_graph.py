@@ -250,24 +250,27 @@ def test_spmm_power_law_hub_row_forward_backward(index_dtype, d, on_device):
 @pytest.mark.cuda
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("d", [3, 64])
-def test_cuda_stream_hints_change_no_bit(index_dtype, d, cuda_device, monkeypatch):
+def test_cuda_kernel_variants_change_no_bit(index_dtype, d, cuda_device, monkeypatch):
     """The evict-first loads and stores of the edge stream and the running sum (FASTREC_SPMM_STREAM_HINTS,
-    on by default) are cache hints only: forward and backward equal the unhinted kernel bit for bit, and both
-    are close to fp64."""
+    on by default) are cache hints only, and the owner kernel capped at 80 registers
+    (FASTREC_SPMM_OWNER_MIN_BLOCKS=3) is the same code: forward and backward equal the default kernels' bit
+    for bit, and are close to fp64."""
     indptr, indices, values = (t.to(cuda_device) for t in power_law_csr(index_dtype=index_dtype, seed=3))
     emb = torch.randn(2500, d, device=cuda_device)
     grad = torch.randn(2500, d, device=cuda_device)
 
-    def run(hints: str):
+    def run(hints: str, min_blocks: str):
         monkeypatch.setenv("FASTREC_SPMM_STREAM_HINTS", hints)
+        monkeypatch.setenv("FASTREC_SPMM_OWNER_MIN_BLOCKS", min_blocks)
         e = emb.clone().requires_grad_(True)
         out = lightgcn_propagate(_Csr(indptr, indices, values), e, 3)
         out.backward(grad)
         return out.detach(), e.grad, spmm(indptr, indices, values, emb)
 
-    hinted, plain = run("1"), run("0")
-    assert all(torch.equal(a, b) for a, b in zip(hinted, plain, strict=True))
-    assert_close_to_oracle(hinted[2], spmm_fp64(indptr, indices, values, emb))
+    default = run("1", "0")
+    for variant in (run("0", "0"), run("1", "3")):
+        assert all(torch.equal(a, b) for a, b in zip(default, variant, strict=True))
+    assert_close_to_oracle(default[2], spmm_fp64(indptr, indices, values, emb))
 
 
 @pytest.mark.parametrize("d", [3, 64])

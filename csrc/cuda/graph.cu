@@ -6,7 +6,8 @@
 // Per call: one partition launch writes every warp's plan (shared by all the passes of a CSR), then two
 // launches per pass (carry kernel, owner kernel). No host sync, the current stream, scratch from the
 // caching allocator: CUDA-graph capturable.
-// FASTREC_SPMM_STREAM_HINTS=0 turns the evict-first hints off (the benchmark times both).
+// FASTREC_SPMM_STREAM_HINTS=0 turns the evict-first hints off, FASTREC_SPMM_OWNER_MIN_BLOCKS=3 selects the
+// owner kernel capped at 80 registers (24 warps a multiprocessor; graph_kernels.cuh): the benchmark times each.
 // Light ATen headers only: this file must compile in seconds under nvcc.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -54,12 +55,26 @@ at::Tensor partition(const at::Tensor& indptr, int64_t nnz, int64_t items_per_wo
   return plan;
 }
 
+// FASTREC_SPMM_OWNER_MIN_BLOCKS=3 selects spmm_owned_kernel_capped for float4 rows with the stream hints
+// (read per call: the benchmark times both; only that variant is compiled twice).
+bool owner_capped() {
+  const char* v = std::getenv("FASTREC_SPMM_OWNER_MIN_BLOCKS");
+  return v != nullptr && std::strcmp(v, "3") == 0;
+}
+
 // The carry kernel, then the owner kernel, of one pass.
 template <int V, bool Hint, typename index_t>
 void launch_kernels(const PassArgs<index_t>& a, int64_t workers, int64_t blocks, cudaStream_t stream) {
   const int threads = kWarpsPerBlock * kWarp;
   spmm_carry_kernel<V, Hint, index_t><<<blocks, threads, 0, stream>>>(a, workers);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if constexpr (V == 4 && Hint) {
+    if (owner_capped()) {
+      spmm_owned_kernel_capped<V, Hint, index_t><<<blocks, threads, 0, stream>>>(a, workers);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+  }
   spmm_owned_kernel<V, Hint, index_t><<<blocks, threads, 0, stream>>>(a, workers);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -317,9 +317,9 @@ __global__ void spmm_carry_kernel(PassArgs<index_t> a, int64_t workers) {
 // Second kernel of a pass: each warp sums the rows it owns (a split row0: its part, then the carries of
 // workers chain_begin..w-1 in that order) and writes them once, with the fused epilogue. The next row's
 // indptr entry and the epilogue's input row are loaded before they are needed, so their latency overlaps
-// the edge sums.
+// the edge sums. (The body of spmm_owned_kernel and spmm_owned_kernel_capped, below.)
 template <int V, bool Hint, typename index_t>
-__global__ void spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
+__device__ __forceinline__ void spmm_owned_rows(const PassArgs<index_t>& a, int64_t workers) {
   const int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
   if (w >= workers) return;  // the whole warp
   if (w == 0) {
@@ -376,6 +376,24 @@ __global__ void spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
     p1 = p2;
   }
   CUDA_KERNEL_ASSERT(!bad && "a column index is outside [0, ncols)");
+}
+
+template <int V, bool Hint, typename index_t>
+__global__ void spmm_owned_kernel(PassArgs<index_t> a, int64_t workers) {
+  spmm_owned_rows<V, Hint, index_t>(a, workers);
+}
+
+// The owner kernel compiled for kCappedBlocks blocks (24 warps) a multiprocessor. Uncapped, its float4
+// variants take 96-110 registers, so a multiprocessor holds 2 blocks (16 warps) of it; capped, ptxas keeps
+// it to 80 and spills 44-56 bytes, all outside the edge loop (nvcc 13.0 for sm_90: ptxas -v and nvdisasm,
+// offline). Which one hides the gathers' latency better is a GPU measurement: FASTREC_SPMM_OWNER_MIN_BLOCKS=3
+// selects this one for float4 rows with the stream hints (the default path), and the benchmark times both.
+constexpr int kCappedBlocks = 3;
+
+template <int V, bool Hint, typename index_t>
+__global__ void __launch_bounds__(kWarpsPerBlock * kWarp, kCappedBlocks)
+    spmm_owned_kernel_capped(PassArgs<index_t> a, int64_t workers) {
+  spmm_owned_rows<V, Hint, index_t>(a, workers);
 }
 
 // The partition itself, one thread per worker: the plans the pass kernels read (and fastrec::_graph_partition).

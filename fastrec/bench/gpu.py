@@ -288,9 +288,12 @@ def graph_cases(device: str, quick: bool) -> list[Case]:
                "torch sym autograd.Function": _fwd_bwd(lambda i, e: torch_propagate(i["adj"], e, 3, True)),
                "torch.sparse.mm CSR autograd": _fwd_bwd(lambda i, e: torch_propagate(i["adj"], e, 3, False)),
                "torch_geometric LGConv": _fwd_bwd(_lgconv)}
-        if device == "cuda":  # the kernel without its evict-first hints on the edge stream (csrc/cuda/graph.cu)
-            fwd["fastrec, no L2 stream hints"] = with_env(fwd["fastrec"], "FASTREC_SPMM_STREAM_HINTS", "0")
-            bwd["fastrec, no L2 stream hints"] = with_env(bwd["fastrec"], "FASTREC_SPMM_STREAM_HINTS", "0")
+        if device == "cuda":  # the kernel without its evict-first hints on the edge stream (csrc/cuda/graph.cu),
+            # and with its owner kernel capped at 80 registers (24 warps a multiprocessor instead of 16, a few spills)
+            for label, env, value in (("no L2 stream hints", "FASTREC_SPMM_STREAM_HINTS", "0"),
+                                      ("owner kernel at 24 warps/SM", "FASTREC_SPMM_OWNER_MIN_BLOCKS", "3")):
+                fwd[f"fastrec, {label}"] = with_env(fwd["fastrec"], env, value)
+                bwd[f"fastrec, {label}"] = with_env(bwd["fastrec"], env, value)
         pyg = {"torch_geometric LGConv": "torch_geometric"}
         fwd, bwd = available(fwd, pyg), available(bwd, pyg)
         out.append(Case("lightgcn_propagate fwd", shape, make, fwd, {"torch.sparse.mm CSR (cuSPARSE)": 1.5,
