@@ -253,7 +253,6 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
         self.levels = max(len(s) for s in self.items_of)
         self.trie = build_trie(list(self.items_of), self.end_token_ids, self.pad_token_ids)
         check_trie(*self.trie)
-        self._max_token = int(self.trie[1].max())
         self._on_device: dict[tuple[str, int], tuple[torch.Tensor, ...]] = {}
         self.reset()
 
@@ -268,8 +267,9 @@ class ItemTrieLogitsProcessor(LogitsProcessor):
     def _trie(self, device: torch.device, vocab_size: int) -> tuple[torch.Tensor, ...]:
         key = (str(device), vocab_size)
         if key not in self._on_device:
-            if self._max_token >= vocab_size:
-                raise ValueError(f"the index uses token id {self._max_token} but the model scores only "
+            top = int(self.trie[1].max())
+            if top >= vocab_size:
+                raise ValueError(f"the index uses token id {top} but the model scores only "
                                  f"{vocab_size} tokens (resize the embeddings after adding index tokens)")
             if vocab_size >= RESTART_TOKEN:
                 raise ValueError(f"the model scores {vocab_size} tokens; at most {RESTART_TOKEN - 1} are supported")
