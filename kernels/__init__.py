@@ -17,6 +17,8 @@ except ImportError:  # pragma: no cover
 
 import contextlib
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -65,4 +67,50 @@ def env_choice(name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-__all__ = ["HAS_TRITON", "HALF_DTYPES", "device_guard", "dot_scheme", "env_choice", "interpret"]
+# tuning keys whose configs were compiled by `launch_autotuned` (once per key and process)
+_COMPILED: set[tuple] = set()
+
+
+def launch_autotuned(tuned, grid, *args, **kwargs) -> None:
+    """``tuned[grid](*args, **kwargs)`` for a ``triton.autotune``d kernel. The first launch of a tuning key on a
+    GPU compiles every config autotune will time at once, in threads (Triton's AsyncCompileMode; its compiler
+    releases the GIL), instead of one by one inside autotune's timing loop (1-5 s a config, 3-7 configs a key;
+    offline in 2 threads, the encode kernel's 7 configs took about 9 s against 16 s: docs/gpu.md).
+    FASTREC_PARALLEL_COMPILE=0 turns this off."""
+    if env_choice("FASTREC_PARALLEL_COMPILE", ("1", "0")) == "1" and not interpret():
+        compile_configs(tuned, grid, args, kwargs)
+    tuned[grid](*args, **kwargs)
+
+
+def tuning_key(tuned, args: tuple, kwargs: dict) -> tuple:
+    """The key autotune caches its choice under: the values of its `key` arguments and every tensor's dtype
+    (as triton.runtime.Autotuner.run builds it), with the kernel's identity."""
+    named = dict(zip(tuned.arg_names, args, strict=False))  # args: the leading arguments, kwargs the rest
+    named |= {k: v for k, v in kwargs.items() if k in tuned.arg_names}
+    return (id(tuned), *(named[k] for k in tuned.keys if k in named),
+            *(str(v.dtype) for v in named.values() if hasattr(v, "dtype")))
+
+
+def compile_configs(tuned, grid, args: tuple, kwargs: dict, workers: int | None = None) -> None:
+    """Compiles, in parallel, the configs autotune keeps (after its pruning) for this launch's key, into the
+    kernel's own cache under the key the launch looks up (``Autotuner.warmup``: the launch's arguments, so the
+    same specialization); a key seen before does nothing. A failure here is only a warning: the launch then
+    compiles each config itself and reports a config that cannot compile as autotune does."""
+    key = tuning_key(tuned, args, kwargs)
+    if key in _COMPILED or len(tuned.configs) < 2 or not hasattr(triton, "AsyncCompileMode"):  # Triton >= 3.4
+        return
+    _COMPILED.add(key)
+    workers = workers or min(len(tuned.configs), os.cpu_count() or 1)
+    if workers < 2:
+        return
+    try:
+        with ThreadPoolExecutor(workers) as pool, triton.AsyncCompileMode(pool, ignore_errors=True):
+            tuned.warmup(*args, grid=grid, **kwargs)
+    except Exception as exc:  # noqa: BLE001 (a speed-up only: the launch compiles on its own)
+        name = getattr(tuned.fn, "__name__", tuned.fn)
+        warnings.warn(f"fastrec: compiling {name}'s autotune configs in parallel failed ({type(exc).__name__}: "
+                      f"{exc}); they compile one by one", stacklevel=3)
+
+
+__all__ = ["HAS_TRITON", "HALF_DTYPES", "compile_configs", "device_guard", "dot_scheme", "env_choice", "interpret",
+           "launch_autotuned"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard, dot_scheme, interpret
+from fastrec.kernels import device_guard, dot_scheme, interpret, launch_autotuned
 
 
 @triton.jit(do_not_specialize=["n"])
@@ -165,7 +165,7 @@ def gather_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                                                                            BLOCK_K=64)
         else:
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(o, meta["BLOCK_O"]))  # noqa: E731
-            gather_linear_tuned[grid](*args, **flags)
+            launch_autotuned(gather_linear_tuned, grid, *args, **flags)
     return out
 
 

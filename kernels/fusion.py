@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard, dot_scheme
+from fastrec.kernels import device_guard, dot_scheme, launch_autotuned
 from fastrec.kernels import interpret as _interpret
 
 MODE_ID = {"add": 0, "gate": 1, "concat": 2}
@@ -194,7 +194,7 @@ def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, b
         if _interpret():
             gather_reduce_kernel[(triton.cdiv(U, 64),)](*args, **flags, BLOCK_U=64, BLOCK_D=32)
         else:
-            gather_reduce_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]),)](*args, **flags)
+            launch_autotuned(gather_reduce_tuned, lambda meta: (triton.cdiv(U, meta["BLOCK_U"]),), *args, **flags)
     return out
 
 
@@ -249,6 +249,6 @@ def weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor, sem: torch.Tenso
                                                               BLOCK_DM=_bdm(d))
         else:
             prec = dot_scheme(sem.dtype, torch.float32)[1]
-            weight_grad_tuned[lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), splits)](*args, PRECISION=prec,
-                                                                                     BLOCK_DM=_bdm(d))
+            launch_autotuned(weight_grad_tuned, lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), splits), *args,
+                             PRECISION=prec, BLOCK_DM=_bdm(d))
     return out[0] if splits == 1 else out.sum(0)

@@ -61,7 +61,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard, env_choice
+from fastrec.kernels import device_guard, env_choice, launch_autotuned
 from fastrec.kernels import interpret as _interpret
 
 REGS_MAX_D = 128  # up to this D the residual lives in registers
@@ -409,7 +409,7 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, want_q: bool, want_dist: bo
     with device_guard(x):
         if in_regs and blocks is None:
             grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-            encode_tuned[grid](*args, IN_REGS=True, BLOCK_D=block_d, **flags)
+            launch_autotuned(encode_tuned, grid, *args, IN_REGS=True, BLOCK_D=block_d, **flags)
         else:
             bn, bk, w, st = _SCRATCH if blocks is None else (*blocks, 4, 2)
             encode_kernel[(triton.cdiv(N, bn),)](*args, IN_REGS=in_regs, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=block_d,

@@ -39,7 +39,7 @@ import os
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard, env_choice
+from fastrec.kernels import device_guard, env_choice, launch_autotuned
 from fastrec.kernels import interpret as _interpret  # a module name of its own: tests patch it
 
 MAX_K = 128
@@ -546,7 +546,8 @@ def _scan(queries, items, tau, count, cand_s, cand_i, cap, dot):
         qh, ql = split_tf32(queries)
         args = (qh, ql, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
         if tuned:
-            candidates_split_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks)](*args, BLOCK_D=block_d)
+            launch_autotuned(candidates_split_tuned, lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks), *args,
+                             BLOCK_D=block_d)
         else:
             candidates_split_kernel[(triton.cdiv(U, block_u), chunks)](
                 *args, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d, num_warps=warps, num_stages=stages)
@@ -556,8 +557,8 @@ def _scan(queries, items, tau, count, cand_s, cand_i, cap, dot):
     _, chunks, chunk = _grid(U, NI, block_u, _chunk_tile(CANDIDATE_CONFIGS, tuned, block_i), queries.device)
     args = (queries, items, tau, count, cand_s, cand_i, U, NI, d, chunk, cap)
     if tuned:
-        candidates_tuned[lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks)](
-            *args, UPCAST=upcast, PRECISION=dot, BLOCK_D=block_d)
+        launch_autotuned(candidates_tuned, lambda meta: (triton.cdiv(U, meta["BLOCK_U"]), chunks), *args,
+                         UPCAST=upcast, PRECISION=dot, BLOCK_D=block_d)
     else:
         candidates_kernel[(triton.cdiv(U, block_u), chunks)](
             *args, UPCAST=upcast, PRECISION=dot, BLOCK_U=block_u, BLOCK_I=block_i, BLOCK_D=block_d,

@@ -416,3 +416,121 @@ def test_tf32x3_dots_are_three_tensor_core_dots_on_sm90():
     out = _run_offline(TF32X3_SCRIPT)
     counts = dict(line.split() for line in out.splitlines() if line.startswith("tf32"))
     assert int(counts["tf32"]) > 0 and int(counts["tf32x3"]) == 3 * int(counts["tf32"]), counts
+
+
+PARALLEL_COMPILE_SCRIPT = '''
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+
+import fastrec.kernels as K
+
+
+class SM90Driver:  # names an sm_90 target and nothing else: kernels compile, none can launch
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_benchmarker(self):
+        raise RuntimeError("no GPU")
+
+
+driver.set_active(SM90Driver())
+
+
+def prune(configs, named_args, **kwargs):  # as the real ones: reads a launch kwarg, drops a config
+    return [c for c in configs if c.kwargs["BLOCK"] <= kwargs["LIMIT"]]
+
+
+@triton.autotune([triton.Config({"BLOCK": b}, num_warps=w) for b, w in [(16, 1), (32, 2), (64, 4), (128, 4)]],
+                 key=["n", "d"], prune_configs_by={"early_config_prune": prune})
+@triton.jit(do_not_specialize=["n"])
+def scale(x_ptr, y_ptr, n, d, one, s, LIMIT: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(x_ptr + i * one, mask=i < n * d).to(tl.float32) * s
+    tl.store(y_ptr + i, v.to(tl.float16) if HALF else v, mask=i < n * d)
+
+
+def launch_keys(args, kwargs, grid):
+    """The cache misses of each config autotune would time for this launch (the kernel's own run, as
+    Autotuner._bench calls it, with the launch itself left out)."""
+    misses = []
+    knobs.runtime.jit_cache_hook = lambda *a, **k: misses.append(k["key"]) or True  # True: skip the compile
+    scale.nargs = dict(zip(scale.arg_names, args))
+    configs = scale.prune_configs({**kwargs, "grid": grid, "warmup": False})
+    for c in configs:
+        scale.fn.run(*args, grid=grid, warmup=True, **kwargs, **c.all_kwargs())
+    knobs.runtime.jit_cache_hook = None
+    return len(configs), len(misses)
+
+
+grid = lambda meta: (4,)  # noqa: E731
+x = torch.randn(8 * 48)
+for y, kw in [(torch.empty(8 * 48), {"LIMIT": 64, "HALF": False}),
+              (torch.empty(8 * 48, dtype=torch.float16), {"LIMIT": 128, "HALF": True})]:
+    args = (x, y, 8, 48, 1, 0.5)  # d divisible by 16 and one == 1: specialized as a GPU launch would be
+    print("before", *launch_keys(args, kw, grid))
+    K.compile_configs(scale, grid, args, kw, workers=2)
+    print("after", *launch_keys(args, kw, grid))
+    assert K.tuning_key(scale, args, kw) in K._COMPILED
+n_compiled = len(K._COMPILED)
+K.compile_configs(scale, grid, args, kw, workers=2)  # a key seen before: nothing
+assert len(K._COMPILED) == n_compiled
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    K.compile_configs(scale, grid, (x, y, 7, 48, 1, 0.5), {"LIMIT": 64, "HALF": False, "BOGUS": 1}, workers=2)
+print("warned", len(caught), str(caught[0].message) if caught else "")
+print("compiled")
+'''
+
+
+def test_autotune_configs_compile_in_parallel_under_the_launch_key():
+    """`launch_autotuned` compiles a new tuning key's configs in threads before autotune times them one by one
+    (the first call of an op on a GPU is mostly compiles). Offline, with a stand-in driver naming sm_90: after
+    `compile_configs`, each config autotune keeps (after pruning) is in the kernel's cache under the exact key its
+    launch looks up (the specialization of d % 16 == 0 and an argument equal to 1 included), so autotune compiles
+    nothing itself; before it, every one of them was a miss. A key seen before does nothing; a failure warns."""
+    out = _run_offline(PARALLEL_COMPILE_SCRIPT)
+    rows = [line.split() for line in out.splitlines() if line.startswith(("before", "after"))]
+    assert rows == [["before", "3", "3"], ["after", "3", "0"], ["before", "4", "4"], ["after", "4", "0"]], out
+    assert "warned 1 fastrec: compiling scale's autotune configs in parallel failed" in out, out
+
+
+class _Launches:
+    """Stands in for an autotuned kernel: records `kernel[grid](*args, **kwargs)` launches."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((grid, args, kwargs))
+
+
+@pytest.mark.parametrize("value", ["1", "0", "yes"])
+def test_launch_autotuned_launches_once_and_checks_its_switch(value, monkeypatch):
+    """launch_autotuned is the launch itself, with its arguments untouched (the parallel compile is skipped
+    under the interpreter, where nothing compiles); FASTREC_PARALLEL_COMPILE takes 1 or 0, anything else is a
+    ValueError naming it, before any launch."""
+    from fastrec import kernels as K
+
+    monkeypatch.setenv("FASTREC_PARALLEL_COMPILE", value)
+    monkeypatch.setattr(K, "interpret", lambda: True)
+    monkeypatch.setattr(K, "compile_configs", lambda *a: pytest.fail("compiled under the interpreter"))
+    kernel = _Launches()
+    if value == "yes":
+        with pytest.raises(ValueError, match="FASTREC_PARALLEL_COMPILE"):
+            K.launch_autotuned(kernel, (3,), 1, 2, A=4)
+        assert kernel.calls == []
+    else:
+        K.launch_autotuned(kernel, (3,), 1, 2, A=4)
+        assert kernel.calls == [((3,), (1, 2), {"A": 4})]
