@@ -44,12 +44,16 @@ def _bench(args: argparse.Namespace) -> int:
             if time.monotonic() - start > budget:
                 skipped.append(case.name)
                 continue
+            case_start = time.monotonic()
             try:
                 rows += run_case(case, min_time=0.2 if args.quick else 0.5, progress=bar.set_postfix_str,
                                  rounds=1 if cuda else 3, device=device, kernels=kernels, failures=failed)
             except Exception as exc:  # one case failing must not lose the others' numbers
                 failed.append(f"{case.name}: {type(exc).__name__}: {exc}")
                 print(f"fastrec bench: FAILED {failed[-1]}", file=sys.stderr, flush=True)
+            # a line a case in the log (the bar rewrites itself): where a time-limited GPU run spends its budget
+            bar.write(f"fastrec bench: {case.name} took {time.monotonic() - case_start:.1f} s "
+                      f"({time.monotonic() - start:.0f} s so far)")
             # the CSVs after every case: a process that dies later (a driver fault, a time limit) keeps them
             write_csv(rows, out / "bench.csv")
             if kernels is not None:

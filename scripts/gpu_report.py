@@ -114,16 +114,19 @@ def main(argv: list[str]) -> int:
     md += ["", "## pytest -m cuda", "", pytest_counts(out), "", "## compute-sanitizer memcheck", "",
            sanitizer_summary(out), "", "## Benchmark (`fastrec bench --device cuda --quick`)", "",
            "Medians of CUDA-event timings, all implementations in the same run; ratio = peer ms / fastrec ms "
-           "(above 1: fastrec is faster); target = the ratio asked of fastrec.", ""]
+           "(above 1: fastrec is faster); target = the ratio asked of fastrec; first call s = the wall time of "
+           "its first call (compiles, autotuning and one run).", ""]
     if bench:
-        md += ["| op | shape | impl | ms | ratio | target | extra MB |", "|---|---|---|---|---|---|---|"]
+        md += ["| op | shape | impl | ms | ratio | target | extra MB | first call s |",
+               "|---|---|---|---|---|---|---|---|"]
         for r in bench:
             ratio = "-" if r["impl"] == "fastrec" else f"{float(r['peer_ms_over_fastrec_ms']):.2f}x"
             if "bound" in r["impl"]:  # a copy of the same bytes: the ratio is the fraction of its bandwidth
                 ratio += f" ({100 * float(r['peer_ms_over_fastrec_ms']):.0f}% of its bandwidth)"
             target = f"{float(r['target']):g}x {verdict(bench, r)}" if r["target"] else ""
+            first = f"{float(r['first_call_s']):.1f}" if r.get("first_call_s") else "-"
             md.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {float(r['ms']):.3f} | {ratio} | {target} | "
-                      f"{float(r['peak_extra_mb']):.1f} |")
+                      f"{float(r['peak_extra_mb']):.1f} | {first} |")
     else:
         md.append("no bench.csv (the benchmark did not run or failed before its first case)")
     failures = bench_failures(out)

@@ -54,6 +54,7 @@ class Row:
     peak_extra_mb: float
     speedup: float = float("nan")  # this impl's time / fastrec's time (peers) ; 1.0 for fastrec
     target: float | None = None
+    first_call_s: float | None = None  # wall seconds of its first call: compiles and autotuning, then one run
 
 
 def with_env(fn: Callable, name: str, value: str) -> Callable:
@@ -251,12 +252,23 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
             return None
 
     peak = peak_extra_cuda_mb if cuda else peak_extra_memory_mb
+    first = {}
+
+    def first_call_then_peak(impl: str, call: Callable[[], Any]) -> float:
+        """The first call's wall time (it compiles and autotunes: what a user waits for once, and most of a
+        GPU bench's time) into `first`; returns the peak memory of a second call, the one a user pays on every
+        step (Triton's autotune allocates a 256 MB L2-flush buffer in the first)."""
+        t0 = time.perf_counter()
+        call()
+        if cuda:
+            torch.cuda.synchronize()
+        first[impl] = time.perf_counter() - t0
+        return peak(call)
+
     for impl, call in list(calls.items()):
         if progress:
             progress(f"{case.name} {impl}")
-        # the first call compiles and autotunes (Triton's autotune allocates a 256 MB L2-flush buffer): the
-        # memory figure is that of a second call, the one a user pays on every step
-        mem[impl] = attempt(impl, lambda call=call: (call(), peak(call))[1])
+        mem[impl] = attempt(impl, lambda impl=impl, call=call: first_call_then_peak(impl, call))
     per_round = min_time / rounds
     for _ in range(max(rounds, case.min_rounds)):
         for impl, call in list(calls.items()):
@@ -279,7 +291,8 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
             spent = sum(ms for _, _, ms in found) or 1.0
             kernels += [KernelRow(case.op, case.shape, impl, name, calls_, ms, ms / spent)
                         for name, calls_, ms in found]
-    rows = [Row(case.op, case.shape, impl, best[impl], mem[impl], target=case.targets.get(impl)) for impl in calls]
+    rows = [Row(case.op, case.shape, impl, best[impl], mem[impl], target=case.targets.get(impl),
+                first_call_s=first[impl]) for impl in calls]
     base = best["fastrec"]
     for r in rows:
         r.speedup = r.ms / base
@@ -310,16 +323,19 @@ def _write_table(path: Path, header: list[str], lines: list[list[Any]]) -> None:
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
-    _write_table(path, ["op", "shape", "impl", "ms", "peer_ms_over_fastrec_ms", "target", "peak_extra_mb"],
-                 [[r.op, r.shape, r.impl, f"{r.ms:.4f}", f"{r.speedup:.4f}", r.target or "", f"{r.peak_extra_mb:.2f}"]
-                  for r in rows])
+    _write_table(path, ["op", "shape", "impl", "ms", "peer_ms_over_fastrec_ms", "target", "peak_extra_mb",
+                        "first_call_s"],
+                 [[r.op, r.shape, r.impl, f"{r.ms:.4f}", f"{r.speedup:.4f}", r.target or "", f"{r.peak_extra_mb:.2f}",
+                   "" if r.first_call_s is None else f"{r.first_call_s:.3f}"] for r in rows])
 
 
 def read_csv(path: Path) -> list[Row]:
-    """The rows of a bench.csv (write_csv's format), e.g. one a GPU run brought back, to table or plot them."""
+    """The rows of a bench.csv (write_csv's format), e.g. one a GPU run brought back, to table or plot them
+    (a CSV from before the first_call_s column reads as None there)."""
     with open(path, newline="") as f:
         return [Row(r["op"], r["shape"], r["impl"], float(r["ms"]), float(r["peak_extra_mb"]),
-                    speedup=float(r["peer_ms_over_fastrec_ms"]), target=float(r["target"]) if r["target"] else None)
+                    speedup=float(r["peer_ms_over_fastrec_ms"]), target=float(r["target"]) if r["target"] else None,
+                    first_call_s=float(r["first_call_s"]) if r.get("first_call_s") else None)
                 for r in csv.DictReader(f)]
 
 
