@@ -33,10 +33,13 @@ using namespace graph_kernels;
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// FASTREC_SPMM_STREAM_HINTS=0 turns the evict-first hints off (read per call: the benchmark times both).
-bool stream_hints() {
-  const char* v = std::getenv("FASTREC_SPMM_STREAM_HINTS");
-  return v == nullptr || std::strcmp(v, "0") != 0;
+// Whether environment variable `name` is set to `value`. The kernel options are read per pass, so the
+// benchmark can time each variant in one process: FASTREC_SPMM_STREAM_HINTS=0 turns the evict-first hints
+// off; FASTREC_SPMM_OWNER_MIN_BLOCKS=3 selects spmm_owned_kernel_capped for float4 rows with the stream hints
+// (only that variant is compiled twice).
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
 }
 
 // Every worker's plan for a CSR of indptr.numel() - 1 rows and nnz edges: [workers, kPlanFields] int64, one
@@ -55,21 +58,15 @@ at::Tensor partition(const at::Tensor& indptr, int64_t nnz, int64_t items_per_wo
   return plan;
 }
 
-// FASTREC_SPMM_OWNER_MIN_BLOCKS=3 selects spmm_owned_kernel_capped for float4 rows with the stream hints
-// (read per call: the benchmark times both; only that variant is compiled twice).
-bool owner_capped() {
-  const char* v = std::getenv("FASTREC_SPMM_OWNER_MIN_BLOCKS");
-  return v != nullptr && std::strcmp(v, "3") == 0;
-}
-
-// The carry kernel, then the owner kernel, of one pass.
+// The carry kernel, then the owner kernel (`capped`: its 24-warps-a-multiprocessor build, which exists for
+// float4 rows with the stream hints only), of one pass.
 template <int V, bool Hint, typename index_t>
-void launch_kernels(const PassArgs<index_t>& a, int64_t workers, int64_t blocks, cudaStream_t stream) {
+void launch_kernels(const PassArgs<index_t>& a, int64_t workers, int64_t blocks, cudaStream_t stream, bool capped) {
   const int threads = kWarpsPerBlock * kWarp;
   spmm_carry_kernel<V, Hint, index_t><<<blocks, threads, 0, stream>>>(a, workers);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if constexpr (V == 4 && Hint) {
-    if (owner_capped()) {
+    if (capped) {
       spmm_owned_kernel_capped<V, Hint, index_t><<<blocks, threads, 0, stream>>>(a, workers);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -97,15 +94,16 @@ void launch_pass(const at::Tensor& indptr, const at::Tensor& indices, const at::
   PassArgs<index_t> a{indptr.data_ptr<index_t>(), indices.data_ptr<index_t>(), values.data_ptr<float>(), x, rows,
                       nnz, ncols, d, next, out, x0, first, w0, w, plan.data_ptr<int64_t>(), carry, group};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool hints = stream_hints();
+  const bool hints = !env_is("FASTREC_SPMM_STREAM_HINTS", "0");
+  const bool capped = env_is("FASTREC_SPMM_OWNER_MIN_BLOCKS", "3");
   if (vec && hints) {
-    launch_kernels<4, true>(a, workers, blocks, stream);
+    launch_kernels<4, true>(a, workers, blocks, stream, capped);
   } else if (vec) {
-    launch_kernels<4, false>(a, workers, blocks, stream);
+    launch_kernels<4, false>(a, workers, blocks, stream, capped);
   } else if (hints) {
-    launch_kernels<1, true>(a, workers, blocks, stream);
+    launch_kernels<1, true>(a, workers, blocks, stream, capped);
   } else {
-    launch_kernels<1, false>(a, workers, blocks, stream);
+    launch_kernels<1, false>(a, workers, blocks, stream, capped);
   }
 }
 
