@@ -58,6 +58,22 @@ def dot_scheme(a: torch.dtype, b: torch.dtype) -> tuple[bool, str]:
     return True, "tf32x3" if a in HALF_DTYPES or b in HALF_DTYPES else "ieee"
 
 
+def bf16x3_planes(x: torch.Tensor) -> torch.Tensor:
+    """[3, *x.shape] bf16 planes hi, mid, lo of an fp32 tensor: hi = x rounded to bf16, mid the rest rounded, lo
+    what is left (every subtraction exact in fp32). Their sum is x exactly: x has 24 significant bits, each plane
+    takes 8 (the rest after hi has at most 16, after mid at most 8), except where |x| < 2^-110 and lo's bits fall
+    below bf16's smallest subnormal (an error <= 2^-134 then). A bf16 value times a plane is exact in fp32, so
+    three native bf16 tensor-core dots against the planes ("bf16x3") compute a bf16 x fp32 GEMM with exact
+    products, only the fp32 accumulation rounding, at twice tf32's rate and with the bf16 operand never
+    converted. A non-finite x (or one past bf16's largest, 3.39e38) gives NaN planes."""
+    planes = torch.empty(3, *x.shape, dtype=torch.bfloat16, device=x.device)
+    planes[0].copy_(x)  # copy_ rounds to nearest even
+    rest = x - planes[0]
+    planes[1].copy_(rest)
+    planes[2].copy_(rest - planes[1])
+    return planes
+
+
 def env_choice(name: str, choices: tuple[str, ...]) -> str:
     """Environment variable `name`: one of `choices`, the first when unset; anything else is a ValueError
     naming the variable (a kernel option mistyped must not fall back silently)."""
@@ -112,5 +128,5 @@ def compile_configs(tuned, grid, args: tuple, kwargs: dict, workers: int | None 
                       f"{exc}); they compile one by one", stacklevel=3)
 
 
-__all__ = ["HAS_TRITON", "HALF_DTYPES", "compile_configs", "device_guard", "dot_scheme", "env_choice", "interpret",
-           "launch_autotuned"]
+__all__ = ["HAS_TRITON", "HALF_DTYPES", "bf16x3_planes", "compile_configs", "device_guard", "dot_scheme", "env_choice",
+           "interpret", "launch_autotuned"]

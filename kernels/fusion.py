@@ -1,28 +1,33 @@
 """Triton kernels of the semantic-fusion family (KIRec).
 
 gather_reduce: reduced[u] = semantic_table[rows[u]] @ W^T + b, a gathered-row GEMM: a program owns
-BLOCK_U unique rows and walks D in BLOCK_D slices with tl.dot (fp32, IEEE), so [U, D] never exists.
+BLOCK_U unique rows and walks D in BLOCK_D slices with tl.dot (fp32 accumulation), so [U, D] never exists.
 fuse_gather: one program per (lookup block, output column block): gathers the item's ID row and reduced
 row, fuses them (add / gate / concat+project; the fusion matrix product is a GEMM tiled over k with tl.dot,
 so no [d, d] weight tile sits in registers) and writes out (zero for padding).
 weight_grad: grad_W [d, D] = G^T @ semantic_table[rows]; a program owns BLOCK_D columns and loops
 over the unique rows, so there are no atomics and the sum order is fixed (deterministic).
 
-Dots (kernels.dot_scheme): both operands fp16 or both bf16 run natively on tensor cores with fp32
-accumulation; a half semantic table against an fp32 weight (the usual KIRec case: a bf16 table of LLM
-embeddings, an fp32 Linear) runs tf32x3 on tensor cores (the half operand is exact in tf32, so only the
-weight is split: product error <= 2^-22, below fp32's summation error); fp32 against fp32 uses IEEE fp32 dots.
-FASTREC_TF32=1 opts every fp32 operand into one TF32 dot (about 1e-3 relative). On a GPU the block sizes
-of gather_reduce and weight_grad are chosen by @triton.autotune per (d, D, dot scheme) among a few configs,
-pruned so the fp32 accumulator stays in registers at d = 256; under the interpreter one small config runs.
+Dots (fusion_dot): both operands fp16 or both bf16 run natively on tensor cores with fp32 accumulation. A bf16
+semantic table against an fp32 weight (the usual KIRec case: a bf16 table of LLM embeddings, an fp32 Linear;
+backward, the fp32 gradient) runs "bf16x3": the fp32 operand goes in as three bf16 planes that sum to it exactly
+(kernels.bf16x3_planes, once a call), so three native bf16 dots give exact products and only the fp32
+accumulation rounds; the table's tile is never converted. An fp16 table against fp32 runs tf32x3 (the half
+operand is exact in tf32, so only the fp32 one is really split: product error <= 2^-22); fp32 against fp32 IEEE
+fp32 dots. FASTREC_TF32=1 opts every fp32 operand into one TF32 dot (about 1e-3 relative). On a GPU the block
+sizes of gather_reduce and weight_grad are chosen by @triton.autotune per (d, D, dot scheme) among a few
+configs, pruned so the fp32 accumulator stays in registers at d = 256; under the interpreter one small config
+runs.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
-from fastrec.kernels import device_guard, dot_scheme, launch_autotuned
+from fastrec.kernels import bf16x3_planes, device_guard, dot_scheme, env_choice, launch_autotuned
 from fastrec.kernels import interpret as _interpret
 
 MODE_ID = {"add": 0, "gate": 1, "concat": 2}
@@ -33,7 +38,8 @@ def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, live_ptr, out_ptr, U, 
                          HAS_LIVE: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
     """HAS_LIVE: rows from *live_ptr on are spare slots (the device-unique layout: no lookup reads them); their
-    output is zero, and a block of them only writes it (no loads, no dots)."""
+    output is zero, and a block of them only writes it (no loads, no dots). PRECISION "bf16x3": w_ptr holds the
+    fp32 weight's three bf16 planes and each slice takes three bf16 dots (a bf16 table: exact products)."""
     start = tl.program_id(0).to(tl.int64) * BLOCK_U
     us = start + tl.arange(0, BLOCK_U)
     umask = us < U
@@ -51,11 +57,21 @@ def gather_reduce_kernel(sem_ptr, rows_ptr, w_ptr, b_ptr, live_ptr, out_ptr, U, 
         dims = d0 + tl.arange(0, BLOCK_D)
         dmask = dims < D
         s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=use[:, None] & dmask[None, :], other=0.0)
-        w = tl.load(w_ptr + ks[:, None] * D + dims[None, :], mask=kmask[:, None] & dmask[None, :], other=0.0)
+        wmask = kmask[:, None] & dmask[None, :]
         if UPCAST:
             s = s.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(s, tl.trans(w), acc, input_precision=PRECISION)
+        if PRECISION == "bf16x3":  # w_ptr: the weight's planes [3, d, D] (bf16x3_planes), the smallest first
+            for p in tl.static_range(3):
+                w = tl.load(w_ptr + ((2 - p) * d + ks).to(tl.int64)[:, None] * D + dims[None, :], mask=wmask,
+                            other=0.0)
+                if UPCAST:
+                    w = w.to(tl.float32)
+                acc = tl.dot(s, tl.trans(w), acc, input_precision="ieee")  # bf16: native; upcast: fp32
+        else:
+            w = tl.load(w_ptr + ks[:, None] * D + dims[None, :], mask=wmask, other=0.0)
+            if UPCAST:
+                w = w.to(tl.float32)
+            acc = tl.dot(s, tl.trans(w), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + ks, mask=kmask, other=0.0).to(tl.float32)[None, :]
     if HAS_LIVE:
@@ -110,10 +126,12 @@ def fuse_gather_kernel(inv_ptr, rows_ptr, id_ptr, red_ptr, fw_ptr, fb_ptr, out_p
 
 
 @triton.jit(do_not_specialize=["U"])
-def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, PRECISION: tl.constexpr, BLOCK_U: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
+def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                       BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DM: tl.constexpr):
     """out[split] [d, D] (columns of this program's block) = g^T sem[rows] over this split's share of the U rows
-    (grid axis 1: the splits; the caller sums them in a fixed order)."""
+    (grid axis 1: the splits; the caller sums them in a fixed order). PRECISION "bf16x3": g_ptr holds the fp32
+    gradient's three bf16 planes [3, U, d] against a bf16 table (three bf16 dots a tile, exact products); else
+    g is fp32 and the table's tile is upcast (UPCAST is then always set)."""
     dims = tl.program_id(0).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = dims < D
     ks = tl.arange(0, BLOCK_DM)
@@ -126,46 +144,97 @@ def weight_grad_kernel(sem_ptr, rows_ptr, g_ptr, out_ptr, U, D, d, PRECISION: tl
         us = (u0 + tl.arange(0, BLOCK_U)).to(tl.int64)  # us * d below: int64 offsets
         umask = us < hi
         rows = tl.load(rows_ptr + us, mask=umask, other=0)
-        s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :],
-                    other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + us[:, None] * d + ks[None, :], mask=umask[:, None] & kmask[None, :], other=0.0)
-        acc = tl.dot(tl.trans(g), s, acc, input_precision=PRECISION)
+        s = tl.load(sem_ptr + rows[:, None] * D + dims[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
+        gmask = umask[:, None] & kmask[None, :]
+        if UPCAST:
+            s = s.to(tl.float32)
+        if PRECISION == "bf16x3":  # the smallest plane first
+            for p in tl.static_range(3):
+                g = tl.load(g_ptr + (us + (2 - p) * U.to(tl.int64))[:, None] * d + ks[None, :], mask=gmask, other=0.0)
+                if UPCAST:
+                    g = g.to(tl.float32)
+                acc = tl.dot(tl.trans(g), s, acc, input_precision="ieee")
+        else:
+            g = tl.load(g_ptr + us[:, None] * d + ks[None, :], mask=gmask, other=0.0)
+            acc = tl.dot(tl.trans(g), s, acc, input_precision=PRECISION)
     out = out_ptr + tl.program_id(1).to(tl.int64) * d * D
     tl.store(out + ks[:, None] * D + dims[None, :], acc, mask=kmask[:, None] & dmask[None, :])
 
 
-def _fits(acc: int, tiles: int, config, per_thread: int = 32) -> bool:
-    """An fp32 accumulator of `acc` values stays in registers (`per_thread` a thread) and `tiles` values a
-    pipeline stage fit in shared memory. ptxas -v on sm_90 (offline): the configs kept at d = 64 and 256
-    spill nothing with bf16 operands and at most 8 bytes with fp32 ones."""
-    return acc <= per_thread * 32 * config.num_warps and tiles * 4 * config.num_stages <= 160 * 1024
+def _fits(acc: int, tile_bytes: int, config, per_thread: int = 32) -> bool:
+    """An fp32 accumulator of `acc` values stays in registers (`per_thread` a thread) and the operand tiles of a
+    pipeline stage (`tile_bytes`) fit in shared memory. ptxas -v on sm_90 (offline): the configs kept at d = 64
+    and 256 spill nothing with bf16 operands and at most 8 bytes with fp32 ones."""
+    return acc <= per_thread * 32 * config.num_warps and tile_bytes * config.num_stages <= 160 * 1024
 
 
-def _prune_reduce(configs, named_args, **kwargs):  # accumulator [BLOCK_U, d], tiles [BLOCK_U + d, BLOCK_D]
+def _operands(kwargs: dict, named_args: dict) -> tuple[int, int, int]:
+    """(planes of the fp32 operand, bytes an operand element, accumulator values a thread) of a launch's scheme:
+    bf16x3 keeps both tiles bf16 (three planes of the fp32 one); upcast tiles take 4 bytes and twice the
+    registers."""
+    prec = kwargs.get("PRECISION", named_args.get("PRECISION", "ieee"))
+    upcast = kwargs.get("UPCAST", named_args.get("UPCAST", True))
+    if prec == "bf16x3":
+        return 3, 2, 32
+    return 1, 4, 16 if upcast else 32
+
+
+def _scheme_configs(configs, planes: int) -> list:
+    """The wide slices (_BF16X3_CONFIGS) only for bf16x3, whose tiles stay bf16 and are never split in registers:
+    with upcast tf32x3 tiles (32, 128) spilled 40 bytes at 255 registers (ptxas -v, sm_90, Triton 3.6)."""
+    return configs if planes == 3 else [c for c in configs if not any(c is w for w in _BF16X3_CONFIGS)]
+
+
+def _prune_reduce(configs, named_args, **kwargs):  # accumulator [BLOCK_U, d], tiles [BLOCK_U + planes d, BLOCK_D]
     dm = _bdm(named_args["d"])
-    upcast = kwargs.get("UPCAST", named_args.get("UPCAST", True))  # fp32 tiles take twice the registers
-    fit = [c for c in configs if _fits(c.kwargs["BLOCK_U"] * dm, (c.kwargs["BLOCK_U"] + dm) * c.kwargs["BLOCK_D"], c,
-                                       16 if upcast else 32)]
+    planes, size, per_thread = _operands(kwargs, named_args)
+    configs = _scheme_configs(configs, planes)
+    fit = [c for c in configs if _fits(c.kwargs["BLOCK_U"] * dm,
+                                       (c.kwargs["BLOCK_U"] + planes * dm) * c.kwargs["BLOCK_D"] * size, c, per_thread)]
     return fit or configs[:1]
 
 
-def _prune_grad(configs, named_args, **kwargs):  # accumulator [d, BLOCK_D], tiles [BLOCK_U, d + BLOCK_D]
+def _prune_grad(configs, named_args, **kwargs):  # accumulator [d, BLOCK_D], tiles [BLOCK_U, planes d + BLOCK_D]
     dm = _bdm(named_args["d"])
-    fit = [c for c in configs if _fits(dm * c.kwargs["BLOCK_D"], c.kwargs["BLOCK_U"] * (dm + c.kwargs["BLOCK_D"]), c)]
+    planes, size, _ = _operands(kwargs, named_args)
+    configs = _scheme_configs(configs, planes)
+    fit = [c for c in configs if _fits(dm * c.kwargs["BLOCK_D"],
+                                       c.kwargs["BLOCK_U"] * (planes * dm + c.kwargs["BLOCK_D"]) * size, c)]
     return fit or configs[:1]
 
 
 _CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_D": bd}, num_warps=w, num_stages=st)
             for bu, bd, w, st in [(16, 32, 4, 3), (32, 32, 4, 3), (64, 32, 4, 3), (16, 32, 8, 3), (32, 32, 8, 3),
                                   (32, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3)]]
-gather_reduce_tuned = triton.autotune(_CONFIGS, key=["d", "D", "UPCAST", "PRECISION"],
+# wider slices a program for bf16x3 only (more rows a weight slice in the reduction, more columns a gradient tile)
+_BF16X3_CONFIGS = [triton.Config({"BLOCK_U": bu, "BLOCK_D": bd}, num_warps=8, num_stages=3)
+                   for bu, bd in [(128, 64), (32, 128)]]
+gather_reduce_tuned = triton.autotune(_CONFIGS + _BF16X3_CONFIGS, key=["d", "D", "UPCAST", "PRECISION"],
                                       prune_configs_by={"early_config_prune": _prune_reduce})(gather_reduce_kernel)
-weight_grad_tuned = triton.autotune(_CONFIGS, key=["d", "D", "PRECISION"],
+weight_grad_tuned = triton.autotune(_CONFIGS + _BF16X3_CONFIGS, key=["d", "D", "UPCAST", "PRECISION"],
                                     prune_configs_by={"early_config_prune": _prune_grad})(weight_grad_kernel)
 
 
 def _bdm(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
+
+
+FUSION_DOTS = ("bf16x3", "tf32x3")
+
+
+def fusion_dot(sem: torch.dtype, other: torch.dtype) -> tuple[bool, str]:
+    """(upcast, input precision) of the reduction's dots, a semantic table of dtype `sem` against `other` (the
+    weight forward, the fp32 gradient backward). A bf16 table against fp32 runs "bf16x3": the fp32 operand as
+    three bf16 planes (kernels.bf16x3_planes), three native bf16 dots, exact products (Triton's tf32x3 upcasts
+    the table's tile, splits both operands on every tile and runs three tf32 dots, each half bf16's rate; its
+    products are off by up to 2^-22). FASTREC_FUSION_DOT=tf32x3 takes that scheme instead (to compare them on a
+    GPU); FASTREC_TF32=1 one tf32 dot. The interpreter computes the bf16x3 dots in fp32 (upcast: still exact).
+    Every other pair of dtypes: kernels.dot_scheme."""
+    choice = env_choice("FASTREC_FUSION_DOT", FUSION_DOTS)
+    tf32 = os.environ.get("FASTREC_TF32") == "1"
+    if sem == torch.bfloat16 and other == torch.float32 and choice == "bf16x3" and not tf32:
+        return _interpret(), "bf16x3"
+    return dot_scheme(sem, other)
 
 
 def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -185,9 +254,9 @@ def gather_reduce(sem: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, b
         if live is not None:
             out.masked_fill_((torch.arange(U, device=out.device) >= live)[:, None], 0.0)
         return out
-    args = (sem, rows.contiguous(), weight, bias if bias is not None else weight,
-            live if live is not None else rows, out, U, D, d)
-    upcast, prec = dot_scheme(sem.dtype, weight.dtype)
+    upcast, prec = fusion_dot(sem.dtype, weight.dtype)
+    args = (sem, rows.contiguous(), bf16x3_planes(weight) if prec == "bf16x3" else weight,
+            bias if bias is not None else weight, live if live is not None else rows, out, U, D, d)
     flags = dict(HAS_BIAS=bias is not None, HAS_LIVE=live is not None, UPCAST=upcast, PRECISION=prec,
                  BLOCK_DM=_bdm(d))
     with device_guard(sem):
@@ -235,20 +304,21 @@ def _grad_splits(U: int) -> int:
 def weight_grad(rows: torch.Tensor, grad_reduced: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
     """grad_W [d, D] fp32 = grad_reduced^T @ sem[rows]. Deterministic: no atomics, splits summed in order.
 
-    The dot follows kernels.dot_scheme (grad_reduced is fp32): tf32x3 on tensor cores for a half table, IEEE fp32
-    for an fp32 one (one tf32 dot for either with FASTREC_TF32=1)."""
+    The dot follows fusion_dot (grad_reduced is fp32): bf16x3 for a bf16 table (the gradient's three bf16 planes:
+    exact products), tf32x3 for an fp16 one, IEEE fp32 for an fp32 one (one tf32 dot with FASTREC_TF32=1)."""
     U, d, D = rows.numel(), grad_reduced.shape[1], sem.shape[1]
     if U == 0 or D == 0:
         return torch.zeros(d, D, dtype=torch.float32, device=sem.device)
     splits = _grad_splits(U)
     out = torch.empty(splits, d, D, dtype=torch.float32, device=sem.device)
-    args = (sem.contiguous(), rows.contiguous(), grad_reduced.float().contiguous(), out, U, D, d)
+    grad = grad_reduced.float().contiguous()
+    upcast, prec = fusion_dot(sem.dtype, torch.float32)
+    args = (sem.contiguous(), rows.contiguous(), bf16x3_planes(grad) if prec == "bf16x3" else grad, out, U, D, d)
+    flags = dict(UPCAST=upcast or prec != "bf16x3", PRECISION=prec, BLOCK_DM=_bdm(d))
     with device_guard(out):
         if _interpret():
-            weight_grad_kernel[(triton.cdiv(D, 64), splits)](*args, PRECISION="ieee", BLOCK_U=64, BLOCK_D=64,
-                                                              BLOCK_DM=_bdm(d))
+            weight_grad_kernel[(triton.cdiv(D, 64), splits)](*args, **flags, BLOCK_U=64, BLOCK_D=64)
         else:
-            prec = dot_scheme(sem.dtype, torch.float32)[1]
             launch_autotuned(weight_grad_tuned, lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), splits), *args,
-                             PRECISION=prec, BLOCK_DM=_bdm(d))
+                             **flags)
     return out[0] if splits == 1 else out.sum(0)

@@ -147,7 +147,7 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
             bad = torch.tensor([[3, 98, 700, 99, -5]], device=device)
             tk_collab.splice_collab_tokens(bad, rand(100, 19), ph, rand(1, 19))
 
-    # fusion: every mode, padding, bf16 semantic table
+    # fusion: every mode, padding, bf16 semantic table (bf16x3: the fp32 weight and gradient in bf16 planes)
     def fusion():
         item_ids = torch.tensor([[0, 3, 3, 8], [5, 0, 1, 8]], device=device)
         for mode in ("add", "gate", "concat"):
@@ -176,7 +176,7 @@ def calls(device: torch.device) -> list[tuple[str, object]]:
             _triton_lookup(bad, rand(9, 6), rand(9, 11), rand(6, 11), None, None, None, "add",
                            -1, 1)
             tk_fusion.weight_grad(torch.tensor([2, 0, 1], device=device), rand(3, 6), rand(9, 0))
-            # 2500 rows: three row splits, a ragged last one; odd D; fp32 and bf16 (tf32x3) tables
+            # 2500 rows: three row splits, a ragged last one; odd D; fp32 and bf16 (bf16x3: gradient planes) tables
             rows = torch.randint(0, 40, (2500,), device=device)
             for dtype in (torch.float32, torch.bfloat16):
                 tk_fusion.weight_grad(rows, rand(2500, 7), rand(40, 37, dtype=dtype))

@@ -209,6 +209,65 @@ def test_triton_weight_grad_splits_the_rows(triton_device):
     torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=1e-4)
 
 
+def test_bf16x3_planes_sum_to_the_fp32_value_exactly():
+    """Three bf16 planes hold an fp32 value's 24 significant bits: the sum is exact from 2^-110 up (within 2^-134
+    below, where the last plane's bits fall under bf16's subnormals); non-finite values give NaN planes."""
+    from fastrec.kernels import bf16x3_planes
+
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(200_000, generator=g).double() * 2.0 ** torch.randint(-149, 127, (200_000,), generator=g)).float()
+    x = x[torch.isfinite(x)]
+    planes = bf16x3_planes(x)
+    assert planes.dtype == torch.bfloat16 and planes.shape == (3, *x.shape)
+    err = (planes.double().sum(0) - x.double()).abs()
+    normal = x.abs() >= 2.0 ** -110
+    assert normal.sum() > 100_000 and (~normal).sum() > 10_000
+    assert torch.equal(err[normal], torch.zeros_like(err[normal]))
+    assert (err[~normal] <= 2.0 ** -134).all()
+    assert (planes[2][normal] != 0).any()  # the third plane is not idle
+    assert torch.isnan(bf16x3_planes(torch.tensor([float("inf"), float("nan")]))[2]).all()
+
+
+def _one_product_per_output(device, n=50, D=40, U=30, d=12, seed=5):
+    """A bf16 table whose row i < D has one non-zero, ±2^e in column perm[i] (rows from D on are zero), U distinct
+    rows of it, and fp32 operands with all 24 bits used over a wide exponent range: every output element of the
+    reduction (sem[rows] @ W^T) and of the weight gradient (G^T sem[rows]) is one product plus exact zeros, so an
+    exact-product scheme must equal the float64 result rounded once, bit for bit (bf16x3 with a plane dropped is
+    2^-17 off)."""
+    g = torch.Generator().manual_seed(seed)
+    sem = torch.zeros(n, D)
+    sem[torch.arange(D), torch.randperm(D, generator=g)] = (torch.randint(0, 2, (D,), generator=g) * 2 - 1) * 2.0 ** (
+        torch.randint(-8, 8, (D,), generator=g).float())
+    rows = torch.randperm(n, generator=g)[:U]
+    wide = lambda *shape: torch.randn(*shape, generator=g) * 2.0 ** torch.randint(-20, 20, shape, generator=g)  # noqa: E731
+    return (sem.bfloat16().to(device), rows.to(device), wide(d, D).to(device), wide(U, d).to(device))
+
+
+def test_bf16_table_against_fp32_takes_exact_products(triton_device, monkeypatch):
+    """A bf16 table against an fp32 weight / gradient (KIRec's usual dtypes) runs bf16x3 (three bf16 planes of the
+    fp32 operand, three native bf16 dots), whose products are exact: with one product per output element both
+    kernels equal float64 bit for bit. FASTREC_FUSION_DOT chooses the scheme and a bad value is named."""
+    from fastrec.kernels import fusion as tk
+
+    monkeypatch.delenv("FASTREC_TF32", raising=False)
+    assert tk.fusion_dot(torch.bfloat16, torch.float32)[1] == "bf16x3"
+    assert tk.fusion_dot(torch.float16, torch.float32) == tk.dot_scheme(torch.float16, torch.float32)
+    assert tk.fusion_dot(torch.bfloat16, torch.bfloat16) == tk.dot_scheme(torch.bfloat16, torch.bfloat16)
+    sem, rows, w, grad = _one_product_per_output(triton_device)
+    want = (sem.double()[rows] @ w.double().t()).float()
+    want_g = (grad.double().t() @ sem.double()[rows]).float()
+    assert torch.equal(tk.gather_reduce(sem, rows, w, None), want)
+    assert torch.equal(tk.weight_grad(rows, grad, sem), want_g)
+    monkeypatch.setenv("FASTREC_FUSION_DOT", "tf32x3")  # the earlier scheme: within its bound, not exact on a GPU
+    assert tk.fusion_dot(torch.bfloat16, torch.float32) == tk.dot_scheme(torch.bfloat16, torch.float32)
+    torch.testing.assert_close(tk.gather_reduce(sem, rows, w, None), want, rtol=2**-21, atol=0)
+    monkeypatch.setenv("FASTREC_FUSION_DOT", "bf16")
+    with pytest.raises(ValueError, match="FASTREC_FUSION_DOT"):
+        tk.gather_reduce(sem, rows, w, None)
+    with pytest.raises(ValueError, match="FASTREC_FUSION_DOT"):
+        tk.weight_grad(rows, grad, sem)
+
+
 @INTERPRETER_ONLY
 @pytest.mark.parametrize("mode", MODES)
 def test_triton_kernels_under_interpreter(mode):

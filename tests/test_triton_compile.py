@@ -100,15 +100,26 @@ SCRIPT = textwrap.dedent('''
              {"HAS_BIAS": True, "HAS_LIVE": False, "UPCAST": up, "PRECISION": prec, "BLOCK_DM": 256, **cfg.kwargs},
              cfg.num_warps)
         comp(F.weight_grad_kernel, {"sem_ptr": p, "rows_ptr": "*i64", "g_ptr": "*fp32", "out_ptr": "*fp32",
-                                    "U": "i32", "D": "i32", "d": "i32", "PRECISION": C_, "BLOCK_U": C_,
+                                    "U": "i32", "D": "i32", "d": "i32", "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_,
                                     "BLOCK_D": C_, "BLOCK_DM": C_},
-             {"PRECISION": prec, "BLOCK_U": 32, "BLOCK_D": 64, "BLOCK_DM": 64})
+             {"UPCAST": True, "PRECISION": prec, "BLOCK_U": 32, "BLOCK_D": 64, "BLOCK_DM": 64})
         comp(C.gather_linear_kernel, {"ids_ptr": "*i64", "x_ptr": p, "w_ptr": p, "b_ptr": p, "out_ptr": p,
                                       "N": "i32", "K": "i32", "OUT": "i32", "ROWS": "i32", "HAS_IDS": C_,
                                       "HAS_BIAS": C_, "GELU": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_N": C_,
                                       "BLOCK_O": C_, "BLOCK_K": C_},
              {"HAS_IDS": True, "HAS_BIAS": True, "GELU": True, "UPCAST": up, "PRECISION": prec,
               **C._LINEAR_CONFIGS[3].kwargs}, 8)
+    # bf16x3: a bf16 table against the fp32 operand's three bf16 planes (fusion_dot's choice for those dtypes)
+    comp(F.gather_reduce_kernel, {"sem_ptr": "*bf16", "rows_ptr": "*i64", "w_ptr": "*bf16", "b_ptr": "*fp32",
+                                  "live_ptr": "*i64", "out_ptr": "*fp32", "U": "i32", "D": "i32", "d": "i32",
+                                  "HAS_BIAS": C_, "HAS_LIVE": C_, "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_,
+                                  "BLOCK_D": C_, "BLOCK_DM": C_},
+         {"HAS_BIAS": True, "HAS_LIVE": True, "UPCAST": False, "PRECISION": "bf16x3", "BLOCK_U": 64, "BLOCK_D": 32,
+          "BLOCK_DM": 64})
+    comp(F.weight_grad_kernel, {"sem_ptr": "*bf16", "rows_ptr": "*i64", "g_ptr": "*bf16", "out_ptr": "*fp32",
+                                "U": "i32", "D": "i32", "d": "i32", "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_,
+                                "BLOCK_D": C_, "BLOCK_DM": C_},
+         {"UPCAST": False, "PRECISION": "bf16x3", "BLOCK_U": 32, "BLOCK_D": 64, "BLOCK_DM": 64})
     # sinkhorn: float64 math (libdevice exp) in the GPU tiles, both row-pass variants
     rows, bn, bk = S.blocks(512, False)
     blk = {"ROWS": rows, "BLOCK_N": bn, "BLOCK_K": bk}
@@ -305,41 +316,48 @@ def test_topk_and_fuse_gather_gpu_blocks_spill_nothing():
 
 FUSION_SCRIPT = '''
     import torch
-    from fastrec.kernels import dot_scheme, fusion as F
+    from fastrec.kernels import fusion as F
 
-    upcast, prec = dot_scheme(torch.bfloat16, torch.float32)  # what the launchers pass on a GPU
-    red = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "w_ptr": "*fp32", "b_ptr": "*fp32", "live_ptr": "*i64",
-           "out_ptr": "*fp32", "U": "i32", "D": "i32", "d": "i32", "HAS_BIAS": C_, "HAS_LIVE": C_, "UPCAST": C_,
-           "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_}
-    grad = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "g_ptr": "*fp32", "out_ptr": "*fp32", "U": "i32", "D": "i32",
-            "d": "i32", "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_}
-    for d in (64, 256):
-        for name, fn, sig, prune, cx in [
-                ("gather_reduce", F.gather_reduce_kernel, red, F._prune_reduce,
-                 {"HAS_BIAS": True, "HAS_LIVE": True, "UPCAST": upcast, "PRECISION": prec}),
-                ("weight_grad", F.weight_grad_kernel, grad, F._prune_grad, {"PRECISION": prec})]:
-            least = None
-            for c in prune(F._CONFIGS, {"d": d}, UPCAST=upcast):
-                s = spill_bytes(fn, sig, {**cx, "BLOCK_DM": d, **c.kwargs}, c.num_warps, c.num_stages)
-                print(name, d, c.kwargs["BLOCK_U"], c.kwargs["BLOCK_D"], c.num_warps, "mma", LAST["ptx"].count("mma"))
-                least = s if least is None else min(least, s)
-                if s == 0:
-                    break
-            print(name, d, "spill", least)
+    for scheme in F.FUSION_DOTS:  # the default (bf16x3) and the one FASTREC_FUSION_DOT=tf32x3 takes
+        os.environ["FASTREC_FUSION_DOT"] = scheme
+        upcast, prec = F.fusion_dot(torch.bfloat16, torch.float32)  # what the launchers pass on a GPU
+        assert prec == scheme, prec
+        op = "*bf16" if prec == "bf16x3" else "*fp32"  # the fp32 operand, or its bf16 planes
+        red = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "w_ptr": op, "b_ptr": "*fp32", "live_ptr": "*i64",
+               "out_ptr": "*fp32", "U": "i32", "D": "i32", "d": "i32", "HAS_BIAS": C_, "HAS_LIVE": C_, "UPCAST": C_,
+               "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_}
+        grad = {"sem_ptr": "*bf16", "rows_ptr": "*i64", "g_ptr": op, "out_ptr": "*fp32", "U": "i32", "D": "i32",
+                "d": "i32", "UPCAST": C_, "PRECISION": C_, "BLOCK_U": C_, "BLOCK_D": C_, "BLOCK_DM": C_}
+        flags = {"UPCAST": upcast, "PRECISION": prec}
+        grad_flags = {"UPCAST": upcast or prec != "bf16x3", "PRECISION": prec}
+        for d in (64, 256):
+            for name, tuned, sig, prune, cx, fl in [
+                    ("gather_reduce", F.gather_reduce_tuned, red, F._prune_reduce,
+                     {"HAS_BIAS": True, "HAS_LIVE": True, **flags}, flags),
+                    ("weight_grad", F.weight_grad_tuned, grad, F._prune_grad, grad_flags, grad_flags)]:
+                least = None
+                for c in prune(tuned.configs, {"d": d}, **fl):
+                    s = spill_bytes(tuned.fn, sig, {**cx, "BLOCK_DM": d, **c.kwargs}, c.num_warps, c.num_stages)
+                    print(scheme, name, d, c.kwargs["BLOCK_U"], c.kwargs["BLOCK_D"], c.num_warps, "mma",
+                          LAST["ptx"].count("mma"))
+                    least = s if least is None else min(least, s)
+                    if s == 0:
+                        break
+                print(scheme, name, d, "spill", least)
     print("compiled")
 '''
 
 
 def test_fusion_half_table_fp32_weight_dots_run_on_tensor_cores_without_spilling():
-    """KIRec's usual dtypes, a bf16 semantic table against an fp32 reduction weight, take tf32x3 dots
-    (kernels.dot_scheme): every autotune config tried compiles to tensor-core instructions (wgmma or mma.sync;
-    IEEE dots, the first H200 run's, are FMA loops), and at d = 64 and 256 some config of each kernel spills no
-    register (ptxas -v, sm_90)."""
-    out = _run_offline(SHARED_DEFS + SPILL_PRELUDE + textwrap.dedent(FUSION_SCRIPT))
+    """KIRec's usual dtypes, a bf16 semantic table against an fp32 reduction weight (and gradient), take bf16x3
+    dots (fusion_dot; tf32x3 with FASTREC_FUSION_DOT=tf32x3): every autotune config tried in either scheme
+    compiles to tensor-core instructions (wgmma or mma.sync; IEEE dots, the first H200 run's, are FMA loops), and
+    at d = 64 and 256 some config of each kernel spills no register (ptxas -v, sm_90)."""
+    out = _run_offline(SHARED_DEFS + "import os\n" + SPILL_PRELUDE + textwrap.dedent(FUSION_SCRIPT))
     mma = [int(line.split()[-1]) for line in out.splitlines() if " mma " in line]
     spills = {" ".join(line.split()[:-2]): int(line.split()[-1]) for line in out.splitlines() if " spill " in line}
     assert mma and all(m > 0 for m in mma), out
-    assert len(spills) == 4 and all(v == 0 for v in spills.values()), spills
+    assert len(spills) == 8 and all(v == 0 for v in spills.values()), spills
 
 
 def _tf32(x):
@@ -376,6 +394,20 @@ def test_dot_scheme_uses_tensor_cores_wherever_fp32_accuracy_holds(monkeypatch):
         err = (a.double() * hi.double() + a.double() * lo.double() - exact).abs()
         assert (err <= 2.0 ** -22 * exact.abs()).all()
         assert torch.equal(a * hi, (a.double() * hi.double()).float())  # products exact in fp32
+
+
+def test_fusion_wide_configs_are_tuned_for_bf16x3_only():
+    """The wide slices (_BF16X3_CONFIGS) join the tuning only for bf16x3, whose bf16 tiles fit them (tf32x3's upcast
+    tiles spilled there); the other schemes tune the configs they had."""
+    from fastrec.kernels import fusion as F
+
+    every = F.gather_reduce_tuned.configs
+    for prune in (F._prune_reduce, F._prune_grad):
+        kept = prune(every, {"d": 64}, UPCAST=False, PRECISION="bf16x3")
+        assert any(c is w for c in kept for w in F._BF16X3_CONFIGS), prune
+        for flags in ({"UPCAST": True, "PRECISION": "tf32x3"}, {"UPCAST": False, "PRECISION": "ieee"}):
+            kept = prune(every, {"d": 64}, **flags)
+            assert kept and all(c in F._CONFIGS for c in kept), (prune, flags)
 
 
 def test_fp32_gather_linear_autotune_keeps_small_k_blocks():

@@ -493,6 +493,8 @@ def fusion_cases(device: str, quick: bool) -> list[Case]:
     make = functools.partial(_fusion_inputs, device, _n(1_000_000, 500), _n(4096, 40), _n(256, 4), _n(200, 9))
     impls = {"fastrec": _train_step(_fusion_fastrec), "torch eager": _train_step(_fusion_eager),
              "torch.compile eager": _train_step(_fusion_compiled)}
+    if device == "cuda":  # the bf16 table against fp32 in the scheme before bf16x3 (Triton's tf32x3), in one run
+        impls["fastrec, tf32x3 dots"] = with_env(impls["fastrec"], "FASTREC_FUSION_DOT", "tf32x3")
     return [Case("semantic_fusion fwd+bwd", "I=1,000,000 D=4096 (bf16 table) B=256 L=200 d=64 gate", make, impls,
                  {"torch eager": 3.0})]
 
