@@ -76,6 +76,25 @@ def test_the_bench_checks_codes_against_exact_search():
         gpu.check_exact_codes(x, codebooks, wrong)
 
 
+def test_the_bench_checks_the_fusion_lookup_against_eager(monkeypatch):
+    """The semantic_fusion case refuses a lookup whose output or weight gradient is off the eager composition's
+    (here scaled by 1 + 1e-3, a tenfold margin past the check's 1e-4)."""
+    inputs = gpu._fusion_inputs("cpu", 50, 24, 3, 8)
+    gpu.check_fusion(inputs)
+    right = gpu._fusion_fastrec
+    monkeypatch.setattr(gpu, "_fusion_fastrec", lambda i: right(i) * (1 + 1e-3))
+    with pytest.raises(AssertionError, match="output"):
+        gpu.check_fusion(inputs)
+
+    def wrong_gradient(i):  # the output right, the weight's gradient 1 + 1e-3 times too large
+        scaled = right({**i, "weight": i["weight"] * (1 + 1e-3)})
+        return scaled + (right(i) - scaled).detach()
+
+    monkeypatch.setattr(gpu, "_fusion_fastrec", wrong_gradient)
+    with pytest.raises(AssertionError, match="weight gradient"):
+        gpu.check_fusion(inputs)
+
+
 def test_the_bench_checks_that_constrained_generate_yields_items():
     """The lcrec generate case refuses a generation with any sequence that is not an item of the index."""
     from fastrec.bench.lcrec import _generate, _lm_setup

@@ -489,8 +489,35 @@ def _train_step(fn):
     return run
 
 
+def check_fusion(i: dict, sequences: int = 16) -> None:
+    """fastrec's lookup on the first `sequences` sequences, its output and the weight gradient of its sum, against
+    the eager composition's in fp32 (TF32 off): within 1e-4 of the largest magnitude, else AssertionError. Both
+    accumulate in fp32 (fastrec's bf16 x fp32 products are exact), so only the summation order differs; a wrong
+    kernel then fails its case instead of being timed."""
+    part = {**i, "ids": i["ids"][:sequences]}
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        pairs = (("output", _fusion_fastrec(part).float(), _fusion_eager(part).float()),
+                 ("weight gradient", _train_step(_fusion_fastrec)(part), _train_step(_fusion_eager)(part)))
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    for what, got, want in pairs:
+        err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+        if not err <= 1e-4:  # NaN fails too
+            raise AssertionError(f"semantic_fusion_lookup {what}: {err:.3g} off the eager composition (relative "
+                                 "to its largest magnitude)")
+
+
+def _checked_fusion_inputs(*args) -> dict:
+    inputs = _fusion_inputs(*args)
+    check_fusion(inputs)
+    return inputs
+
+
 def fusion_cases(device: str, quick: bool) -> list[Case]:
-    make = functools.partial(_fusion_inputs, device, _n(1_000_000, 500), _n(4096, 40), _n(256, 4), _n(200, 9))
+    make = functools.partial(_checked_fusion_inputs, device, _n(1_000_000, 500), _n(4096, 40), _n(256, 4),
+                             _n(200, 9))
     impls = {"fastrec": _train_step(_fusion_fastrec), "torch eager": _train_step(_fusion_eager),
              "torch.compile eager": _train_step(_fusion_compiled)}
     if device == "cuda":  # the bf16 table against fp32 in the scheme before bf16x3 (Triton's tf32x3), in one run
