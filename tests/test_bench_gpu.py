@@ -95,6 +95,47 @@ def test_the_bench_checks_the_fusion_lookup_against_eager(monkeypatch):
         gpu.check_fusion(inputs)
 
 
+def test_the_bench_checks_lightgcn_splice_and_trie_mask_before_timing(monkeypatch):
+    """The LightGCN, splice and trie_mask cases check fastrec's result on their own inputs (at toy size here) and
+    refuse a wrong one: a propagation 1e-3 too large (forward, then only its gradient), one changed spliced
+    element, one changed mask entry."""
+    monkeypatch.setattr(gpu, "_TINY", True)
+    graph = gpu._graph_inputs("Amazon-Book", "cpu")
+    splice = gpu._splice_inputs("cpu", 2, 40, 24, torch.bfloat16)
+    trie = gpu._trie_inputs("cpu")
+    gpu.check_lightgcn(graph)
+    gpu.check_splice(splice)
+    gpu.check_trie_mask(trie)
+    assert graph["emb"].grad is None  # the check leaves no gradient behind for the timed calls
+
+    right = gpu.lightgcn_propagate
+    monkeypatch.setattr(gpu, "lightgcn_propagate", lambda *a, **k: right(*a, **k) * (1 + 1e-3))
+    with pytest.raises(AssertionError, match="lightgcn_propagate forward"):
+        gpu.check_lightgcn(graph)
+
+    def wrong_gradient(g, emb, *a, **k):
+        scaled = right(g, emb * (1 + 1e-3), *a, **k)
+        return scaled + (right(g, emb, *a, **k) - scaled).detach()
+
+    monkeypatch.setattr(gpu, "lightgcn_propagate", wrong_gradient)
+    with pytest.raises(AssertionError, match="lightgcn_propagate embedding gradient"):
+        gpu.check_lightgcn(graph)
+
+    def one_element_changed(fn):  # to a value neither a score, an embedding nor the fill
+        def run(*a, **k):
+            out = fn(*a, **k).clone()
+            out.view(-1)[3] = 12345.0
+            return out
+        return run
+
+    monkeypatch.setattr(gpu, "splice_collab_tokens", one_element_changed(gpu.splice_collab_tokens))
+    with pytest.raises(AssertionError, match="splice_collab_tokens"):
+        gpu.check_splice(splice)
+    monkeypatch.setattr(gpu, "trie_mask", one_element_changed(gpu.trie_mask))
+    with pytest.raises(AssertionError, match="trie_mask"):
+        gpu.check_trie_mask(trie)
+
+
 def test_the_bench_checks_that_constrained_generate_yields_items():
     """The lcrec generate case refuses a generation with any sequence that is not an item of the index."""
     from fastrec.bench.lcrec import _generate, _lm_setup

@@ -10,6 +10,7 @@ to take a few minutes on one H200, compile time of the torch.compile peers inclu
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,24 @@ _TINY = False  # set by cases(tiny=True): the same cases at toy sizes, to dry-ru
 
 def _n(full, tiny):
     return tiny if _TINY else full
+
+
+def _checked(make: Callable[[], dict], check: Callable[[dict], None]) -> Callable[[], dict]:
+    """A case's input builder that checks fastrec's result on those inputs before any timing: a kernel wrong on
+    the device fails its case instead of being timed."""
+    def run() -> dict:
+        inputs = make()
+        check(inputs)
+        return inputs
+    return run
+
+
+def check_close(op: str, what: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+    """AssertionError unless got is within `tol` of want's largest magnitude everywhere (NaN fails)."""
+    err = ((got.float() - want.float()).abs().max() / want.float().abs().max().clamp(min=1e-30)).item()
+    if not err <= tol:
+        raise AssertionError(f"{op} {what}: {err:.3g} off the reference (relative to its largest magnitude; "
+                             f"allowed {tol:g})")
 
 
 def _no_grad(fn):
@@ -271,10 +290,23 @@ def _fwd_bwd(fn):
     return run
 
 
+def check_lightgcn(i: dict) -> None:
+    """fastrec's 3-layer propagation (int32 CSR, validate=False: the timed call) and its embedding gradient against
+    torch.sparse.mm's, within 1e-4 of the largest magnitude (fp32 sums in another order)."""
+    emb = i["emb"]
+    with torch.no_grad():
+        check_close("lightgcn_propagate", "forward", lightgcn_propagate(i["g32"], emb, 3, validate=False),
+                    torch_propagate(i["adj"], emb, 3, False), 1e-4)
+    got = _fwd_bwd(lambda j, e: lightgcn_propagate(j["g32"], e, 3, validate=False))(i).clone()
+    want = _fwd_bwd(lambda j, e: torch_propagate(j["adj"], e, 3, True))(i)
+    check_close("lightgcn_propagate", "embedding gradient", got, want, 1e-4)
+    emb.grad = None
+
+
 def graph_cases(device: str, quick: bool) -> list[Case]:
     out = []
     for name in ["Amazon-Book"] + ([] if quick else ["MovieLens-1M"]):
-        make = functools.partial(_graph_inputs, name, device)
+        make = _checked(functools.partial(_graph_inputs, name, device), check_lightgcn)
         shape = f"{name} d=64 L=3"
         # validate=False: the measured path never syncs the host (issue 10's zero-sync target)
         # "compulsory-traffic copy (bound)": its time / fastrec's time is the fraction of the measured copy
@@ -339,7 +371,14 @@ def check_topk(i: dict, queries: int = 64) -> None:
     from fastrec import reference
     from fastrec.kernels import topk as tk
 
-    q, items, k, indptr, indices = i["q"][:queries], i["items"], i["k"], i["indptr"][:queries + 1], i["indices"]
+    # the whole input first: the scans' autotuning (keyed on d and the dots, not on the query count) then
+    # happens at the timed shape, not at `queries` queries
+    items, k = i["items"], i["k"]
+    if items.is_cuda and len(items) >= tk.THRESHOLD_MIN_ITEMS and tk._threshold_topk(
+            i["q"], items, k, i["indptr"], i["indices"], tk.precision(items.dtype), *tk.sample_plan(len(items), k)
+    ) is None:
+        print("topk_scores: the threshold scheme fell back to the insertion scan on this input")
+    q, indptr, indices = i["q"][:queries], i["indptr"][:queries + 1], i["indices"]
     got_s, got_i = topk_scores(q, items, k, (indptr, indices[:int(indptr[-1])]))
     want_s, want_i = reference.topk_scores(q, items, k, indptr, indices[:int(indptr[-1])])
     torch.testing.assert_close(got_s, want_s, rtol=1e-4, atol=1e-4)
@@ -349,10 +388,6 @@ def check_topk(i: dict, queries: int = 64) -> None:
     clear[:, 1:] &= gaps
     if not torch.equal(got_i[clear], want_i[clear]):
         raise AssertionError("topk_scores ids differ from the reference where scores are not near-tied")
-    if items.is_cuda and len(items) >= tk.THRESHOLD_MIN_ITEMS and tk._threshold_topk(
-            i["q"], items, k, i["indptr"], i["indices"], tk.precision(items.dtype), *tk.sample_plan(len(items), k)
-    ) is None:
-        print("topk_scores: the threshold scheme fell back to the insertion scan on this input")
 
 
 def _topk_variant(**options):
@@ -400,6 +435,13 @@ def splice_eager(i: dict) -> torch.Tensor:
     return e
 
 
+def check_splice(i: dict) -> None:
+    """The splice is a copy: fastrec's output must equal the eager composition's bit for bit."""
+    got = splice_collab_tokens(i["ids"], i["weight"], i["ph"], i["values"], validate=False)
+    if not torch.equal(got, splice_eager(i)):
+        raise AssertionError("splice_collab_tokens: the output differs from the eager composition's")
+
+
 def _splice_compiled(i: dict) -> torch.Tensor:
     return _compiled(splice_eager)(i)
 
@@ -429,7 +471,8 @@ def collab_cases(device: str, quick: bool) -> list[Case]:
     if device == "cuda":  # the same op replayed from a CUDA graph: its device time without the host's launches
         impls["fastrec in a CUDA graph"] = _graphed(splice)
     out = [Case("splice_collab_tokens fwd", "B=16 T=2048 H=4096 bf16",
-                functools.partial(_splice_inputs, device, 16, _n(2048, 40), _n(4096, 24), torch.bfloat16), impls,
+                _checked(functools.partial(_splice_inputs, device, 16, _n(2048, 40), _n(4096, 24), torch.bfloat16),
+                         check_splice), impls,
                 {"torch eager (embed+mask+index_put)": 2.0, COPY_BOUND: 0.7})]
     out.append(Case("collab_inputs_embeds fwd", "B=16 T=256 H=4096 bf16",
                     functools.partial(_collab_inputs, device, torch.bfloat16),
@@ -489,12 +532,12 @@ def _train_step(fn):
     return run
 
 
-def check_fusion(i: dict, sequences: int = 16) -> None:
-    """fastrec's lookup on the first `sequences` sequences, its output and the weight gradient of its sum, against
-    the eager composition's in fp32 (TF32 off): within 1e-4 of the largest magnitude, else AssertionError. Both
-    accumulate in fp32 (fastrec's bf16 x fp32 products are exact), so only the summation order differs; a wrong
-    kernel then fails its case instead of being timed."""
-    part = {**i, "ids": i["ids"][:sequences]}
+def check_fusion(i: dict) -> None:
+    """fastrec's lookup, its output and the weight gradient of its sum, against the eager composition's in fp32
+    (TF32 off): within 1e-4 of the largest magnitude, else AssertionError. Both accumulate in fp32 (fastrec's
+    bf16 x fp32 products are exact), so only the summation order differs. On the whole batch: the reduction
+    kernels' autotuning (keyed on d and D, not on the row count) then happens at the timed shape."""
+    part = i
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
@@ -503,21 +546,12 @@ def check_fusion(i: dict, sequences: int = 16) -> None:
     finally:
         torch.set_float32_matmul_precision(precision)
     for what, got, want in pairs:
-        err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
-        if not err <= 1e-4:  # NaN fails too
-            raise AssertionError(f"semantic_fusion_lookup {what}: {err:.3g} off the eager composition (relative "
-                                 "to its largest magnitude)")
-
-
-def _checked_fusion_inputs(*args) -> dict:
-    inputs = _fusion_inputs(*args)
-    check_fusion(inputs)
-    return inputs
+        check_close("semantic_fusion_lookup", what, got, want, 1e-4)
 
 
 def fusion_cases(device: str, quick: bool) -> list[Case]:
-    make = functools.partial(_checked_fusion_inputs, device, _n(1_000_000, 500), _n(4096, 40), _n(256, 4),
-                             _n(200, 9))
+    make = _checked(functools.partial(_fusion_inputs, device, _n(1_000_000, 500), _n(4096, 40), _n(256, 4),
+                                      _n(200, 9)), check_fusion)
     impls = {"fastrec": _train_step(_fusion_fastrec), "torch eager": _train_step(_fusion_eager),
              "torch.compile eager": _train_step(_fusion_compiled)}
     if device == "cuda":  # the bf16 table against fp32 in the scheme before bf16x3 (Triton's tf32x3), in one run
@@ -553,6 +587,13 @@ def _trie_reference(i: dict) -> torch.Tensor:
                                float("-inf"))
 
 
+def check_trie_mask(i: dict) -> None:
+    """fastrec's mask must equal the reference's bit for bit (it only copies scores or writes the fill)."""
+    got = trie_mask(i["scores"], i["generated"], i["indptr"], i["tokens"], i["children"], validate=False)
+    if not torch.equal(got, _trie_reference(i)):
+        raise AssertionError("trie_mask: the mask differs from the reference's")
+
+
 def check_valid_items(s: dict, sequences: torch.Tensor) -> float:
     """Fraction of generated sequences (after the prompt) whose first `levels` tokens are an item of the
     index; the constrained case must reach 1.0, else this raises."""
@@ -584,7 +625,7 @@ def lcrec_cases(device: str, quick: bool) -> list[Case]:
     from fastrec.bench import lcrec
 
     out = [Case("trie_mask", "rows=320 (16 x 20 beams) V=33,024 items=10,000 L=4",
-                functools.partial(_trie_inputs, device),
+                _checked(functools.partial(_trie_inputs, device), check_trie_mask),
                 {"fastrec": lambda i: trie_mask(i["scores"], i["generated"], i["indptr"], i["tokens"], i["children"],
                                                 validate=False),
                  "torch reference": _trie_reference})]
