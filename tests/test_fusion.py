@@ -260,7 +260,7 @@ def test_bf16_table_against_fp32_takes_exact_products(triton_device, monkeypatch
     assert torch.equal(tk.weight_grad(rows, grad, sem), want_g)
     monkeypatch.setenv("FASTREC_FUSION_DOT", "tf32x3")  # the earlier scheme: within its bound, not exact on a GPU
     assert tk.fusion_dot(torch.bfloat16, torch.float32) == tk.dot_scheme(torch.bfloat16, torch.float32)
-    torch.testing.assert_close(tk.gather_reduce(sem, rows, w, None), want, rtol=2**-21, atol=0)
+    torch.testing.assert_close(tk.gather_reduce(sem, rows, w, None), want, rtol=2**-20, atol=0)
     monkeypatch.setenv("FASTREC_FUSION_DOT", "bf16")
     with pytest.raises(ValueError, match="FASTREC_FUSION_DOT"):
         tk.gather_reduce(sem, rows, w, None)

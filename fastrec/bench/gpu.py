@@ -537,12 +537,11 @@ def check_fusion(i: dict) -> None:
     (TF32 off): within 1e-4 of the largest magnitude, else AssertionError. Both accumulate in fp32 (fastrec's
     bf16 x fp32 products are exact), so only the summation order differs. On the whole batch: the reduction
     kernels' autotuning (keyed on d and D, not on the row count) then happens at the timed shape."""
-    part = i
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
-        pairs = (("output", _fusion_fastrec(part).float(), _fusion_eager(part).float()),
-                 ("weight gradient", _train_step(_fusion_fastrec)(part), _train_step(_fusion_eager)(part)))
+        pairs = (("output", _fusion_fastrec(i).float(), _fusion_eager(i).float()),
+                 ("weight gradient", _train_step(_fusion_fastrec)(i), _train_step(_fusion_eager)(i)))
     finally:
         torch.set_float32_matmul_precision(precision)
     for what, got, want in pairs:
