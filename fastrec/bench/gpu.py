@@ -404,9 +404,12 @@ def topk_cases(device: str, quick: bool) -> list[Case]:
     users, items = (_n(8_192 if quick else 32_768, 70), _n(1_000_000, 3_000))
     impls = {"fastrec": lambda i: topk_scores(i["q"], i["items"], i["k"], (i["indptr"], i["indices"])),
              "torch chunked mm+topk": torch_chunked_topk}
-    if device == "cuda":  # the earlier designs, for the record: the insertion scan alone, and with IEEE dots
+    if device == "cuda":  # the earlier designs, for the record: the insertion scan alone, and with IEEE dots;
+        # and the candidate scan with Triton's built-in tf32x3 instead of the hand split (FASTREC_TOPK_SPLIT's
+        # default is judged against it in this run)
         impls["fastrec, insertion scan"] = _topk_variant(scheme="insertion")
         impls["fastrec, insertion scan, IEEE fp32 dot"] = _topk_variant(scheme="insertion", dot="ieee")
+        impls["fastrec, candidate scan without the hand split"] = with_env(impls["fastrec"], "FASTREC_TOPK_SPLIT", "0")
     def make():
         inputs = _topk_inputs(device, users, items)
         check_topk(inputs)
