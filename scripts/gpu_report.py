@@ -104,6 +104,38 @@ def verdict(rows: list[dict], row: dict) -> str:
     return "met" if float(row["peer_ms_over_fastrec_ms"]) >= float(row["target"]) else "missed"
 
 
+OPTION_NOISE = 0.03  # timing differences under this fraction are not a verdict on a default
+
+
+def option_verdicts(rows: list[dict]) -> list[tuple[dict, str]]:
+    """Each kernel option's row (bench.csv's `option`, set by with_env) with what to do about its case's default:
+    the defaults are guesses from offline SASS counts until a GPU run judges them."""
+    out = []
+    for r in rows:
+        if not r.get("option"):
+            continue
+        ratio = float(r["peer_ms_over_fastrec_ms"])  # option ms / default ms
+        if ratio < 1 - OPTION_NOISE:
+            what = f"the option is {100 * (1 / ratio - 1):.0f}% faster: make it the default"
+        elif ratio > 1 + OPTION_NOISE:
+            what = f"the default is {100 * (ratio - 1):.0f}% faster: keep it"
+        else:
+            what = f"within {100 * OPTION_NOISE:.0f}%: keep the default"
+        out.append((r, what))
+    return out
+
+
+def option_table(rows: list[dict]) -> list[str]:
+    verdicts = option_verdicts(rows)
+    if not verdicts:
+        return []
+    md = ["", "## Kernel options (each against the default, same run)", "",
+          "| op | option | default ms | with the option ms | verdict |", "|---|---|---|---|---|"]
+    default = {(r["op"], r["shape"]): float(r["ms"]) for r in rows if r["impl"] == "fastrec"}
+    return md + [f"| {r['op']} [{r['shape']}] | `{r['option']}` | {default[r['op'], r['shape']]:.3f} | "
+                 f"{float(r['ms']):.3f} | {what} |" for r, what in verdicts]
+
+
 def main(argv: list[str]) -> int:
     out = Path(argv[1] if len(argv) > 1 else "results/gpu-check")
     env, done, bench = environment(), stages(out), csv_rows(out / "bench.csv")
@@ -130,6 +162,7 @@ def main(argv: list[str]) -> int:
                       f"{float(r['peak_extra_mb']):.1f} | {first} |")
     else:
         md.append("no bench.csv (the benchmark did not run or failed before its first case)")
+    md += option_table(bench)
     failures = bench_failures(out)
     if failures:
         md += ["", "Failed in the bench (a case, or one row of a case; the other rows kept their figures):", ""]
@@ -157,6 +190,8 @@ def main(argv: list[str]) -> int:
             ratio = float(r["peer_ms_over_fastrec_ms"])
             share = f" = {100 * ratio:.0f}% of its bandwidth" if "bound" in r["impl"] else ""
             print(f"      vs {r['impl'][:36]:<36} {float(r['peer_ms_over_fastrec_ms']):7.2f}x{share} {target}")
+    for r, what in option_verdicts(bench):
+        print(f"  option {r['option']:<36} {r['op'][:30]:<30} {what}")
     print(f"gpu-check: {'all stages passed' if ok else 'FAILED'} -> {out / 'gpu-check.md'}")
     return 0 if ok else 1
 

@@ -198,6 +198,35 @@ def test_kernel_option_rows_set_their_variable_only_while_they_run(monkeypatch):
     assert "FASTREC_SPMM_STREAM_HINTS" not in os.environ
 
 
+def test_kernel_option_rows_are_judged_against_the_default_in_the_report(tmp_path, capsys):
+    """A with_env row carries its option into bench.csv (read back by read_csv; a CSV from before the column
+    reads as no option), and gpu_report.py says, per option, whether to flip the default: faster beyond the
+    noise margin, slower, or within it."""
+    case = core.Case("toy", "1", lambda: None, {"fastrec": lambda i: 1,
+                                                "fastrec, other": core.with_env(lambda i: 2, "FASTREC_TOY", "0")})
+    rows = core.run_case(case, min_time=0.01)
+    assert [r.option for r in rows] == ["", "FASTREC_TOY=0"]
+    rows = [core.Row("a", "1", "fastrec", 2.0, 0.0, speedup=1.0),
+            core.Row("a", "1", "fastrec, quick", 1.0, 0.0, speedup=0.5, option="FASTREC_A=1"),
+            core.Row("b", "2", "fastrec", 1.0, 0.0, speedup=1.0),
+            core.Row("b", "2", "fastrec, slow", 1.5, 0.0, speedup=1.5, option="FASTREC_B=0"),
+            core.Row("b", "2", "fastrec, same", 1.01, 0.0, speedup=1.01, option="FASTREC_C=0"),
+            core.Row("b", "2", "peer", 3.0, 0.0, speedup=3.0, target=2.0)]
+    core.write_csv(rows, tmp_path / "bench.csv")
+    assert [r.option for r in core.read_csv(tmp_path / "bench.csv")] == [r.option for r in rows]
+    (tmp_path / "stages.tsv").write_text("bench\tok\t60\n")
+    _gpu_report().main(["gpu_report.py", str(tmp_path)])
+    md = (tmp_path / "gpu-check.md").read_text()
+    assert "| a [1] | `FASTREC_A=1` | 2.000 | 1.000 | the option is 100% faster: make it the default |" in md
+    assert "| b [2] | `FASTREC_B=0` | 1.000 | 1.500 | the default is 50% faster: keep it |" in md
+    assert "`FASTREC_C=0` | 1.000 | 1.010 | within 3%: keep the default |" in md
+    assert "FASTREC_A=1" in capsys.readouterr().out and "peer" not in md.split("## Kernel options")[1]
+    old = tmp_path / "old.csv"  # a bench.csv from before the option column (the first H200 run's)
+    old.write_text("\n".join(",".join(line.split(",")[:-1])
+                             for line in (tmp_path / "bench.csv").read_text().splitlines()) + "\n")
+    assert [r.option for r in core.read_csv(old)] == [""] * len(rows)
+
+
 def test_kernel_profile_rows_reach_the_report(tmp_path, device):
     """`fastrec bench --kernels` (make gpu-check's bench stage): run_case profiles every fastrec implementation
     after timing it; the top kernels (CUDA) or operators (CPU) come back per call, the rest summed, shares

@@ -55,11 +55,13 @@ class Row:
     speedup: float = float("nan")  # this impl's time / fastrec's time (peers) ; 1.0 for fastrec
     target: float | None = None
     first_call_s: float | None = None  # wall seconds of its first call: compiles and autotuning, then one run
+    option: str = ""  # "VAR=value": a fastrec kernel option this row sets (with_env), judged against the default
 
 
 def with_env(fn: Callable, name: str, value: str) -> Callable:
     """fn with the environment variable `name` set to `value` while it runs, restored after (also when fn
-    raises): a kernel option read per call, timed beside the default in the same run."""
+    raises): a kernel option read per call, timed beside the default in the same run. Its rows carry the option
+    ("VAR=value") into bench.csv, where the GPU report judges it against the default."""
     @functools.wraps(fn)
     def run(*args):
         old = os.environ.get(name)
@@ -71,6 +73,7 @@ def with_env(fn: Callable, name: str, value: str) -> Callable:
                 del os.environ[name]
             else:
                 os.environ[name] = old
+    run.option = f"{name}={value}"
     return run
 
 
@@ -292,7 +295,7 @@ def run_case(case: Case, min_time: float = 0.3, progress: Callable[[str], None] 
             kernels += [KernelRow(case.op, case.shape, impl, name, calls_, ms, ms / spent)
                         for name, calls_, ms in found]
     rows = [Row(case.op, case.shape, impl, best[impl], mem[impl], target=case.targets.get(impl),
-                first_call_s=first[impl]) for impl in calls]
+                first_call_s=first[impl], option=getattr(case.impls[impl], "option", "")) for impl in calls]
     base = best["fastrec"]
     for r in rows:
         r.speedup = r.ms / base
@@ -324,18 +327,19 @@ def _write_table(path: Path, header: list[str], lines: list[list[Any]]) -> None:
 
 def write_csv(rows: list[Row], path: Path) -> None:
     _write_table(path, ["op", "shape", "impl", "ms", "peer_ms_over_fastrec_ms", "target", "peak_extra_mb",
-                        "first_call_s"],
+                        "first_call_s", "option"],
                  [[r.op, r.shape, r.impl, f"{r.ms:.4f}", f"{r.speedup:.4f}", r.target or "", f"{r.peak_extra_mb:.2f}",
-                   "" if r.first_call_s is None else f"{r.first_call_s:.3f}"] for r in rows])
+                   "" if r.first_call_s is None else f"{r.first_call_s:.3f}", r.option] for r in rows])
 
 
 def read_csv(path: Path) -> list[Row]:
     """The rows of a bench.csv (write_csv's format), e.g. one a GPU run brought back, to table or plot them
-    (a CSV from before the first_call_s column reads as None there)."""
+    (a CSV from before the first_call_s or option column reads as None or "" there)."""
     with open(path, newline="") as f:
         return [Row(r["op"], r["shape"], r["impl"], float(r["ms"]), float(r["peak_extra_mb"]),
                     speedup=float(r["peer_ms_over_fastrec_ms"]), target=float(r["target"]) if r["target"] else None,
-                    first_call_s=float(r["first_call_s"]) if r.get("first_call_s") else None)
+                    first_call_s=float(r["first_call_s"]) if r.get("first_call_s") else None,
+                    option=r.get("option") or "")
                 for r in csv.DictReader(f)]
 
 

@@ -171,10 +171,10 @@ def check_exact_codes(x: torch.Tensor, codebooks: torch.Tensor, codes: torch.Ten
     return int(bad.numel())
 
 
-# The Triton encode kernel's earlier schemes: one tf32 dot (resolving rows with at most two candidates), and
-# one tf32 dot with pass 2 for every block (the kernel as first run on an H200).
-QUANTIZE_VARIANTS = {"fastrec, tf32 dot": {"precision": "tf32"},
-                     "fastrec, tf32 dot, pass 2 always": {"precision": "tf32", "resolve": False}}
+# The Triton encode kernel's earlier scheme: one tf32 dot with pass 2 for every block (the kernel as first run
+# on an H200). One tf32 dot alone, resolving rows with at most two candidates, is the option
+# FASTREC_QUANTIZE_DOT=tf32 (its own row below).
+QUANTIZE_VARIANTS = {"fastrec, tf32 dot, pass 2 always": {"precision": "tf32", "resolve": False}}
 
 
 def _encode_variant(i: dict, precision: str, resolve: bool = True) -> torch.Tensor:
@@ -202,6 +202,7 @@ def quantize_cases(device: str, quick: bool) -> list[Case]:
                  "torch eager (addmm+argmin, best chunk)": lambda i: best_eager_residual_encode(i["x"], i["cb"]),
                  "torch.compile eager": lambda i: compiled_residual_encode(i["x"], i["cb"])}
         if device == "cuda":  # the kernel's other schemes, for the record of what each step gained
+            impls["fastrec, tf32 dot"] = with_env(impls["fastrec"], "FASTREC_QUANTIZE_DOT", "tf32")
             impls |= {name: functools.partial(_encode_variant, **kw) for name, kw in QUANTIZE_VARIANTS.items()}
         out.append(Case("residual_encode", f"N={n:,} D={d} K={k} L={levels} fp32", make, impls,
                         {"torch eager (addmm+argmin, best chunk)": 3.0, "torch.compile eager": 2.0}))
