@@ -30,6 +30,18 @@ def test_gpu_bench_case_runs_at_toy_size(case, device):
             torch.testing.assert_close(out.float(), first.float(), rtol=2e-2, atol=2e-2)
 
 
+def test_cases_without_a_target_to_reach_run_last():
+    """A GPU bench cut short by its time budget loses the rows no target needs (sinkhorn, met on the first H200
+    run; trie_mask and collab_inputs_embeds, none), not a target's: they close the default order; named families
+    keep the order given."""
+    ops = [c.op for c in CASES]
+    late = [i for i, op in enumerate(ops) if op in gpu.LAST_OPS]
+    assert late and late == list(range(len(ops) - len(late), len(ops)))
+    assert {"lcrec generate", "semantic_fusion fwd+bwd", "residual_encode"} <= set(ops[:late[0]])
+    assert [c.op for c in gpu.cases("cpu", quick=True, families=["lcrec"], tiny=True)] == ["trie_mask",
+                                                                                         "lcrec generate"]
+
+
 def test_cuda_timer_needs_a_gpu_and_cpu_rows_come_back():
     case = next(c for c in CASES if c.op == "residual_encode")
     rows = core.run_case(core.Case(case.op, case.shape, case.make, {k: v for k, v in case.impls.items()
