@@ -4,11 +4,13 @@ target: occupancy, stall reasons, L2 hit rate, DRAM and tensor-pipe throughput).
 
     ncu --nvtx --nvtx-include "fastrec/" ... python3 scripts/gpu_ncu.py [--ops residual_encode,topk_scores]
 
-For each chosen case of `fastrec bench --device cuda --quick` it builds the inputs, calls every fastrec
+For each chosen case of `fastrec bench --device cuda --quick` it builds the inputs, calls fastrec's default
 implementation twice (Triton compiles and autotunes there, outside the profile), then once more inside the
-NVTX range "fastrec", the only range ncu profiles. No new case starts after --budget-s seconds (ncu's replays
-count: the program waits while a kernel is replayed). --device cpu --tiny walks the same flow at toy sizes
-without NVTX (the tests do; it measures nothing).
+NVTX range "fastrec", the only range ncu profiles. Then, in the same way, the other fastrec implementations (the
+kernel options and earlier designs the bench times beside the default), case by case: ncu stops after
+GPU_CHECK_NCU_KERNELS kernels, which the defaults of every case should get first. No new case starts after
+--budget-s seconds (ncu's replays count: the program waits while a kernel is replayed). --device cpu --tiny
+walks the same flow at toy sizes without NVTX (the tests do; it measures nothing).
 """
 
 from __future__ import annotations
@@ -48,29 +50,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_ncu: no bench case named {sorted(missing)}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    for case in chosen:
+    for case, impls in profile_order(chosen):
         if time.monotonic() - start > args.budget_s:
-            print(f"gpu_ncu: {case.name} not profiled (the {args.budget_s:g} s budget was spent)", flush=True)
+            print(f"gpu_ncu: {case.name} {', '.join(impls)} not profiled (the {args.budget_s:g} s budget was spent)",
+                  flush=True)
             continue
-        inputs = case.make()
-        for impl, fn in case.impls.items():
-            if not impl.startswith("fastrec"):
-                continue
-            for _ in range(2):  # compile and autotune outside the profiled range
-                fn(inputs)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            print(f"gpu_ncu: profiling {case.name} / {impl}", flush=True)
-            with profiled_range(args.device):
-                fn(inputs)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-        inputs = None
-        gc.collect()
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        profile_case(case, impls, args.device)
     print(f"gpu_ncu: {len(chosen)} cases ok", flush=True)
     return 0
+
+
+def profile_order(cases: list) -> list[tuple]:
+    """(case, its fastrec implementations to profile): every case's default first, then each case's variants."""
+    defaults = [(c, ["fastrec"]) for c in cases]
+    variants = [(c, [i for i in c.impls if i.startswith("fastrec, ")]) for c in cases]
+    return defaults + [(c, impls) for c, impls in variants if impls]
+
+
+def profile_case(case, impls: list[str], device: str) -> None:
+    """Builds the case's inputs and runs each of `impls` twice (compiles, autotuning), then once in the range."""
+    inputs = case.make()
+    for impl in impls:
+        fn = case.impls[impl]
+        for _ in range(2):  # compile and autotune outside the profiled range
+            fn(inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        print(f"gpu_ncu: profiling {case.name} / {impl}", flush=True)
+        with profiled_range(device):
+            fn(inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    inputs = None
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

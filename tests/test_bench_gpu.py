@@ -287,6 +287,13 @@ def test_ncu_driver_runs_the_chosen_cases(device, capsys):
         assert "fastrec, no L2 stream hints" in out
     assert module.main(["--device", device.type, "--tiny", "--ops", "no such op"]) == 2
     assert set(module.DEFAULT_OPS.split(",")) <= {c.op for c in CASES}
+    # ncu stops after GPU_CHECK_NCU_KERNELS kernels: every case's default comes before any case's variants
+    one, two = (core.Case(op, "1", lambda: None, {"fastrec": None, "fastrec, option": None, "peer": None})
+                for op in ("a", "b"))
+    bare = core.Case("c", "1", lambda: None, {"fastrec": None, "peer": None})
+    assert [(c.op, impls) for c, impls in module.profile_order([one, bare, two])] == [
+        ("a", ["fastrec"]), ("c", ["fastrec"]), ("b", ["fastrec"]), ("a", ["fastrec, option"]),
+        ("b", ["fastrec, option"])]
 
 
 def test_a_failing_kernel_profile_keeps_the_timings(monkeypatch, capsys):
